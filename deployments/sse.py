@@ -1,0 +1,58 @@
+"""Server-sent-event framing for streamed OpenAI responses.
+
+This is the per-token hot path of the router, so it formats strings from prebuilt
+templates: only the text delta goes through ``json.dumps``. The output is
+byte-for-byte valid OpenAI ``chat.completion.chunk`` / ``text_completion`` events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Literal
+
+from deployments.protocol import error_body, usage
+
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamEncoder:
+    """Encodes the events of one streamed response.
+
+    ``kind`` is ``"chat"`` (``chat.completion.chunk``, text under ``delta.content``) or
+    ``"text"`` (``text_completion``, text under ``text``).
+    """
+
+    def __init__(self, kind: Literal["chat", "text"], request_id: str, model: str):
+        self.request_id = request_id
+        self._chat = kind == "chat"
+        obj = "chat.completion.chunk" if self._chat else "text_completion"
+        head = json.dumps({"id": request_id, "object": obj, "created": int(time.time()), "model": model})
+        self._head = "data: " + head[:-1]  # everything up to the closing brace, reused per event
+        self._sent_role = False
+
+    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        """One event carrying a text delta (and the finish reason, on the last one)."""
+        finish = "null" if finish_reason is None else json.dumps(finish_reason)
+        if self._chat:
+            if self._sent_role:
+                delta = '{"content":' + json.dumps(text, ensure_ascii=False) + "}"
+            else:
+                # The first delta also names the role, as OpenAI's first chunk does.
+                delta = '{"role":"assistant","content":' + json.dumps(text, ensure_ascii=False) + "}"
+                self._sent_role = True
+            choice = '{"index":0,"delta":' + delta + ',"logprobs":null,"finish_reason":' + finish + "}"
+        else:
+            choice = ('{"index":0,"text":' + json.dumps(text, ensure_ascii=False)
+                      + ',"logprobs":null,"finish_reason":' + finish + "}")
+        return (self._head + ',"choices":[' + choice + "]}\n\n").encode()
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The closing usage event of ``stream_options.include_usage``: ``choices`` is empty."""
+        payload = json.dumps(usage(prompt_tokens, completion_tokens), separators=(",", ":"))
+        return (self._head + ',"choices":[],"usage":' + payload + "}\n\n").encode()
+
+
+def error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:
+    """An error after the stream began: the status line is gone, so it travels as an event."""
+    return b"data: " + json.dumps(error_body(message, type, None, code), ensure_ascii=False).encode() + b"\n\n"

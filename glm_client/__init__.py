@@ -1,0 +1,1 @@
+"""glm_client: the Python client library of glm-serve."""

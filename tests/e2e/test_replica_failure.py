@@ -1,0 +1,75 @@
+"""Faults: a client that leaves mid-stream, and an engine replica that dies mid-stream.
+
+This file runs last in tests/e2e (alphabetical order): it kills an engine replica.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+
+from tests.e2e.conftest import MODEL_NAME
+
+LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to a thousand."}],
+        "max_tokens": 400, "ignore_eos": True, "stream": True}
+
+
+def _in_flight(http) -> float:
+    match = re.search(r"^glm_serve_requests_in_flight (\S+)$", http.get("/metrics").text, re.M)
+    assert match, "in-flight gauge missing from /metrics"
+    return float(match.group(1))
+
+
+def test_client_disconnect_stops_the_request(http):
+    with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+    # The router notices the closed socket and cancels the engine's generation.
+    deadline = time.monotonic() + 30
+    while _in_flight(http) != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _in_flight(http) == 0
+
+
+def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recovers(server, http):
+    import ray
+
+    ray.init(address=server["ray_address"], namespace="serve", log_to_driver=False)
+    try:
+        with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
+            assert response.status_code == 200
+            replica = response.headers["x-glm-serve-replica"]
+            events = []
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                events.append(line)
+                if len(events) == 3:
+                    actor = next(
+                        a for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["name"].startswith("SERVE_REPLICA::") and a["name"].endswith(replica)
+                    )
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))
+        assert error["error"]["type"] == "service_unavailable", error
+        assert len(events) < 400, "the stream should have ended early"
+    finally:
+        ray.shutdown()
+
+    # The other replica keeps serving while Serve replaces the dead one.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = http.post("/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 4})
+            if reply.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "service did not recover after a replica died"
+        time.sleep(1)
