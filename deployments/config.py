@@ -190,12 +190,6 @@ class DeploymentOptions(StrictModel):
         return self.model_dump(exclude_none=True)
 
 
-def _router_defaults() -> DeploymentOptions:
-    # The router only relays bytes; one replica handles thousands of streams, so it
-    # must never be the queue. It needs almost no CPU of its own.
-    return DeploymentOptions(max_ongoing_requests=2048, ray_actor_options={"num_cpus": 0})
-
-
 class EngineDeploymentConfig(DeploymentOptions):
     """Serve options of the engine deployment (one vLLM engine per replica)."""
 
@@ -203,6 +197,18 @@ class EngineDeploymentConfig(DeploymentOptions):
         default=256,
         ge=1,
         description="Requests one engine replica takes at once; vLLM batches them. Serve's default of 5 starves it.",
+    )
+
+
+class RouterDeploymentOptions(DeploymentOptions):
+    """Serve options of the router deployment (the HTTP ingress)."""
+
+    # The router only relays bytes; one replica handles thousands of streams, so it
+    # must never be the queue. It needs almost no CPU of its own.
+    max_ongoing_requests: int = Field(default=2048, ge=1, description="Streams one router replica relays at once.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options of a router replica; it reserves no CPU by default.",
     )
 
 
@@ -215,7 +221,7 @@ class RouterConfig(StrictModel):
     health_timeout_s: float = Field(
         default=5.0, gt=0, description="How long GET /health waits for an engine replica to answer."
     )
-    deployment: DeploymentOptions = Field(default_factory=_router_defaults)
+    deployment: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
 
 
 class AppConfig(StrictModel):

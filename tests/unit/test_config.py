@@ -1,0 +1,89 @@
+"""Config validation: every mistake fails at build time and names the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.config import AppConfig, CpuConfig, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())["applications"][0]["args"]
+
+
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+def test_shipped_configs_validate(path):
+    config = AppConfig.model_validate(_args(path))
+    assert config.engine.max_ongoing_requests >= 64, "Serve's default of 5 starves vLLM's batching"
+    assert config.router.deployment.max_ongoing_requests >= config.engine.max_ongoing_requests
+
+
+def test_gpu_config_pins_one_engine_per_gpu_and_stops_on_glm4_tokens():
+    config = AppConfig.model_validate(_args("config/serve.yaml"))
+    assert config.engine.ray_actor_options["num_gpus"] == 1
+    assert config.model.max_model_len == 8192
+    assert {151329, 151336, 151338} <= set(config.model.stop_token_ids)
+
+
+def _error(args: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        AppConfig.model_validate(args)
+    return str(info.value)
+
+
+def test_unknown_field_is_named():
+    assert "max_model_length" in _error({"model": {"model": "m", "max_model_length": 5}})
+    assert "replicas" in _error({"model": {"model": "m"}, "engine": {"replicas": 2}})
+
+
+def test_wrong_types_and_ranges_are_named():
+    assert "gpu_memory_utilization" in _error({"model": {"model": "m", "gpu_memory_utilization": 1.5}})
+    assert "max_ongoing_requests" in _error({"model": {"model": "m"}, "engine": {"max_ongoing_requests": 0}})
+    assert "model" in _error({})
+
+
+def test_unknown_ray_actor_option_is_named():
+    assert "num_gpu" in _error({"model": {"model": "m"}, "engine": {"ray_actor_options": {"num_gpu": 1}}})
+
+
+def test_autoscaling_needs_auto_replicas_and_back():
+    assert "autoscaling_config" in _error({"model": {"model": "m"}, "engine": {"num_replicas": "auto"}})
+    auto = AppConfig.model_validate(
+        {"model": {"model": "m"}, "engine": {"num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}}}
+    )
+    assert auto.engine.serve_options()["autoscaling_config"] == {"max_replicas": 4}
+
+
+def test_engine_kwargs_may_not_shadow_typed_fields():
+    assert "max_model_len" in _error({"model": {"model": "m", "engine_kwargs": {"max_model_len": 5}}})
+
+
+@pytest.mark.parametrize("bad", [[], ["0-"], ["a"], ["0;1"]])
+def test_threads_bind_rejects_malformed_core_lists(bad):
+    with pytest.raises(ValidationError, match="threads_bind"):
+        CpuConfig(threads_bind=bad)
+
+
+def test_threads_bind_accepts_core_lists():
+    assert CpuConfig(threads_bind=["0-3", "4,6", "7"]).threads_bind == ["0-3", "4,6", "7"]
+
+
+def test_engine_args_carry_typed_fields_and_passthrough():
+    model = ModelConfig(model="/m/glm-4", enforce_eager=True, engine_kwargs={"block_size": 32})
+    args = model.engine_args()
+    assert args["model"] == "/m/glm-4"
+    assert args["served_model_name"] == "glm-4"
+    assert args["enforce_eager"] is True and args["block_size"] == 32
+    assert "max_model_len" not in args, "unset fields keep vLLM's own defaults"
+
+
+def test_router_defaults_reserve_no_cpu():
+    config = AppConfig.model_validate({"model": {"model": "m"}})
+    assert config.router.deployment.serve_options()["ray_actor_options"] == {"num_cpus": 0}
+    assert config.engine.max_ongoing_requests == 256

@@ -1,0 +1,56 @@
+"""The engine's pure helpers: per-replica CPU settings, generation-config defaults, failure mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
+
+from deployments.config import CpuConfig
+from deployments.engine import apply_cpu_settings, stop_and_sampling_defaults
+from deployments.router import engine_failure
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_each_local_rank_gets_its_own_cores(clean_env):
+    cpu = CpuConfig(threads_bind=["0-7", "8-15"], kvcache_space_gib=4)
+    assert apply_cpu_settings(cpu, 1) == {"VLLM_CPU_OMP_THREADS_BIND": "8-15", "VLLM_CPU_KVCACHE_SPACE": "4"}
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "8-15"
+
+
+def test_a_rank_without_cores_fails_clearly(clean_env):
+    with pytest.raises(ValueError, match="local rank 2 has no model.cpu.threads_bind entry"):
+        apply_cpu_settings(CpuConfig(threads_bind=["0", "1"]), 2)
+
+
+def test_no_cpu_settings_touch_nothing(clean_env):
+    assert apply_cpu_settings(CpuConfig(), 0) == {}
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
+
+
+def test_generation_config_gives_eos_ids_and_sampling_defaults(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [151329, 151336, 151338], "temperature": 0.8, "top_p": 0.8, "do_sample": True}
+    ))
+    eos, defaults = stop_and_sampling_defaults(str(tmp_path), trust_remote_code=False)
+    assert eos == {151329, 151336, 151338}
+    assert defaults == {"temperature": 0.8, "top_p": 0.8}
+
+
+def test_missing_generation_config_gives_nothing(tmp_path):
+    assert stop_and_sampling_defaults(str(tmp_path), trust_remote_code=False) == (set(), {})
+
+
+def test_engine_failures_map_to_statuses():
+    assert engine_failure(BackPressureError(num_queued_requests=3, max_queued_requests=2)).status == 503
+    assert engine_failure(ActorDiedError()).status == 503
+    assert engine_failure(RuntimeError("boom")).status == 500
+    assert engine_failure(RuntimeError("boom")).type == "server_error"

@@ -1,0 +1,99 @@
+"""OpenAI request validation and response shapes (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from deployments import protocol
+from deployments.protocol import ChatCompletionRequest, CompletionRequest
+
+BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _refusal(cls, body) -> protocol.OpenAIError:
+    with pytest.raises(ValidationError) as info:
+        cls.model_validate(body)
+    return protocol.from_validation_error(info.value)
+
+
+@pytest.mark.parametrize(
+    "change,param",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 2}, "min_p"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"n": 3}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"stop": ["ok", ""]}, "stop"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+         "messages.0.content"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ],
+)
+def test_chat_refusals_name_the_field(change, param):
+    error = _refusal(ChatCompletionRequest, {**BASE, **change})
+    assert error.status == 400
+    assert error.param == param
+    assert error.body() == {"error": {"message": error.message, "type": "invalid_request_error",
+                                      "param": param, "code": None}}
+    assert param.split(".")[0] in error.message
+
+
+def test_sampling_kwargs_only_carry_what_the_client_set():
+    request = ChatCompletionRequest.model_validate({**BASE, "temperature": 0, "stop": "END", "seed": 3})
+    assert request.sampling_kwargs() == {"temperature": 0, "stop": ["END"], "seed": 3}
+    assert ChatCompletionRequest.model_validate(BASE).sampling_kwargs() == {}
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    request = ChatCompletionRequest.model_validate({**BASE, "max_tokens": 9, "max_completion_tokens": 4})
+    assert request.output_limit == 4
+    assert ChatCompletionRequest.model_validate({**BASE, "max_tokens": 9}).output_limit == 9
+
+
+def test_messages_render_for_the_chat_template():
+    request = ChatCompletionRequest.model_validate({**BASE, "messages": [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": None},
+    ]})
+    assert [m.as_template_message() for m in request.messages] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": ""},
+    ]
+
+
+def test_unknown_fields_are_ignored_like_openai():
+    assert ChatCompletionRequest.model_validate({**BASE, "metadata": {"x": 1}, "store": False}).model == "m"
+
+
+def test_completion_prompt_forms():
+    assert CompletionRequest.model_validate({"model": "m", "prompt": ["one"]}).prompt == "one"
+    assert CompletionRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x"}).max_tokens == 16
+    assert _refusal(CompletionRequest, {"model": "m", "prompt": ["a", "b"]}).param == "prompt"
+    assert _refusal(CompletionRequest, {"model": "m", "prompt": []}).param == "prompt"
+    assert _refusal(CompletionRequest, {"model": "m", "prompt": "x", "echo": True}).param == "echo"
+
+
+def test_whole_responses_have_openai_shape():
+    chat = protocol.chat_completion("id1", "m", "hello", "stop", 5, 2)
+    assert chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    assert chat["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    text = protocol.text_completion("id2", "m", "x", "length", 1, 1)
+    assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
+    models = protocol.model_list("m", 4096, 0)
+    assert models["data"][0]["max_model_len"] == 4096
