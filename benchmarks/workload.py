@@ -1,0 +1,91 @@
+"""The benchmark workload and its statistics: the same seeded prompts for every system.
+
+Every system gets the same chat prompts, the same fixed output length
+(``ignore_eos`` with ``max_tokens``) and the same concurrency, and every request is
+reduced to one :class:`RequestRecord`, so the numbers compare like with like.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass
+
+_TOPICS = ["a lighthouse keeper", "a lost robot", "the last bakery in town", "a river that flows uphill",
+           "a chess match", "a winter market", "a broken violin", "two rival gardeners", "a night train",
+           "a map with no names", "a clockmaker's apprentice", "the first snow on Mars"]
+_ASKS = ["Write a short story about {}.", "Describe {} in vivid detail.", "Explain why {} matters to people.",
+         "Write a poem about {}.", "Tell me a legend about {}."]
+
+
+def prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """``count`` chat conversations, identical for a given seed."""
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": rng.choice(_ASKS).format(rng.choice(_TOPICS))}] for _ in range(count)]
+
+
+@dataclass
+class RequestRecord:
+    """One finished (or failed) request, measured from the client's side."""
+
+    ttft_s: float
+    e2e_s: float
+    output_tokens: int
+    error: str | None = None
+
+    @property
+    def itl_s(self) -> float | None:
+        """Mean time per output token after the first (the same definition for every system)."""
+        if self.error or self.output_tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_s: float) -> dict:
+    """One results.json record: throughput and latency percentiles (milliseconds)."""
+    ok = [r for r in records if r.error is None]
+    tokens = sum(r.output_tokens for r in ok)
+    out: dict = {
+        "system": system,
+        "concurrency": concurrency,
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "output_tokens": tokens,
+        "wall_s": round(wall_s, 3),
+        "throughput_tok_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
+    }
+    series = {"ttft": [r.ttft_s for r in ok], "itl": [r.itl_s for r in ok if r.itl_s is not None],
+              "e2e": [r.e2e_s for r in ok]}
+    for name, values in series.items():
+        for q in (50, 90, 99):
+            value = _pct(values, q)
+            out[f"{name}_p{q}_ms"] = None if value is None else round(value * 1000, 2)
+    first_errors = sorted({r.error for r in records if r.error})[:3]
+    if first_errors:
+        out["error_samples"] = first_errors
+    return out
+
+
+def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
+    """Each record compared with the baseline system at the same concurrency."""
+    base = {r["concurrency"]: r for r in results if r["system"] == baseline}
+    for record in results:
+        ref = base.get(record["concurrency"])
+        if ref is None:
+            continue
+        record["throughput_vs_raw"] = (round(record["throughput_tok_s"] / ref["throughput_tok_s"], 3)
+                                       if ref["throughput_tok_s"] else None)
+        for key in ("ttft_p50_ms", "itl_p50_ms"):
+            if record.get(key) is not None and ref.get(key) is not None:
+                record[f"{key.removesuffix('_ms')}_delta_ms"] = round(record[key] - ref[key], 2)
+        if record.get("itl_p50_ms") and ref.get("itl_p50_ms"):
+            record["itl_p50_vs_raw"] = round(record["itl_p50_ms"] / ref["itl_p50_ms"], 3)
+    return results

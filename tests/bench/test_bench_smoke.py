@@ -1,0 +1,31 @@
+"""`make bench --smoke`: all three systems start, serve the workload and write their results.
+
+This directory sorts before tests/e2e, so it runs before the e2e session's Ray cluster
+starts: the benchmark's own `serve run` must not find and join that cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    systems = {(r["system"], r["concurrency"]) for r in data["results"]}
+    assert systems == {(s, c) for s in ("raw", "vllm-server", "glm-serve") for c in (1, 4)}
+    for row in data["results"]:
+        assert row["errors"] == 0, row
+        assert row["output_tokens"] == row["requests"] * 16, row
+        assert row["ttft_p50_ms"] > 0
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    assert "glm-serve" in proc.stdout and "vs raw" in proc.stdout

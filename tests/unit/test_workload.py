@@ -1,0 +1,47 @@
+"""Benchmark statistics: the numbers in README come from these functions."""
+
+from __future__ import annotations
+
+from benchmarks.bench import check_targets
+from benchmarks.workload import RequestRecord, prompts, ratios, summarize
+
+
+def test_prompts_are_seeded():
+    assert prompts(5, seed=1) == prompts(5, seed=1)
+    assert prompts(5, seed=1) != prompts(5, seed=2)
+    assert all(p[0]["role"] == "user" and p[0]["content"] for p in prompts(20))
+
+
+def test_itl_is_time_per_token_after_the_first():
+    assert RequestRecord(ttft_s=0.1, e2e_s=1.1, output_tokens=11).itl_s == 0.1
+    assert RequestRecord(0.1, 0.1, 1).itl_s is None
+    assert RequestRecord(0, 1, 0, error="x").itl_s is None
+
+
+def test_summarize_counts_tokens_errors_and_percentiles():
+    records = [RequestRecord(0.01 * i, 1.0 + 0.01 * i, 10) for i in range(1, 101)]
+    records.append(RequestRecord(0, 0.5, 0, error="HTTP 500"))
+    row = summarize("glm-serve", 8, records, wall_s=2.0)
+    assert row["requests"] == 101 and row["errors"] == 1
+    assert row["output_tokens"] == 1000 and row["throughput_tok_s"] == 500.0
+    assert row["ttft_p50_ms"] == 510.0 or row["ttft_p50_ms"] == 500.0
+    assert row["ttft_p99_ms"] >= 990.0
+    assert row["error_samples"] == ["HTTP 500"]
+
+
+def test_ratios_and_targets_compare_with_raw_at_the_same_concurrency():
+    rows = [
+        {"system": "raw", "concurrency": 1, "throughput_tok_s": 30.0, "ttft_p50_ms": 50.0, "itl_p50_ms": 30.0, "errors": 0},
+        {"system": "glm-serve", "concurrency": 1, "throughput_tok_s": 29.0, "ttft_p50_ms": 70.0, "itl_p50_ms": 31.0,
+         "errors": 0},
+        {"system": "raw", "concurrency": 32, "throughput_tok_s": 600.0, "ttft_p50_ms": 90.0, "itl_p50_ms": 40.0,
+         "errors": 0},
+        {"system": "glm-serve", "concurrency": 32, "throughput_tok_s": 500.0, "ttft_p50_ms": 99.0,
+         "itl_p50_ms": 48.0, "errors": 0},
+    ]
+    ratios(rows)
+    assert rows[1]["throughput_vs_raw"] == round(29 / 30, 3)
+    assert rows[1]["ttft_p50_delta_ms"] == 20.0
+    targets = {name: ok for name, ok, _ in check_targets(rows)}
+    assert targets["TTFT p50 at c=1 <= raw + 25 ms"] is True
+    assert targets["throughput at c=32 >= 0.90x raw"] is False
