@@ -20,6 +20,7 @@ from typing import Any
 from ray import serve
 
 from deployments.config import CpuConfig, ModelConfig
+from deployments.engine_lifetime import mark_engine_owner
 from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
 
 logger = logging.getLogger("glm_serve.engine")
@@ -103,6 +104,7 @@ class EngineDeployment:
         logger.info("engine replica %s (local rank %d) starting with %s", self.replica_id, local_rank, env)
 
         check_engine_kwargs(config)
+        mark_engine_owner()
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 

@@ -8,6 +8,7 @@ only where a test needs it (port, replica count, per-replica core binding).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -31,6 +33,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _vllm_processes() -> list[psutil.Process]:
+    """vLLM processes started by engine replicas (descendants of `ray::ServeReplica` workers)."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("ray::ServeRepli"):
+            with contextlib.suppress(psutil.Error):
+                found += [c for c in proc.children(recursive=True) if c.name().startswith("VLLM")]
+    return found
 
 
 def _tail(path: Path, lines: int = 80) -> str:
@@ -99,6 +111,7 @@ def server(tmp_path_factory):
         print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
         yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log"}
     finally:
+        engine_procs = _vllm_processes()
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
@@ -108,6 +121,10 @@ def server(tmp_path_factory):
             pass
         subprocess.run([BIN / "ray", "stop", "--force"], env=env, stdout=subprocess.DEVNULL, check=False)
         log.close()
+        # `ray stop --force` SIGKILLs the replicas; their vLLM processes must go with them
+        # (deployments/engine_lifetime.py) rather than linger on the machine.
+        _, alive = psutil.wait_procs(engine_procs, timeout=30)
+        assert not alive, f"vLLM processes outlived the cluster: {[(p.pid, p.name()) for p in alive]}"
 
 
 @pytest.fixture(scope="session")

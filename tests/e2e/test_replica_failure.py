@@ -6,10 +6,12 @@ This file runs last in tests/e2e (alphabetical order): it kills an engine replic
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
 import httpx
+import psutil
 
 from tests.e2e.conftest import MODEL_NAME
 
@@ -54,13 +56,23 @@ def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recov
                         a for a in ray.util.list_named_actors(all_namespaces=True)
                         if a["name"].startswith("SERVE_REPLICA::") and a["name"].endswith(replica)
                     )
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+                    handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+                    replica_pid = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()))
+                    engine_procs = psutil.Process(replica_pid).children(recursive=True)
+                    assert engine_procs, "the engine replica should run vLLM in child processes"
+                    ray.kill(handle, no_restart=True)
         assert events[-1] == "data: [DONE]"
         error = json.loads(events[-2].removeprefix("data: "))
         assert error["error"]["type"] == "service_unavailable", error
         assert len(events) < 400, "the stream should have ended early"
     finally:
         ray.shutdown()
+
+    # vLLM's engine core and worker die with their replica instead of lingering as
+    # orphans that hold memory, CPU (and on a GPU machine, the GPU). Ray reaps a killed
+    # actor's children itself; conftest checks the harder case of `ray stop --force`.
+    _, alive = psutil.wait_procs(engine_procs, timeout=30)
+    assert not alive, f"vLLM processes outlived their replica: {[(p.pid, p.name()) for p in alive]}"
 
     # The other replica keeps serving while Serve replaces the dead one.
     deadline = time.monotonic() + 60
