@@ -42,9 +42,10 @@ def run_raw(app: AppConfig, requests: dict[int, int], max_tokens: int, seed: int
     out = workdir / "raw.json"
     cmd = [sys.executable, "-m", "benchmarks.raw_engine", "--model-json", app.model.model_dump_json(),
            "--levels", json.dumps(requests), "--max-tokens", str(max_tokens), "--seed", str(seed), "--out", str(out)]
-    # Progress bars pass through on stderr; vLLM's info logging is turned down so they stay readable.
+    # Progress bars pass through on stderr; vLLM logs to stdout, which goes to raw.log.
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    with open(workdir / "raw.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log)
     if proc.returncode != 0:
         raise RuntimeError(f"raw engine run failed with exit code {proc.returncode}")
     return json.loads(out.read_text())

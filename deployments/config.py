@@ -92,6 +92,16 @@ class ModelConfig(StrictModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
+    stream_interval: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Tokens vLLM gathers per streamed chunk after the first (which always leaves at once). "
+            "1 streams every token. Larger values spend less CPU per token in the serving path: on "
+            "2 CPU cores 8 raised glm-serve from 0.68x to 0.83x of the bare engine at concurrency 32, "
+            "at the cost of burstier streams. The bare engine gained nothing from it."
+        ),
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description=(
@@ -143,6 +153,7 @@ class ModelConfig(StrictModel):
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "enable_prefix_caching": self.enable_prefix_caching,
             "seed": self.seed,
+            "stream_interval": self.stream_interval,
         }
         args = {k: v for k, v in args.items() if v is not None}
         args.update(self.engine_kwargs)
