@@ -109,6 +109,13 @@ class ModelConfig(StrictModel):
             "against the installed vLLM when the engine starts."
         ),
     )
+    chat_format: Literal["template", "glm4"] = Field(
+        default="template",
+        description=(
+            "How chat messages become a prompt. 'glm4': GLM-4's own format with OpenAI tools and "
+            "tool calls (glm_client/glm4.py). 'template': the tokenizer's chat template, no tools."
+        ),
+    )
     stop_token_ids: list[int] = Field(
         default_factory=list,
         description=(

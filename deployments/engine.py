@@ -21,6 +21,7 @@ from ray import serve
 
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
+from glm_client import glm4
 from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
 
 logger = logging.getLogger("glm_serve.engine")
@@ -238,21 +239,37 @@ class EngineDeployment:
             return EngineError(400, f"Invalid sampling parameters: {exc}")
         return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
 
+    async def tokenize(self, request: GenerationRequest) -> dict[str, Any] | EngineError:
+        """The prompt text and token ids exactly as :meth:`stream` would give them to vLLM."""
+        rendered = self._render(request)
+        if isinstance(rendered, EngineError):
+            return rendered
+        text, token_ids = rendered
+        return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
+
     def _tokenize(self, request: GenerationRequest) -> list[int] | EngineError:
+        rendered = self._render(request)
+        return rendered if isinstance(rendered, EngineError) else rendered[1]
+
+    def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
+        """(prompt text, token ids) of a request; the text is None for a token-id prompt."""
         if request.messages is not None:
             try:
-                text = self._tokenizer.apply_chat_template(
-                    _flatten_content(request.messages), add_generation_prompt=True, tokenize=False
-                )
+                if self._config.chat_format == "glm4":
+                    text = glm4.render_prompt(request.messages, request.tools)
+                else:
+                    text = self._tokenizer.apply_chat_template(
+                        _flatten_content(request.messages), add_generation_prompt=True, tokenize=False
+                    )
             except Exception as exc:  # jinja raises TemplateError and friends: the input's fault
-                return EngineError(400, f"The chat template could not render these messages: {exc}", param="messages")
-            # The template already wrote the special tokens (BOS and role markers).
-            return self._tokenizer.encode(text, add_special_tokens=False)
+                return EngineError(400, f"The chat format could not render these messages: {exc}", param="messages")
+            # The prompt already holds its special tokens ([gMASK]<sop>, BOS, role markers).
+            return text, self._tokenizer.encode(text, add_special_tokens=False)
         if isinstance(request.prompt, str):
-            return self._tokenizer.encode(request.prompt)
+            return request.prompt, self._tokenizer.encode(request.prompt)
         vocab = len(self._tokenizer)
         ids = list(request.prompt or [])
         bad = [t for t in ids if t < 0 or t >= vocab]
         if bad:
             return EngineError(400, f"Token ids out of the vocabulary (size {vocab}): {bad[:5]}", param="prompt")
-        return ids
+        return None, ids

@@ -27,6 +27,8 @@ class GenerationRequest:
     request_id: str
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI tools to render into the prompt (GLM-4 format only)."""
     sampling: dict[str, Any] = field(default_factory=dict)
     """SamplingParams keyword arguments already range-checked by the router."""
     max_tokens: int | None = None

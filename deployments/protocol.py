@@ -79,10 +79,25 @@ class TextPart(WireModel):
     text: str
 
 
+class FunctionCall(WireModel):
+    name: str = Field(min_length=1)
+    arguments: str = "{}"
+
+
+class ToolCallIn(WireModel):
+    """A tool call in an assistant message the client sends back (conversation history)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def as_template_message(self) -> dict[str, Any]:
         """The dict a chat template reads. 'developer' is OpenAI's new name for 'system'."""
@@ -93,7 +108,34 @@ class ChatMessage(WireModel):
         message: dict[str, Any] = {"role": role, "content": content or ""}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
+
+
+class Tool(WireModel):
+    """An OpenAI tool. ``function`` stays a plain dict: its key order is rendered into the prompt."""
+
+    type: Literal["function"]
+    function: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _named(self) -> Tool:
+        name = self.function.get("name")
+        if not isinstance(name, str) or not name.strip() or "\n" in name:
+            raise ValueError("function.name must be a non-empty single-line string")
+        return self
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: FunctionCall | dict[str, Any]
+
+    @property
+    def name(self) -> str | None:
+        return self.function.name if isinstance(self.function, FunctionCall) else self.function.get("name")
 
 
 class StreamOptions(WireModel):
@@ -153,13 +195,28 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @model_validator(mode="after")
-    def _no_tools_yet(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools: tool calling is not supported by this model's chat format")
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
+        if self.tool_choice == "required":
+            raise ValueError("tool_choice: 'required' is not supported; use 'auto' or name a function")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {t.function["name"] for t in self.tools or []}
+            if self.tool_choice.name not in names:
+                raise ValueError(f"tool_choice: {self.tool_choice.name!r} is not one of the tools")
         return self
+
+    def active_tools(self) -> list[dict[str, Any]] | None:
+        """The tools to offer the model: none for tool_choice 'none', only the named one
+        for a named choice (GLM-4 cannot be forced to call, but it can be offered just one)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        tools = [t.model_dump() for t in self.tools]
+        if isinstance(self.tool_choice, NamedToolChoice):
+            tools = [t for t in tools if t["function"]["name"] == self.tool_choice.name]
+        return tools
 
     @property
     def output_limit(self) -> int | None:
@@ -188,6 +245,21 @@ class CompletionRequest(SamplingFields):
         return self
 
 
+class TokenizeRequest(WireModel):
+    """``POST /tokenize``: a chat (``messages``, optional ``tools``) or a text ``prompt``."""
+
+    model: str
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    tools: list[Tool] | None = None
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("messages: give either messages or prompt")
+        return self
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -196,9 +268,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(request_id: str, model: str, text: str, finish_reason: str | None,
-                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """A whole ``chat.completion`` object."""
+def chat_completion(request_id: str, model: str, text: str | None, finish_reason: str | None,
+                    prompt_tokens: int, completion_tokens: int,
+                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A whole ``chat.completion`` object (with ``tool_calls`` when the model called a tool)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -206,7 +282,7 @@ def chat_completion(request_id: str, model: str, text: str, finish_reason: str |
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish_reason,
         }],

@@ -40,7 +40,8 @@ from deployments.config import ModelConfig, RouterConfig
 from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
 from deployments.metrics import RouterMetrics
 from deployments.protocol import OpenAIError
-from deployments.sse import DONE, StreamEncoder, error_event
+from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
+from glm_client.glm4 import function_of, parse_tool_call
 
 logger = logging.getLogger("glm_serve.router")
 
@@ -78,6 +79,7 @@ class RouterDeployment:
         self._engine = engine
         self._engine_stream = engine.options(stream=True)
         self._model_name = model.name
+        self._chat_format = model.chat_format
         self._config = config
         self._metrics = RouterMetrics()
         self._created = int(time.time())
@@ -86,6 +88,7 @@ class RouterDeployment:
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("POST", "/v1/completions"): self._completions,
             ("GET", "/v1/models"): self._models,
+            ("POST", "/tokenize"): self._tokenize,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._render_metrics,
         }
@@ -161,6 +164,7 @@ class RouterDeployment:
         generation = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             messages=[m.as_template_message() for m in parsed.messages],
+            tools=self._tools(parsed),
             sampling=parsed.sampling_kwargs(),
             max_tokens=parsed.output_limit,
         )
@@ -168,9 +172,24 @@ class RouterDeployment:
             encoder = StreamEncoder("chat", generation.request_id, self._model_name)
             return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start)
         result = await self._complete(generation)
-        body = protocol.chat_completion(generation.request_id, self._model_name, result.text,
-                                        result.finish_reason, result.prompt_tokens, result.completion_tokens)
+        call = None
+        if generation.tools:
+            call = parse_tool_call(result.text, {function_of(t)["name"] for t in generation.tools})
+        body = protocol.chat_completion(
+            generation.request_id, self._model_name,
+            None if call else result.text,
+            "tool_calls" if call else result.finish_reason,
+            result.prompt_tokens, result.completion_tokens,
+            tool_calls=[call.openai()] if call else None,
+        )
         return _json(body, replica=result.replica_id)
+
+    def _tools(self, parsed: protocol.ChatCompletionRequest) -> list[dict[str, Any]] | None:
+        """The tools to render, or a 400 when this model's chat format has no tool calls."""
+        if parsed.tools and self._chat_format != "glm4":
+            raise OpenAIError(400, f"tools: the model `{self._model_name}` (chat_format "
+                                   f"'{self._chat_format}') does not support tool calls.", param="tools")
+        return parsed.active_tools()
 
     async def _completions(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -188,6 +207,24 @@ class RouterDeployment:
         body = protocol.text_completion(generation.request_id, self._model_name, result.text,
                                         result.finish_reason, result.prompt_tokens, result.completion_tokens)
         return _json(body, replica=result.replica_id)
+
+    async def _tokenize(self, request: Request) -> Response:
+        parsed: protocol.TokenizeRequest = self._validate(protocol.TokenizeRequest, await self._read_json(request))
+        if parsed.tools and self._chat_format != "glm4":
+            raise OpenAIError(400, "tools: this model's chat format does not support tool calls.", param="tools")
+        generation = GenerationRequest(
+            request_id=f"tokenize-{uuid.uuid4().hex}",
+            messages=[m.as_template_message() for m in parsed.messages] if parsed.messages else None,
+            prompt=parsed.prompt,
+            tools=[t.model_dump() for t in parsed.tools] if parsed.tools else None,
+        )
+        try:
+            result = await self._engine.tokenize.remote(generation)
+        except Exception as exc:
+            raise engine_failure(exc) from None
+        if isinstance(result, EngineError):
+            raise refusal(result)
+        return _json({"model": self._model_name, **result})
 
     async def _models(self, request: Request) -> Response:
         if self._max_model_len is None:
@@ -230,6 +267,7 @@ class RouterDeployment:
 
     async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
                       include_usage: bool, start: float) -> Response:
+        tool_names = {function_of(t)["name"] for t in generation.tools or []}
         """Peek the engine's first item to choose between an error status and a 200 stream."""
         chunks: DeploymentResponseGenerator = self._engine_stream.stream.remote(generation)
         try:
@@ -242,32 +280,24 @@ class RouterDeployment:
             raise refusal(first)
         self._metrics.ttft.observe(time.perf_counter() - start)
         return StreamingResponse(
-            self._relay(path, chunks, first, encoder, include_usage, start),
+            self._relay(path, chunks, first, encoder, include_usage, start, tool_names or None),
             media_type="text/event-stream",
             headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
         )
 
     async def _relay(self, path: str, chunks: DeploymentResponseGenerator, first: GenerationChunk,
-                     encoder: StreamEncoder, include_usage: bool, start: float) -> AsyncIterator[bytes]:
-        """Write each engine chunk as one SSE event; close with usage and [DONE]."""
+                     encoder: StreamEncoder, include_usage: bool, start: float,
+                     tool_names: set[str] | None) -> AsyncIterator[bytes]:
+        """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
         self._metrics.in_flight.inc()
-        completion_tokens = 0
+        counts = StreamCounts(first.prompt_tokens)
         finished = False
         status = "200"
         try:
-            chunk: GenerationChunk = first
-            while True:
-                completion_tokens += chunk.num_tokens
-                if chunk.text or chunk.finish_reason is not None:
-                    yield encoder.text(chunk.text, chunk.finish_reason)
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            if include_usage:
-                yield encoder.usage(first.prompt_tokens, completion_tokens)
-            finished = True
-            yield DONE
+            async for event in events(first, chunks, encoder, counts, tool_names, include_usage):
+                if event is DONE:
+                    finished = True
+                yield event
         except (asyncio.CancelledError, GeneratorExit, RequestCancelledError):
             status = "499"  # the client went away; the finally below stops the engine's work
             raise
@@ -283,7 +313,7 @@ class RouterDeployment:
                 chunks.cancel()
             self._metrics.in_flight.dec()
             self._metrics.prompt_tokens.inc(first.prompt_tokens)
-            self._metrics.completion_tokens.inc(completion_tokens)
+            self._metrics.completion_tokens.inc(counts.completion_tokens)
             self._metrics.requests.labels(path, status).inc()
             self._metrics.latency.labels(path).observe(time.perf_counter() - start)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
+from deployments.generation import GenerationChunk
 from deployments.protocol import error_body, usage
+from glm_client.glm4 import ToolCall, ToolCallStreamParser
 
 DONE = b"data: [DONE]\n\n"
 
@@ -47,6 +50,15 @@ class StreamEncoder:
                       + ',"logprobs":null,"finish_reason":' + finish + "}")
         return (self._head + ',"choices":[' + choice + "]}\n\n").encode()
 
+    def tool_call(self, call: dict, finish_reason: str = "tool_calls") -> bytes:
+        """One event carrying a whole tool call (``call`` is an OpenAI tool_calls entry with index)."""
+        delta: dict = {"content": None, "tool_calls": [call]}
+        if not self._sent_role:
+            delta = {"role": "assistant", **delta}
+            self._sent_role = True
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return (self._head + ',"choices":[' + json.dumps(choice, ensure_ascii=False) + "]}\n\n").encode()
+
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The closing usage event of ``stream_options.include_usage``: ``choices`` is empty."""
         payload = json.dumps(usage(prompt_tokens, completion_tokens), separators=(",", ":"))
@@ -56,3 +68,52 @@ class StreamEncoder:
 def error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:
     """An error after the stream began: the status line is gone, so it travels as an event."""
     return b"data: " + json.dumps(error_body(message, type, None, code), ensure_ascii=False).encode() + b"\n\n"
+
+
+class StreamCounts:
+    """Token counts of a stream, readable by the caller after (or during) iteration."""
+
+    def __init__(self, prompt_tokens: int = 0) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+
+
+async def events(first: GenerationChunk, rest: AsyncIterator[GenerationChunk], encoder: StreamEncoder,
+                 counts: StreamCounts, tool_names: set[str] | None = None,
+                 include_usage: bool = False) -> AsyncIterator[bytes]:
+    """Turn the engine's chunks into SSE events, ending with usage (if asked) and [DONE].
+
+    With ``tool_names``, text is held back only while it may still become a GLM-4 tool
+    call; a finished call goes out as one ``tool_calls`` delta with finish reason
+    ``tool_calls``.
+    """
+    parser = ToolCallStreamParser(tool_names) if tool_names else None
+    chunk = first
+    while True:
+        counts.completion_tokens += chunk.num_tokens
+        text = parser.feed(chunk.text) if parser else chunk.text
+        if chunk.finish_reason is not None and parser is not None:
+            final = parser.finish()
+            if isinstance(final, ToolCall):
+                if text:
+                    yield encoder.text(text)
+                yield encoder.tool_call(final.openai(index=0))
+            else:
+                yield encoder.text(text + final, chunk.finish_reason)
+        elif text or chunk.finish_reason is not None:
+            yield encoder.text(text, chunk.finish_reason)
+        if chunk.finish_reason is not None:
+            break
+        try:
+            chunk = await rest.__anext__()
+        except StopAsyncIteration:
+            if parser is not None:  # ended without a finish reason: release what is held
+                final = parser.finish()
+                if isinstance(final, ToolCall):
+                    yield encoder.tool_call(final.openai(index=0))
+                elif final:
+                    yield encoder.text(final)
+            break
+    if include_usage:
+        yield encoder.usage(counts.prompt_tokens, counts.completion_tokens)
+    yield DONE

@@ -22,10 +22,14 @@ import psutil
 import pytest
 import yaml
 
+from tests.e2e import tiny_glm
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 MODEL_NAME = "smollm2-135m-instruct"
+TINY_GLM_NAME = "tiny-glm4"
+TINY_GLM_PREFIX = "/tiny-glm"
 START_TIMEOUT_S = 420
 
 
@@ -55,8 +59,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-def write_test_config(path: Path, port: int) -> dict:
-    """config/serve-cpu.yaml with 2 GPU-pinned engine replicas, each bound to its own core."""
+def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
+    """config/serve-cpu.yaml with 2 GPU-pinned engine replicas, each bound to its own core,
+    plus a tiny GLM-4 application under /tiny-glm."""
     config = yaml.safe_load((ROOT / "config" / "serve-cpu.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     args = config["applications"][0]["args"]
@@ -65,6 +70,18 @@ def write_test_config(path: Path, port: int) -> dict:
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
     args["router"] = {"max_request_body_bytes": 65536}
+    # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format.
+    config["applications"].append({
+        "name": "tiny-glm",
+        "route_prefix": TINY_GLM_PREFIX,
+        "import_path": "deployments.app:build_app",
+        "args": {
+            "model": {"model": str(tiny_glm_dir), "served_model_name": TINY_GLM_NAME, "chat_format": "glm4",
+                      "dtype": "float32", "max_model_len": 1024, "enforce_eager": True,
+                      "cpu": {"kvcache_space_gib": 1}},
+            "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+        },
+    })
     path.write_text(yaml.safe_dump(config))
     return config
 
@@ -77,7 +94,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     config_path = tmp / "serve-test.yaml"
-    write_test_config(config_path, port)
+    write_test_config(config_path, port, tiny_glm.build(tmp / "tiny-glm"))
     # A throw-away cluster on loopback: no auth token to distribute to the test's own
     # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -109,7 +126,8 @@ def server(tmp_path_factory):
                 pass
             time.sleep(2)
         print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
-        yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log"}
+        yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log",
+               "tiny_glm_dir": tmp / "tiny-glm"}
     finally:
         engine_procs = _vllm_processes()
         try:

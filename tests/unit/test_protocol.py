@@ -38,7 +38,11 @@ def _refusal(cls, body) -> protocol.OpenAIError:
         ({"messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
          "messages.0.content"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools.0"),
+        ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools.0.type"),
+        ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "g"}},
+          "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
     ],
 )
 def test_chat_refusals_name_the_field(change, param):
@@ -97,3 +101,30 @@ def test_whole_responses_have_openai_shape():
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
     models = protocol.model_list("m", 4096, 0)
     assert models["data"][0]["max_model_len"] == 4096
+
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {}}},
+         {"type": "function", "function": {"name": "g", "description": "d"}}]
+
+
+def test_active_tools_follow_tool_choice():
+    def active(choice):
+        body = {**BASE, "tools": TOOLS} if choice is ... else {**BASE, "tools": TOOLS, "tool_choice": choice}
+        return ChatCompletionRequest.model_validate(body).active_tools()
+
+    assert active(...) == TOOLS
+    assert active("auto") == TOOLS
+    assert active("none") is None
+    assert active({"type": "function", "function": {"name": "g"}}) == [TOOLS[1]]
+    assert ChatCompletionRequest.model_validate(BASE).active_tools() is None
+
+
+def test_tool_history_renders_for_the_template():
+    request = ChatCompletionRequest.model_validate({**BASE, "messages": [
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]})
+    call, result = [m.as_template_message() for m in request.messages]
+    assert call["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    assert result == {"role": "tool", "content": "42", "tool_call_id": "c1"}

@@ -42,3 +42,65 @@ def test_error_event_and_done():
     event = _payload(error_event("engine died", "service_unavailable"))
     assert event == {"error": {"message": "engine died", "type": "service_unavailable", "param": None, "code": None}}
     assert DONE == b"data: [DONE]\n\n"
+
+
+import asyncio  # noqa: E402
+
+from deployments.generation import GenerationChunk  # noqa: E402
+from deployments.sse import StreamCounts, events  # noqa: E402
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
+
+
+def _run(chunks, tool_names=None, include_usage=True):
+    async def collect():
+        counts = StreamCounts(prompt_tokens=9)
+        out = [e async for e in events(chunks[0], _aiter(chunks[1:]), StreamEncoder("chat", "c", "m"), counts,
+                                       tool_names, include_usage)]
+        return out, counts
+
+    out, counts = asyncio.run(collect())
+    assert out[-1] == DONE
+    return [_payload(e) for e in out[:-1]], counts
+
+
+def _text(payloads):
+    return "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p["choices"])
+
+
+def test_events_stream_text_and_usage():
+    payloads, counts = _run([GenerationChunk("Hel", 1), GenerationChunk("lo", 2), GenerationChunk("", 1, "stop")])
+    assert _text(payloads) == "Hello"
+    assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
+    assert payloads[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    assert counts.completion_tokens == 4
+
+
+def test_events_turn_a_glm4_tool_call_into_a_tool_calls_delta():
+    chunks = [GenerationChunk("get_wea", 2), GenerationChunk('ther\n{"city": ', 3),
+              GenerationChunk('"北京"}', 2, "stop")]
+    payloads, _ = _run(chunks, {"get_weather"}, include_usage=False)
+    assert len(payloads) == 1, "nothing of the call leaks out as text"
+    choice = payloads[0]["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["delta"]["tool_calls"][0]
+    assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "北京"}'}
+    assert choice["delta"]["role"] == "assistant" and choice["delta"]["content"] is None
+
+
+def test_events_with_tools_release_text_that_is_not_a_call():
+    chunks = [GenerationChunk("get_", 1), GenerationChunk("weather is sunny", 3), GenerationChunk(".", 1, "stop")]
+    payloads, _ = _run(chunks, {"get_weather"}, include_usage=False)
+    assert _text(payloads) == "get_weather is sunny."
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_events_with_invalid_call_json_send_the_text():
+    chunks = [GenerationChunk("get_weather\n{oops", 4, "stop")]
+    payloads, _ = _run(chunks, {"get_weather"}, include_usage=False)
+    assert _text(payloads) == "get_weather\n{oops"
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
