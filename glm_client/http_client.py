@@ -1,0 +1,223 @@
+"""The composite demo's ``Client`` API over HTTP, against glm-serve (or any OpenAI-compatible
+server that speaks GLM-4 tool calls).
+
+    client = ServeClient("http://127.0.0.1:8000")
+    for response, history in client.generate_stream(tools, history, max_new_tokens=256):
+        ...   # response: the text so far, or {"name": ..., "parameters": {...}} for a tool call
+
+:class:`AsyncServeClient` is the same for asyncio code. Both retry a request that the
+service answers with 503 (overloaded, or no healthy engine), waiting as its
+``Retry-After`` header says or with exponential backoff; a stream that has begun is
+never retried.
+
+Exceptions::
+
+    GLMServeError              anything this client raises
+    ├── APIStatusError         the service answered with an OpenAI error (status, type, param, code)
+    └── StreamError            the service reported an error in the middle of a stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from glm_client.conversation import Conversation, process_input, process_response, to_openai
+
+__all__ = ["ServeClient", "AsyncServeClient", "GLMServeError", "APIStatusError", "StreamError"]
+
+# Parameter names of the demo that mean something else (or nothing) on the wire.
+_RENAMED = {"max_new_tokens": "max_tokens"}
+_DROPPED = {"best_of", "use_beam_search", "length_penalty", "early_stopping", "do_sample"}
+
+
+class GLMServeError(Exception):
+    """Base of every error this client raises."""
+
+
+class APIStatusError(GLMServeError):
+    """An HTTP error answer, with OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+class StreamError(GLMServeError):
+    """An SSE error event: the stream began, then failed."""
+
+
+def _status_error(response: httpx.Response, body: bytes) -> APIStatusError:
+    try:
+        error = json.loads(body)["error"]
+        return APIStatusError(response.status_code, error.get("message", ""), error.get("type"),
+                              error.get("param"), error.get("code"))
+    except (ValueError, KeyError, TypeError):
+        return APIStatusError(response.status_code, body.decode(errors="replace")[:500])
+
+
+def _retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float) -> float:
+    if response is not None:
+        header = response.headers.get("retry-after")
+        if header:
+            try:
+                return min(float(header), 60.0)
+            except ValueError:
+                pass
+    return backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def _chat_body(model: str, tools: list[dict[str, Any]], history: list[Conversation],
+               parameters: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    chat_history = process_input(history, tools)
+    messages, openai_tools = to_openai(chat_history)
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if openai_tools:
+        body["tools"] = openai_tools
+    for key, value in parameters.items():
+        if key in _DROPPED:
+            continue
+        body[_RENAMED.get(key, key)] = value
+    return body, chat_history
+
+
+class _StreamState:
+    """Folds SSE events into the demo's ``(response, history)`` items."""
+
+    def __init__(self, chat_history: list[dict[str, Any]]):
+        self.chat_history = chat_history
+        self.text = ""
+        self.yielded = False
+
+    def feed(self, line: str) -> tuple[Any, list[dict[str, Any]]] | None:
+        if not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return None
+        event = json.loads(payload)
+        if "error" in event:
+            raise StreamError(event["error"].get("message", "stream failed"))
+        if not event.get("choices"):
+            return None
+        choice = event["choices"][0]
+        delta = choice.get("delta") or {}
+        if delta.get("tool_calls"):
+            function = delta["tool_calls"][0]["function"]
+            self.text = f"{function['name']}\n{function.get('arguments') or '{}'}"
+        elif delta.get("content"):
+            self.text += delta["content"]
+        elif choice.get("finish_reason") is None or self.yielded:
+            return None
+        # One item per new text, and always one for a reply, even an empty one
+        # (as VLLMClient does).
+        self.yielded = True
+        return process_response(self.text, self.chat_history)
+
+
+class ServeClient:
+    """The demo's ``Client`` protocol over HTTP (synchronous)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
+                 transport: httpx.BaseTransport | None = None):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+                                  transport=transport)
+        self._model = model
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+
+    def __enter__(self) -> ServeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    @property
+    def model(self) -> str:
+        """The model to ask for: the one given, else the first the service lists."""
+        if self._model is None:
+            response = self._http.get("/v1/models")
+            if response.status_code != 200:
+                raise _status_error(response, response.content)
+            self._model = response.json()["data"][0]["id"]
+        return self._model
+
+    def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
+                        ) -> Iterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
+        """Yield ``(response, history)`` as the model writes, like the demo's VLLMClient."""
+        body, chat_history = _chat_body(self.model, tools, history, parameters)
+        state = _StreamState(chat_history)
+        for attempt in range(self._max_retries + 1):
+            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code == 503 and attempt < self._max_retries:
+                    time.sleep(_retry_delay(response, attempt, self._backoff_s))
+                    continue
+                if response.status_code != 200:
+                    raise _status_error(response, response.read())
+                for line in response.iter_lines():
+                    item = state.feed(line)
+                    if item is not None:
+                        yield item
+                return
+
+
+class AsyncServeClient:
+    """The demo's ``Client`` protocol over HTTP for asyncio code."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+                                       transport=transport)
+        self._model = model
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+
+    async def __aenter__(self) -> AsyncServeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get_model(self) -> str:
+        """The model to ask for: the one given, else the first the service lists."""
+        if self._model is None:
+            response = await self._http.get("/v1/models")
+            if response.status_code != 200:
+                raise _status_error(response, response.content)
+            self._model = response.json()["data"][0]["id"]
+        return self._model
+
+    async def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
+                              ) -> AsyncIterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
+        """Yield ``(response, history)`` as the model writes."""
+        body, chat_history = _chat_body(await self.get_model(), tools, history, parameters)
+        state = _StreamState(chat_history)
+        for attempt in range(self._max_retries + 1):
+            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code == 503 and attempt < self._max_retries:
+                    await asyncio.sleep(_retry_delay(response, attempt, self._backoff_s))
+                    continue
+                if response.status_code != 200:
+                    raise _status_error(response, await response.aread())
+                async for line in response.aiter_lines():
+                    item = state.feed(line)
+                    if item is not None:
+                        yield item
+                return

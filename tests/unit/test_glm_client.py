@@ -1,0 +1,125 @@
+"""glm_client without a server: conversation conversion, SSE folding, retries (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from glm_client import (APIStatusError, AsyncServeClient, Conversation, Role, ServeClient, StreamError, get_client,
+                        process_input)
+from glm_client.conversation import build_system_prompt, to_openai
+
+WEATHER = {"name": "get_weather", "description": "天气", "parameters": {"type": "object", "properties": {}}}
+HISTORY = [
+    Conversation(Role.USER, "北京天气如何？"),
+    Conversation(Role.TOOL, '{"city": "北京"}', metadata="get_weather"),
+    Conversation(Role.OBSERVATION, '{"sky": "晴"}', metadata="get_weather"),
+]
+
+
+def test_process_input_and_to_openai():
+    chat_history = process_input(HISTORY, [WEATHER])
+    assert chat_history[0] == {"role": "system", "content": "", "tools": [{"type": "function", "function": WEATHER}]}
+    assert chat_history[2] == {"role": "assistant", "content": '{"city": "北京"}', "metadata": "get_weather"}
+    messages, tools = to_openai(chat_history)
+    assert tools == [{"type": "function", "function": WEATHER}]
+    assert messages[0] == {"role": "user", "content": "北京天气如何？"}
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "北京"}'}
+    assert messages[2] == {"role": "tool", "tool_call_id": messages[1]["tool_calls"][0]["id"], "content": '{"sky": "晴"}'}
+
+
+def test_role_strings_and_system_prompt():
+    assert str(Role.TOOL) == "<|assistant|>" and str(Role.OBSERVATION) == "<|observation|>"
+    prompt = build_system_prompt([], [WEATHER])
+    assert "# 可用工具" in prompt and "## get_weather" in prompt and "当前日期" in prompt
+    with pytest.raises(ValueError, match="python"):
+        build_system_prompt(["python"], [])
+
+
+def _sse(*events) -> bytes:
+    return b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events) + \
+        b"data: [DONE]\n\n"
+
+
+def _chunk(delta, finish=None):
+    return {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _transport(responses, seen):
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return responses.pop(0)
+    return handler
+
+
+def test_serve_client_streams_text_then_retries_503_with_retry_after():
+    seen: list[httpx.Request] = []
+    responses = [
+        httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"message": "busy", "type": "x"}}),
+        httpx.Response(200, content=_sse(_chunk({"role": "assistant", "content": "晴"}),
+                                         _chunk({"content": "天"}, "stop"))),
+    ]
+    client = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(responses, seen)))
+    items = list(client.generate_stream([], [Conversation(Role.USER, "hi")], max_new_tokens=8, best_of=1))
+    assert [r for r, _ in items] == ["晴", "晴天"]
+    assert items[-1][1][-1] == {"role": "assistant", "metadata": "", "content": "晴天"}
+    body = json.loads(seen[-1].content)
+    assert body["max_tokens"] == 8 and "best_of" not in body and body["stream"] is True
+    assert len(seen) == 2
+
+
+def test_serve_client_turns_a_tool_call_delta_into_the_demo_dict():
+    call = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}
+    responses = [httpx.Response(200, content=_sse(_chunk({"role": "assistant", "content": None,
+                                                          "tool_calls": [call]}, "tool_calls")))]
+    client = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(responses, [])))
+    (response, history), = client.generate_stream([WEATHER], [Conversation(Role.USER, "天气")])
+    assert response == {"name": "get_weather", "parameters": {"city": "北京"}}
+    assert history[-1] == {"role": "assistant", "metadata": "get_weather", "content": '{"city": "北京"}'}
+
+
+def test_serve_client_raises_openai_errors_and_stream_errors():
+    bad = [httpx.Response(400, json={"error": {"message": "bad", "type": "invalid_request_error",
+                                              "param": "messages", "code": None}})]
+    client = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(bad, [])))
+    with pytest.raises(APIStatusError) as info:
+        list(client.generate_stream([], [Conversation(Role.USER, "x")]))
+    assert info.value.status == 400 and info.value.param == "messages"
+
+    broken = [httpx.Response(200, content=b'data: {"error": {"message": "engine died"}}\n\n')]
+    client = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(broken, [])))
+    with pytest.raises(StreamError, match="engine died"):
+        list(client.generate_stream([], [Conversation(Role.USER, "x")]))
+
+
+def test_serve_client_gives_up_after_max_retries():
+    busy = [httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"message": "busy"}})] * 3
+    client = ServeClient("http://glm", model="m", max_retries=2,
+                         transport=httpx.MockTransport(_transport(list(busy), [])))
+    with pytest.raises(APIStatusError) as info:
+        list(client.generate_stream([], [Conversation(Role.USER, "x")]))
+    assert info.value.status == 503
+
+
+def test_async_client_matches_sync_client():
+    def responses():
+        return [httpx.Response(200, content=_sse(_chunk({"content": "a"}), _chunk({"content": "b"}, "stop")))]
+
+    async def run():
+        client = AsyncServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(responses(), [])))
+        async with client:
+            return [r async for r, _ in client.generate_stream([], [Conversation(Role.USER, "x")])]
+
+    sync = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(responses(), [])))
+    assert asyncio.run(run()) == [r for r, _ in sync.generate_stream([], [Conversation(Role.USER, "x")])] == ["a", "ab"]
+
+
+def test_get_client_picks_by_type():
+    assert isinstance(get_client("http://glm", "serve"), ServeClient)
+    with pytest.raises(ValueError, match="unknown client type"):
+        get_client("x", "grpc")
