@@ -12,12 +12,11 @@ import sys
 import time
 
 import aiohttp
-from tqdm import tqdm
 
-from benchmarks.workload import RequestRecord, prompts, summarize
+from benchmarks.workload import RequestRecord, prompts, run_level
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: dict, bar: tqdm) -> RequestRecord:
+async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestRecord:
     start = time.perf_counter()
     ttft = None
     tokens = 0
@@ -42,8 +41,6 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict, bar: tqdm) 
                     tokens = event["usage"]["completion_tokens"]
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         return RequestRecord(0.0, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}")
-    finally:
-        bar.update()
     return RequestRecord(ttft or 0.0, time.perf_counter() - start, tokens)
 
 
@@ -59,17 +56,9 @@ async def run(system: str, base_url: str, model: str, requests: dict[int, int], 
             return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
-        with tqdm(total=1, desc=f"{system} warm-up", file=sys.stderr) as bar:
-            await _one(session, url, body([{"role": "user", "content": "Hello"}]), bar)
+        print(f"{system}: warm-up", file=sys.stderr)
+        await _one(session, url, body([{"role": "user", "content": "Hello"}]))
         for level in sorted(requests):
             bodies = [body(m) for m in prompts(requests[level], seed)]
-            gate = asyncio.Semaphore(level)
-            with tqdm(total=len(bodies), desc=f"{system} c={level}", file=sys.stderr) as bar:
-                async def gated(b):
-                    async with gate:
-                        return await _one(session, url, b, bar)
-
-                start = time.perf_counter()
-                records = await asyncio.gather(*(gated(b) for b in bodies))
-                results.append(summarize(system, level, list(records), time.perf_counter() - start))
+            results.append(await run_level(system, level, bodies, lambda b: _one(session, url, b)))
     return results

@@ -14,14 +14,12 @@ import sys
 import time
 import uuid
 
-from tqdm import tqdm
-
-from benchmarks.workload import RequestRecord, prompts, summarize
+from benchmarks.workload import RequestRecord, prompts, run_level
 from deployments.config import ModelConfig
 from deployments.engine import apply_cpu_settings
 
 
-async def _one(engine, token_ids, params, bar) -> RequestRecord:
+async def _one(engine, token_ids, params) -> RequestRecord:
     from vllm import TokensPrompt
 
     start = time.perf_counter()
@@ -35,8 +33,6 @@ async def _one(engine, token_ids, params, bar) -> RequestRecord:
             tokens += new
     except Exception as exc:  # a benchmark records failures, it does not stop on them
         return RequestRecord(0.0, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}")
-    finally:
-        bar.update()
     return RequestRecord(ttft or 0.0, time.perf_counter() - start, tokens)
 
 
@@ -53,21 +49,12 @@ async def run(model: ModelConfig, levels: list[int], requests: dict[int, int], m
                             output_kind=RequestOutputKind.DELTA)
     results = []
     try:
-        with tqdm(total=1, desc="raw warm-up", file=sys.stderr) as bar:
-            await _one(engine, tokenizer.encode("Hello"), params, bar)
+        print("raw: warm-up", file=sys.stderr)
+        await _one(engine, tokenizer.encode("Hello"), params)
         for level in levels:
-            conversations = prompts(requests[level], seed)
             ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
-                                    add_special_tokens=False) for c in conversations]
-            gate = asyncio.Semaphore(level)
-            with tqdm(total=len(ids), desc=f"raw c={level}", file=sys.stderr) as bar:
-                async def gated(token_ids):
-                    async with gate:
-                        return await _one(engine, token_ids, params, bar)
-
-                start = time.perf_counter()
-                records = await asyncio.gather(*(gated(i) for i in ids))
-                results.append(summarize("raw", level, list(records), time.perf_counter() - start))
+                                    add_special_tokens=False) for c in prompts(requests[level], seed)]
+            results.append(await run_level("raw", level, ids, lambda i: _one(engine, i, params)))
     finally:
         engine.shutdown()
     return results

@@ -7,9 +7,17 @@ reduced to one :class:`RequestRecord`, so the numbers compare like with like.
 
 from __future__ import annotations
 
+import asyncio
 import random
-import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from tqdm import tqdm
+
+Item = TypeVar("Item")
 
 _TOPICS = ["a lighthouse keeper", "a lost robot", "the last bakery in town", "a river that flows uphill",
            "a chess match", "a winter market", "a broken violin", "two rival gardeners", "a night train",
@@ -89,3 +97,21 @@ def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
         if record.get("itl_p50_ms") and ref.get("itl_p50_ms"):
             record["itl_p50_vs_raw"] = round(record["itl_p50_ms"] / ref["itl_p50_ms"], 3)
     return results
+
+
+async def run_level(system: str, concurrency: int, items: list[Item],
+                    one: Callable[[Item], Awaitable[RequestRecord]]) -> dict:
+    """Send ``items`` through ``one`` with at most ``concurrency`` in flight; a progress
+    bar on stderr; the level's summary."""
+    gate = asyncio.Semaphore(concurrency)
+    with tqdm(total=len(items), desc=f"{system} c={concurrency}", file=sys.stderr) as bar:
+        async def gated(item: Item) -> RequestRecord:
+            async with gate:
+                try:
+                    return await one(item)
+                finally:
+                    bar.update()
+
+        start = time.perf_counter()
+        records = await asyncio.gather(*(gated(item) for item in items))
+    return summarize(system, concurrency, list(records), time.perf_counter() - start)

@@ -67,3 +67,20 @@ def test_vllm_client_serves_several_callers_at_once(vllm_client):
     with pytest.warns(UserWarning, match="best_of"), ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(4)))
     assert all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize("script,args", [
+    ("weather_tools_glm_client.py", ["--base-url", "{glm}"]),
+    ("weather_tools_openai.py", ["--base-url", "{glm}/v1", "--model", "tiny-glm4"]),
+])
+def test_examples_run_against_a_glm4_service(base_url, script, args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    glm = base_url + TINY_GLM_PREFIX
+    proc = subprocess.run([sys.executable, str(root / "examples" / script), *[a.format(glm=glm) for a in args]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "assistant:" in proc.stdout
