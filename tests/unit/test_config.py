@@ -29,6 +29,7 @@ def test_gpu_config_pins_one_engine_per_gpu_and_stops_on_glm4_tokens():
     assert config.engine.ray_actor_options["num_gpus"] == 1
     assert config.model.max_model_len == 8192
     assert {151329, 151336, 151338} <= set(config.model.stop_token_ids)
+    assert config.model.chat_format == "glm4"
 
 
 def _error(args: dict) -> str:

@@ -8,8 +8,16 @@ import json
 import httpx
 import pytest
 
-from glm_client import (APIStatusError, AsyncServeClient, Conversation, Role, ServeClient, StreamError, get_client,
-                        process_input)
+from glm_client import (
+    APIStatusError,
+    AsyncServeClient,
+    Conversation,
+    Role,
+    ServeClient,
+    StreamError,
+    get_client,
+    process_input,
+)
 from glm_client.conversation import build_system_prompt, to_openai
 
 WEATHER = {"name": "get_weather", "description": "天气", "parameters": {"type": "object", "properties": {}}}
