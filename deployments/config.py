@@ -92,6 +92,16 @@ class ModelConfig(StrictModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
+    max_chunk_tokens: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Load-adaptive chunking of streams by the engine replica: the first token always leaves "
+            "at once; later chunks gather ceil(running requests / 4) tokens, at most this many. "
+            "1 streams every token. Token-count based, never a timer."
+        ),
+    )
     stream_interval: int = Field(
         default=1,
         ge=1,

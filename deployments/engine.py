@@ -76,6 +76,13 @@ def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set
     return eos_ids, defaults
 
 
+def chunk_tokens(running: int, max_chunk_tokens: int) -> int:
+    """Tokens per streamed chunk after the first: 1 while at most 4 streams run, then one
+    more per 4 streams, up to ``max_chunk_tokens``. Under load every chunk's trip through
+    Ray, the router and the proxy costs CPU that, on CPU nodes, the engine needed."""
+    return max(1, min(max_chunk_tokens, -(-running // 4)))
+
+
 def _flatten_content(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chat templates expect string content; OpenAI also allows a list of text parts."""
     flat = []
@@ -117,6 +124,7 @@ class EngineDeployment:
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
+        self._running = 0  # streams in flight on this replica (sets the chunk size)
         logger.info(
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
             self.replica_id, self.max_model_len, self._stop_token_ids, self._sampling_defaults,
@@ -157,21 +165,29 @@ class EngineDeployment:
             return
         prompt, params, num_prompt = prepared
         first = True
-        held_tokens = 0  # tokens whose text is still incomplete (e.g. half a UTF-8 character)
-        async for output in self._engine.generate(prompt, params, request.request_id):
-            completion = output.outputs[0]
-            if not completion.text and completion.finish_reason is None and not first:
+        held_text, held_tokens = "", 0  # not yet sent: an incomplete character, or a chunk still filling
+        self._running += 1
+        try:
+            async for output in self._engine.generate(prompt, params, request.request_id):
+                completion = output.outputs[0]
+                held_text += completion.text
                 held_tokens += len(completion.token_ids)
-                continue
-            chunk = GenerationChunk(
-                completion.text, len(completion.token_ids) + held_tokens, completion.finish_reason
-            )
-            held_tokens = 0
-            if first:
-                chunk.prompt_tokens = num_prompt
-                chunk.replica_id = self.replica_id
-                first = False
-            yield chunk
+                if completion.finish_reason is None and not first and (
+                    not held_text or held_tokens < self._chunk_tokens()
+                ):
+                    continue
+                chunk = GenerationChunk(held_text, held_tokens, completion.finish_reason)
+                held_text, held_tokens = "", 0
+                if first:
+                    chunk.prompt_tokens = num_prompt
+                    chunk.replica_id = self.replica_id
+                    first = False
+                yield chunk
+        finally:
+            self._running -= 1
+
+    def _chunk_tokens(self) -> int:
+        return chunk_tokens(self._running, self._config.max_chunk_tokens)
 
     async def complete(self, request: GenerationRequest) -> GenerationResult | EngineError:
         """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""

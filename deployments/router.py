@@ -66,9 +66,9 @@ def refusal(error: EngineError) -> OpenAIError:
     return OpenAIError(error.status, error.message, error.type, error.param, error.code)
 
 
-def _json(body: dict[str, Any], status: int = 200, replica: str | None = None) -> JSONResponse:
+def _json(body: dict[str, Any], replica: str | None = None) -> JSONResponse:
     headers = {REPLICA_HEADER: replica} if replica else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, headers=headers)
 
 
 @serve.deployment
@@ -101,10 +101,10 @@ class RouterDeployment:
         handler = self._routes.get((request.method, path))
         start = time.perf_counter()
         if handler is None:
-            known = any(p == path for _, p in self._routes)
-            error = (OpenAIError(405, f"Method {request.method} is not allowed on {path}.")
-                     if known else OpenAIError(404, f"No route {path}.", "not_found_error"))
-            return self._error(path, error)
+            if any(p == path for _, p in self._routes):
+                return self._error(path, OpenAIError(405, f"Method {request.method} is not allowed on {path}."))
+            # Unknown paths share one metrics label: a scanner must not mint a series per URL.
+            return self._error("unmatched", OpenAIError(404, f"No route {path}.", "not_found_error"))
         try:
             response = await handler(request)
         except OpenAIError as exc:

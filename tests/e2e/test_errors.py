@@ -78,6 +78,10 @@ def test_context_errors_name_the_limit(http):
 
 def test_unknown_route_and_wrong_method(http):
     assert http.get("/v1/nothing").status_code == 404
+    assert http.get("/v1/nothing-else").status_code == 404
+    metrics = http.get("/metrics").text
+    assert "nothing" not in metrics, "unknown paths must not become metric labels"
+    assert 'endpoint="unmatched",status="404"' in metrics
     wrong = http.get(CHAT)
     assert wrong.status_code == 405
     assert "error" in wrong.json()

@@ -10,7 +10,7 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig
-from deployments.engine import apply_cpu_settings, stop_and_sampling_defaults
+from deployments.engine import apply_cpu_settings, chunk_tokens, stop_and_sampling_defaults
 from deployments.router import engine_failure
 
 
@@ -54,3 +54,8 @@ def test_engine_failures_map_to_statuses():
     assert engine_failure(ActorDiedError()).status == 503
     assert engine_failure(RuntimeError("boom")).status == 500
     assert engine_failure(RuntimeError("boom")).type == "server_error"
+
+
+def test_chunk_size_grows_with_load_and_stops_at_the_cap():
+    assert [chunk_tokens(n, 8) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
+    assert chunk_tokens(64, 1) == 1, "max_chunk_tokens 1 streams every token"
