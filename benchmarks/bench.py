@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
         "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
+        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
         "wall_s": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
