@@ -124,6 +124,9 @@ class EngineDeployment:
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
+        # ignore_eos means "do not stop at end-of-sequence": the generation config's eos
+        # ids are exactly that, so such requests keep only the configured stop ids.
+        self._stop_token_ids_ignoring_eos = sorted(set(config.stop_token_ids))
         self._running = 0  # streams in flight on this replica (sets the chunk size)
         logger.info(
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
@@ -248,7 +251,8 @@ class EngineDeployment:
             params = SamplingParams(
                 **{**self._sampling_defaults, **request.sampling},
                 max_tokens=max_tokens,
-                stop_token_ids=self._stop_token_ids,
+                stop_token_ids=(self._stop_token_ids_ignoring_eos if request.sampling.get("ignore_eos")
+                                else self._stop_token_ids),
                 output_kind=output_kind,
             )
         except (ValueError, TypeError) as exc:
