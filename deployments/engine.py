@@ -83,19 +83,6 @@ def chunk_tokens(running: int, max_chunk_tokens: int) -> int:
     return max(1, min(max_chunk_tokens, -(-running // 4)))
 
 
-def _flatten_content(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chat templates expect string content; OpenAI also allows a list of text parts."""
-    flat = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            message = {**message, "content": "".join(part["text"] for part in content)}
-        elif content is None:
-            message = {**message, "content": ""}
-        flat.append(message)
-    return flat
-
-
 @serve.deployment
 class EngineDeployment:
     """One vLLM engine. Serve places one replica per GPU (``num_gpus: 1``)."""
@@ -176,7 +163,7 @@ class EngineDeployment:
                 held_text += completion.text
                 held_tokens += len(completion.token_ids)
                 if completion.finish_reason is None and not first and (
-                    not held_text or held_tokens < self._chunk_tokens()
+                    not held_text or held_tokens < chunk_tokens(self._running, self._config.max_chunk_tokens)
                 ):
                     continue
                 chunk = GenerationChunk(held_text, held_tokens, completion.finish_reason)
@@ -188,9 +175,6 @@ class EngineDeployment:
                 yield chunk
         finally:
             self._running -= 1
-
-    def _chunk_tokens(self) -> int:
-        return chunk_tokens(self._running, self._config.max_chunk_tokens)
 
     async def complete(self, request: GenerationRequest) -> GenerationResult | EngineError:
         """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""
@@ -218,9 +202,10 @@ class EngineDeployment:
         """Token ids and SamplingParams for a request, or the reason it is refused."""
         from vllm import SamplingParams, TokensPrompt
 
-        token_ids = self._tokenize(request)
-        if isinstance(token_ids, EngineError):
-            return token_ids
+        rendered = self._render(request)
+        if isinstance(rendered, EngineError):
+            return rendered
+        token_ids = rendered[1]
         num_prompt = len(token_ids)
         param = "messages" if request.messages is not None else "prompt"
         if num_prompt == 0:
@@ -267,10 +252,6 @@ class EngineDeployment:
         text, token_ids = rendered
         return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
-    def _tokenize(self, request: GenerationRequest) -> list[int] | EngineError:
-        rendered = self._render(request)
-        return rendered if isinstance(rendered, EngineError) else rendered[1]
-
     def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
         """(prompt text, token ids) of a request; the text is None for a token-id prompt."""
         if request.messages is not None:
@@ -279,7 +260,7 @@ class EngineDeployment:
                     text = glm4.render_prompt(request.messages, request.tools)
                 else:
                     text = self._tokenizer.apply_chat_template(
-                        _flatten_content(request.messages), add_generation_prompt=True, tokenize=False
+                        request.messages, add_generation_prompt=True, tokenize=False
                     )
             except Exception as exc:  # jinja raises TemplateError and friends: the input's fault
                 return EngineError(400, f"The chat format could not render these messages: {exc}", param="messages")

@@ -22,7 +22,8 @@ from typing import Any
 
 @dataclass(slots=True)
 class GenerationRequest:
-    """One generation. Exactly one of ``messages`` and ``prompt`` is set."""
+    """One generation. Exactly one of ``messages`` and ``prompt`` is set; message content
+    is a string (the router flattens OpenAI's text parts)."""
 
     request_id: str
     messages: list[dict[str, Any]] | None = None

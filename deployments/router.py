@@ -41,7 +41,7 @@ from deployments.generation import EngineError, GenerationChunk, GenerationReque
 from deployments.metrics import RouterMetrics
 from deployments.protocol import OpenAIError
 from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
-from glm_client.glm4 import function_of, parse_tool_call
+from glm_client.glm4 import parse_tool_call, tool_names
 
 logger = logging.getLogger("glm_serve.router")
 
@@ -172,9 +172,7 @@ class RouterDeployment:
             encoder = StreamEncoder("chat", generation.request_id, self._model_name)
             return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start)
         result = await self._complete(generation)
-        call = None
-        if generation.tools:
-            call = parse_tool_call(result.text, {function_of(t)["name"] for t in generation.tools})
+        call = parse_tool_call(result.text, tool_names(generation.tools)) if generation.tools else None
         body = protocol.chat_completion(
             generation.request_id, self._model_name,
             None if call else result.text,
@@ -186,10 +184,13 @@ class RouterDeployment:
 
     def _tools(self, parsed: protocol.ChatCompletionRequest) -> list[dict[str, Any]] | None:
         """The tools to render, or a 400 when this model's chat format has no tool calls."""
-        if parsed.tools and self._chat_format != "glm4":
+        self._check_tool_support(parsed.tools)
+        return parsed.active_tools()
+
+    def _check_tool_support(self, tools: list[protocol.Tool] | None) -> None:
+        if tools and self._chat_format != "glm4":
             raise OpenAIError(400, f"tools: the model `{self._model_name}` (chat_format "
                                    f"'{self._chat_format}') does not support tool calls.", param="tools")
-        return parsed.active_tools()
 
     async def _completions(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -210,8 +211,7 @@ class RouterDeployment:
 
     async def _tokenize(self, request: Request) -> Response:
         parsed: protocol.TokenizeRequest = self._validate(protocol.TokenizeRequest, await self._read_json(request))
-        if parsed.tools and self._chat_format != "glm4":
-            raise OpenAIError(400, "tools: this model's chat format does not support tool calls.", param="tools")
+        self._check_tool_support(parsed.tools)
         generation = GenerationRequest(
             request_id=f"tokenize-{uuid.uuid4().hex}",
             messages=[m.as_template_message() for m in parsed.messages] if parsed.messages else None,
@@ -267,7 +267,7 @@ class RouterDeployment:
 
     async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
                       include_usage: bool, start: float) -> Response:
-        tool_names = {function_of(t)["name"] for t in generation.tools or []}
+        names = tool_names(generation.tools)
         """Peek the engine's first item to choose between an error status and a 200 stream."""
         chunks: DeploymentResponseGenerator = self._engine_stream.stream.remote(generation)
         try:
@@ -280,7 +280,7 @@ class RouterDeployment:
             raise refusal(first)
         self._metrics.ttft.observe(time.perf_counter() - start)
         return StreamingResponse(
-            self._relay(path, chunks, first, encoder, include_usage, start, tool_names or None),
+            self._relay(path, chunks, first, encoder, include_usage, start, names or None),
             media_type="text/event-stream",
             headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
         )

@@ -78,6 +78,18 @@ class StreamCounts:
         self.completion_tokens = 0
 
 
+def _closing(encoder: StreamEncoder, parser: ToolCallStreamParser | None, text: str,
+             finish_reason: str | None) -> list[bytes]:
+    """The last events of a reply: its last text (and whatever the parser held back) or
+    the tool call the parser found."""
+    final = parser.finish() if parser else ""
+    if isinstance(final, ToolCall):
+        return ([encoder.text(text)] if text else []) + [encoder.tool_call(final.openai(index=0))]
+    if text or final or finish_reason is not None:
+        return [encoder.text(text + final, finish_reason)]
+    return []
+
+
 async def events(first: GenerationChunk, rest: AsyncIterator[GenerationChunk], encoder: StreamEncoder,
                  counts: StreamCounts, tool_names: set[str] | None = None,
                  include_usage: bool = False) -> AsyncIterator[bytes]:
@@ -92,27 +104,17 @@ async def events(first: GenerationChunk, rest: AsyncIterator[GenerationChunk], e
     while True:
         counts.completion_tokens += chunk.num_tokens
         text = parser.feed(chunk.text) if parser else chunk.text
-        if chunk.finish_reason is not None and parser is not None:
-            final = parser.finish()
-            if isinstance(final, ToolCall):
-                if text:
-                    yield encoder.text(text)
-                yield encoder.tool_call(final.openai(index=0))
-            else:
-                yield encoder.text(text + final, chunk.finish_reason)
-        elif text or chunk.finish_reason is not None:
-            yield encoder.text(text, chunk.finish_reason)
         if chunk.finish_reason is not None:
+            for event in _closing(encoder, parser, text, chunk.finish_reason):
+                yield event
             break
+        if text:
+            yield encoder.text(text)
         try:
             chunk = await rest.__anext__()
-        except StopAsyncIteration:
-            if parser is not None:  # ended without a finish reason: release what is held
-                final = parser.finish()
-                if isinstance(final, ToolCall):
-                    yield encoder.tool_call(final.openai(index=0))
-                elif final:
-                    yield encoder.text(final)
+        except StopAsyncIteration:  # ended without a finish reason: release what is held
+            for event in _closing(encoder, parser, "", None):
+                yield event
             break
     if include_usage:
         yield encoder.usage(counts.prompt_tokens, counts.completion_tokens)

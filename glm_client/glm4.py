@@ -53,6 +53,11 @@ def function_of(tool: dict[str, Any]) -> dict[str, Any]:
     return tool["function"] if "function" in tool else tool
 
 
+def tool_names(tools: list[dict[str, Any]] | None) -> set[str]:
+    """The names of the functions in OpenAI-style (or bare) tools."""
+    return {function_of(t)["name"] for t in tools or []}
+
+
 def tools_system_block(tools: list[dict[str, Any]]) -> str:
     """The ``<|system|>`` block that lists the tools, exactly as GLM-4 was trained on it."""
     parts = [f"<|system|>\n{SELF_INTRODUCTION}\n\n{TOOLS_HEADING}"]
@@ -195,7 +200,7 @@ def process_response(output: str, history: list[dict[str, Any]], tools: list[dic
     history = [dict(m) for m in history]
     if tools is None and history and history[0].get("role") == "system":
         tools = history[0].get("tools")
-    names = {function_of(t)["name"] for t in tools or []}
+    names = tool_names(tools)
     call = parse_tool_call(output, names) if names else None
     if call is not None:
         history.append({"role": "assistant", "metadata": call.name, "content": call.arguments})
