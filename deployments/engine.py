@@ -76,11 +76,13 @@ def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set
     return eos_ids, defaults
 
 
-def chunk_tokens(running: int, max_chunk_tokens: int) -> int:
-    """Tokens per streamed chunk after the first: 1 while at most 4 streams run, then one
-    more per 4 streams, up to ``max_chunk_tokens``. Under load every chunk's trip through
-    Ray, the router and the proxy costs CPU that, on CPU nodes, the engine needed."""
-    return max(1, min(max_chunk_tokens, -(-running // 4)))
+def chunk_tokens(running: int, max_chunk_tokens: int, streams_per_token: int = 4) -> int:
+    """Tokens per streamed chunk after the first: 1 while at most ``streams_per_token``
+    streams run, then one more per ``streams_per_token`` streams, up to ``max_chunk_tokens``.
+    Under load every chunk's trip through Ray, the router and the proxy costs CPU that, on
+    CPU nodes, the engine needed; a step of the engine makes one token per running stream,
+    so this caps the chunks per step near ``streams_per_token``."""
+    return max(1, min(max_chunk_tokens, -(-running // streams_per_token)))
 
 
 @serve.deployment
@@ -163,7 +165,8 @@ class EngineDeployment:
                 held_text += completion.text
                 held_tokens += len(completion.token_ids)
                 if completion.finish_reason is None and not first and (
-                    not held_text or held_tokens < chunk_tokens(self._running, self._config.max_chunk_tokens)
+                    not held_text or held_tokens < chunk_tokens(
+                        self._running, self._config.max_chunk_tokens, self._config.streams_per_chunk_token)
                 ):
                     continue
                 chunk = GenerationChunk(held_text, held_tokens, completion.finish_reason)
