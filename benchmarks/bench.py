@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import http_load, servers
-from benchmarks.workload import ratios
+from benchmarks.workload import bracket, ratios
 from deployments.config import AppConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--bracket", default="1,8,32",
+                        help="levels the raw engine runs again after the served systems; the reference is the "
+                             "mean of both raw runs, so machine drift during the run cancels ('' for none)")
     parser.add_argument("--smoke", action="store_true", help="concurrency 1,4 and 16 tokens: seconds, not minutes")
     args = parser.parse_args(argv)
 
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     max_tokens = 16 if args.smoke else args.max_tokens
     app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
     requests = requests_per_level(levels, args.smoke)
+    bracket_levels = [1] if args.smoke else sorted({int(c) for c in args.bracket.split(",") if c.strip()} & set(levels))
+    if "raw" not in systems or systems == ["raw"]:
+        bracket_levels = []
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
@@ -154,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     startup: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp:
         workdir = Path(tmp)
-        for system in systems:
+        raw_start: list[dict] = []
+        # raw first, the served systems, then raw again at the bracket levels.
+        runs = ["raw"] * ("raw" in systems) + [s for s in systems if s != "raw"] + ["raw-end"] * bool(bracket_levels)
+        for system in runs:
             print(f"== {system}", file=sys.stderr)
             try:
                 if system == "raw":
-                    results += run_raw(app, requests, max_tokens, args.seed, workdir)
+                    raw_start = run_raw(app, requests, max_tokens, args.seed, workdir)
+                elif system == "raw-end":
+                    raw_end = run_raw(app, {c: requests[c] for c in bracket_levels}, max_tokens, args.seed, workdir)
+                    raw_start = bracket(raw_start, raw_end)
                 else:
                     rows, startup[system] = run_served(system, app, args.config, requests, max_tokens,
                                                        args.seed, workdir)
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- tail of {log.name}", file=sys.stderr)
                     print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
                 raise
+    results = raw_start + results
     ratios(results)
 
     meta = {
@@ -178,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
         "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
+        "raw_bracket_levels": bracket_levels,
         "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
         "wall_s": round(time.monotonic() - started, 1),
     }
@@ -187,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.out / "results.png", title)
 
     print_table(results)
+    drifts = [f"c={r['concurrency']} {r['runs_tok_s'][0]} -> {r['runs_tok_s'][1]} tok/s ({r['drift']:+.1%})"
+              for r in results if r["system"] == "raw" and r.get("drift") is not None]
+    if drifts:
+        print("raw is the mean of a run before and one after the served systems: " + "; ".join(drifts))
     print(f"\nstart-up: {', '.join(f'{k} {v:.1f} s' for k, v in startup.items())}; "
           f"whole run {meta['wall_s']} s; results in {args.out}")
     # Every request asks for exactly max_tokens (ignore_eos); a system that stops early did

@@ -82,6 +82,35 @@ def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_
     return out
 
 
+_AVERAGED = ("throughput_tok_s",) + tuple(f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
+
+
+def bracket(start: list[dict], end: list[dict]) -> list[dict]:
+    """One reference record per level from two runs of the same system, before and after
+    the systems under test: the mean of each metric, so a machine that drifts while the
+    benchmark runs moves the reference with it. ``drift`` is end / start - 1 (throughput)."""
+    ends = {r["concurrency"]: r for r in end}
+    merged = []
+    for first in start:
+        last = ends.get(first["concurrency"])
+        if last is None:
+            merged.append(first)
+            continue
+        record = dict(first)
+        for key in ("requests", "errors", "output_tokens", "wall_s"):
+            record[key] = round(first[key] + last[key], 3)
+        for key in _AVERAGED:
+            values = [r[key] for r in (first, last) if r.get(key) is not None]
+            record[key] = round(sum(values) / len(values), 2) if values else None
+        record["runs_tok_s"] = [first["throughput_tok_s"], last["throughput_tok_s"]]
+        record["drift"] = (round(last["throughput_tok_s"] / first["throughput_tok_s"] - 1, 3)
+                           if first["throughput_tok_s"] else None)
+        if first.get("error_samples") or last.get("error_samples"):
+            record["error_samples"] = sorted(set(first.get("error_samples", []) + last.get("error_samples", [])))[:3]
+        merged.append(record)
+    return merged
+
+
 def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
     """Each record compared with the baseline system at the same concurrency."""
     base = {r["concurrency"]: r for r in results if r["system"] == baseline}

@@ -23,6 +23,8 @@ def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     systems = {(r["system"], r["concurrency"]) for r in data["results"]}
     assert systems == {(s, c) for s in ("raw", "vllm-server", "glm-serve") for c in (1, 4)}
+    raw_1 = next(r for r in data["results"] if r["system"] == "raw" and r["concurrency"] == 1)
+    assert len(raw_1["runs_tok_s"]) == 2, "raw runs again after the served systems (the bracket)"
     for row in data["results"]:
         assert row["errors"] == 0, row
         assert row["output_tokens"] == row["requests"] * 16, row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.bench import check_targets
-from benchmarks.workload import RequestRecord, prompts, ratios, summarize
+from benchmarks.workload import RequestRecord, bracket, prompts, ratios, summarize
 
 
 def test_prompts_are_seeded():
@@ -45,3 +45,17 @@ def test_ratios_and_targets_compare_with_raw_at_the_same_concurrency():
     targets = {name: ok for name, ok, _ in check_targets(rows)}
     assert targets["TTFT p50 at c=1 <= raw + 25 ms"] is True
     assert targets["throughput at c=32 >= 0.90x raw"] is False
+
+
+def test_bracket_averages_the_runs_before_and_after_and_reports_drift():
+    def row(c: int, tok_s: float, ttft: float) -> dict:
+        return {"system": "raw", "concurrency": c, "requests": 4, "errors": 0, "output_tokens": 512,
+                "wall_s": 20.0, "throughput_tok_s": tok_s, "ttft_p50_ms": ttft, "itl_p50_ms": None}
+
+    merged = bracket([row(1, 20.0, 80.0), row(64, 400.0, 2000.0)], [row(1, 22.0, 90.0)])
+    one, sixty_four = merged
+    assert one["throughput_tok_s"] == 21.0 and one["ttft_p50_ms"] == 85.0
+    assert one["itl_p50_ms"] is None, "a metric neither run has stays absent"
+    assert one["runs_tok_s"] == [20.0, 22.0] and one["drift"] == 0.1
+    assert one["requests"] == 8 and one["output_tokens"] == 1024, "tokens still match requests x max_tokens"
+    assert sixty_four == row(64, 400.0, 2000.0), "a level run only once is kept as it is"
