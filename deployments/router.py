@@ -267,8 +267,8 @@ class RouterDeployment:
 
     async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
                       include_usage: bool, start: float) -> Response:
-        names = tool_names(generation.tools)
         """Peek the engine's first item to choose between an error status and a 200 stream."""
+        names = tool_names(generation.tools)
         chunks: DeploymentResponseGenerator = self._engine_stream.stream.remote(generation)
         try:
             first = await chunks.__anext__()
