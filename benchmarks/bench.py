@@ -160,17 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     startup: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp:
         workdir = Path(tmp)
-        raw_start: list[dict] = []
+        raw_rows: list[dict] = []  # the reference: the first raw run, then its bracket
         # raw first, the served systems, then raw again at the bracket levels.
         runs = ["raw"] * ("raw" in systems) + [s for s in systems if s != "raw"] + ["raw-end"] * bool(bracket_levels)
         for system in runs:
             print(f"== {system}", file=sys.stderr)
             try:
                 if system == "raw":
-                    raw_start = run_raw(app, requests, max_tokens, args.seed, workdir)
+                    raw_rows = run_raw(app, requests, max_tokens, args.seed, workdir)
                 elif system == "raw-end":
                     raw_end = run_raw(app, {c: requests[c] for c in bracket_levels}, max_tokens, args.seed, workdir)
-                    raw_start = bracket(raw_start, raw_end)
+                    raw_rows = bracket(raw_rows, raw_end)
                 else:
                     rows, startup[system] = run_served(system, app, args.config, requests, max_tokens,
                                                        args.seed, workdir)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- tail of {log.name}", file=sys.stderr)
                     print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
                 raise
-    results = raw_start + results
+    results = raw_rows + results
     ratios(results)
 
     meta = {

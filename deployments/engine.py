@@ -76,7 +76,7 @@ def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set
     return eos_ids, defaults
 
 
-def chunk_tokens(running: int, max_chunk_tokens: int, streams_per_token: int = 4) -> int:
+def chunk_tokens(running: int, max_chunk_tokens: int, streams_per_token: int) -> int:
     """Tokens per streamed chunk after the first: 1 while at most ``streams_per_token``
     streams run, then one more per ``streams_per_token`` streams, up to ``max_chunk_tokens``.
     Under load every chunk's trip through Ray, the router and the proxy costs CPU that, on

@@ -57,6 +57,6 @@ def test_engine_failures_map_to_statuses():
 
 
 def test_chunk_size_grows_with_load_and_stops_at_the_cap():
-    assert [chunk_tokens(n, 8) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
-    assert chunk_tokens(64, 1) == 1, "max_chunk_tokens 1 streams every token"
+    assert [chunk_tokens(n, 8, 4) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
+    assert chunk_tokens(64, 1, 4) == 1, "max_chunk_tokens 1 streams every token"
     assert [chunk_tokens(n, 8, 2) for n in (1, 2, 3, 8, 16)] == [1, 1, 2, 4, 8], "one token per 2 streams"
