@@ -258,6 +258,15 @@ class RouterConfig(StrictModel):
     health_timeout_s: float = Field(
         default=5.0, gt=0, description="How long GET /health waits for an engine replica to answer."
     )
+    stream_host: str | None = Field(
+        default=None,
+        description=(
+            "Address each router replica listens on for its streams' chunks, which engine replicas "
+            "send over a direct TCP connection (an ephemeral port). It must be reachable from every "
+            "engine replica: None takes the node's IP address that Ray uses; '127.0.0.1' keeps it on "
+            "loopback when the whole app runs on one machine."
+        ),
+    )
     deployment: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
 
 

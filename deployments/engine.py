@@ -22,6 +22,7 @@ from ray import serve
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
 from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
+from deployments.stream_channel import Address, StreamSender
 from glm_client import glm4
 
 logger = logging.getLogger("glm_serve.engine")
@@ -117,6 +118,7 @@ class EngineDeployment:
         # ids are exactly that, so such requests keep only the configured stop ids.
         self._stop_token_ids_ignoring_eos = sorted(set(config.stop_token_ids))
         self._running = 0  # streams in flight on this replica (sets the chunk size)
+        self._sender = StreamSender()
         logger.info(
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
             self.replica_id, self.max_model_len, self._stop_token_ids, self._sampling_defaults,
@@ -128,6 +130,9 @@ class EngineDeployment:
         await self._engine.check_health()
 
     def __del__(self) -> None:
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            sender.close()
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
@@ -143,24 +148,32 @@ class EngineDeployment:
             "gpu_ids": self.gpu_ids,
         }
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | EngineError]:
-        """Yield text deltas as the engine makes them.
+    async def generate(self, request: GenerationRequest, reply_to: Address) -> int | EngineError:
+        """Stream a request's chunks to the router's stream channel at ``reply_to``.
 
-        vLLM's DELTA output mode merges the tokens that piled up while this generator
-        was busy, so a slow consumer gets fewer, larger chunks instead of a backlog.
+        Returns how many chunks were sent once the last one is written, or an
+        :class:`EngineError` (and sends nothing) when the request is refused. The call
+        stays open for the whole generation, so Serve counts it as ongoing on this
+        replica, and cancelling it aborts the generation in vLLM.
         """
         from vllm.sampling_params import RequestOutputKind
 
         prepared = self._prepare(request, RequestOutputKind.DELTA)
         if isinstance(prepared, EngineError):
-            yield prepared
-            return
-        prompt, params, num_prompt = prepared
+            return prepared
+        return await self._sender.send_all(reply_to, request.request_id, self._chunks(request.request_id, *prepared))
+
+    async def _chunks(self, request_id: str, prompt: Any, params: Any, num_prompt: int) -> AsyncIterator[GenerationChunk]:
+        """Text deltas as the engine makes them, gathered per :func:`chunk_tokens` under load.
+
+        vLLM's DELTA output mode merges the tokens that piled up while this generator
+        was busy, so a slow consumer gets fewer, larger chunks instead of a backlog.
+        """
         first = True
         held_text, held_tokens = "", 0  # not yet sent: an incomplete character, or a chunk still filling
         self._running += 1
         try:
-            async for output in self._engine.generate(prompt, params, request.request_id):
+            async for output in self._engine.generate(prompt, params, request_id):
                 completion = output.outputs[0]
                 held_text += completion.text
                 held_tokens += len(completion.token_ids)

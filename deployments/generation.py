@@ -2,16 +2,18 @@
 
 The router sends one :class:`GenerationRequest`. The engine answers with either
 
-* ``EngineDeployment.stream``: an async generator whose items are
-  :class:`GenerationChunk` (text deltas), or a single :class:`EngineError` as its
-  first and only item when the request is refused before generation starts; or
+* ``EngineDeployment.generate(request, reply_to)``: :class:`GenerationChunk` items
+  (text deltas; the last has a ``finish_reason``) written to the router's stream
+  channel at ``reply_to`` (:mod:`deployments.stream_channel`), and as the call's
+  result the number of chunks sent, or a single :class:`EngineError`, with nothing
+  sent, when the request is refused before generation starts; or
 * ``EngineDeployment.complete``: one :class:`GenerationResult` or one :class:`EngineError`.
 
 Refusals are values, not exceptions, so they cross the Ray hop with their HTTP
 status intact. An exception out of the engine means the engine failed; the router
 maps it to 500 (or 503 when the engine is dead) before streaming, or to an SSE error
 event after. These are plain slotted dataclasses, not pydantic models: one is
-pickled per streamed chunk, so they must cost next to nothing.
+encoded per streamed chunk, so they must cost next to nothing.
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 It parses and validates OpenAI requests, hands each to an engine replica through a
 ``DeploymentHandle`` (Serve's request router picks the replica), and relays the
-engine's chunks to the client as server-sent events the moment they arrive: no
-timers, no batching window. Every response names the engine replica that served it
+engine's chunks, which arrive on this replica's stream channel
+(:mod:`deployments.stream_channel`), to the client as server-sent events the moment
+they arrive: no timers, no batching window. Every response names the engine replica that served it
 in the ``x-glm-serve-replica`` header.
 
 Request life cycle::
 
     read body (413) -> parse JSON (400) -> validate (400) -> model name (404)
-      -> engine.stream / engine.complete
+      -> engine.generate (chunks over the stream channel) / engine.complete
       -> first item: EngineError -> its status | chunk -> 200 + SSE stream
       -> a failure after the first byte -> SSE error event, then [DONE]
 
@@ -31,7 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -41,6 +42,7 @@ from deployments.generation import EngineError, GenerationChunk, GenerationReque
 from deployments.metrics import RouterMetrics
 from deployments.protocol import OpenAIError
 from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
+from deployments.stream_channel import ChannelClosed, IncomingStream, StreamReceiver
 from glm_client.glm4 import parse_tool_call, tool_names
 
 logger = logging.getLogger("glm_serve.router")
@@ -56,10 +58,18 @@ def engine_failure(exc: BaseException) -> OpenAIError:
         return OpenAIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
     if isinstance(exc, DeploymentUnavailableError):
         return OpenAIError(503, "No engine replica is available.", "service_unavailable")
+    if isinstance(exc, ChannelClosed):
+        return OpenAIError(503, "The engine replica's stream was lost; retry the request.", "service_unavailable")
     text = f"{type(exc).__name__}: {exc}"
     if "EngineDeadError" in text or "ActorDiedError" in text or "ActorUnavailableError" in text:
         return OpenAIError(503, "The engine replica failed; retry the request.", "service_unavailable")
     return OpenAIError(500, f"Internal error in the engine: {type(exc).__name__}", "server_error")
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def refusal(error: EngineError) -> OpenAIError:
@@ -77,7 +87,9 @@ class RouterDeployment:
 
     def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig):
         self._engine = engine
-        self._engine_stream = engine.options(stream=True)
+        # Chunks come back over a direct connection from the engine replicas; Serve
+        # carries the request (deployments/stream_channel.py says why).
+        self._receiver = StreamReceiver(config.stream_host or _node_ip())
         self._model_name = model.name
         self._chat_format = model.chat_format
         self._config = config
@@ -267,36 +279,41 @@ class RouterDeployment:
 
     async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
                       include_usage: bool, start: float) -> Response:
-        """Peek the engine's first item to choose between an error status and a 200 stream."""
+        """Start the engine's generation and peek its first item to choose between an error
+        status and a 200 stream."""
         names = tool_names(generation.tools)
-        chunks: DeploymentResponseGenerator = self._engine_stream.stream.remote(generation)
+        address = await self._receiver.start()
+        call = self._engine.generate.remote(generation, address)
+        stream = IncomingStream(self._receiver, generation.request_id, call, call.cancel)
         try:
-            first = await chunks.__anext__()
+            first = await stream.__anext__()
         except StopAsyncIteration:
+            stream.close()
             raise OpenAIError(500, "The engine ended the stream without output.", "server_error") from None
-        except Exception as exc:
+        except BaseException as exc:
+            stream.close()
+            if not isinstance(exc, Exception):
+                raise
             raise engine_failure(exc) from None
         if isinstance(first, EngineError):
+            stream.close()
             raise refusal(first)
         self._metrics.ttft.observe(time.perf_counter() - start)
         return StreamingResponse(
-            self._relay(path, chunks, first, encoder, include_usage, start, names or None),
+            self._relay(path, stream, first, encoder, include_usage, start, names or None),
             media_type="text/event-stream",
             headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
         )
 
-    async def _relay(self, path: str, chunks: DeploymentResponseGenerator, first: GenerationChunk,
+    async def _relay(self, path: str, chunks: IncomingStream, first: GenerationChunk,
                      encoder: StreamEncoder, include_usage: bool, start: float,
                      tool_names: set[str] | None) -> AsyncIterator[bytes]:
         """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
         self._metrics.in_flight.inc()
         counts = StreamCounts(first.prompt_tokens)
-        finished = False
         status = "200"
         try:
             async for event in events(first, chunks, encoder, counts, tool_names, include_usage):
-                if event is DONE:
-                    finished = True
                 yield event
         except (asyncio.CancelledError, GeneratorExit, RequestCancelledError):
             status = "499"  # the client went away; the finally below stops the engine's work
@@ -305,12 +322,10 @@ class RouterDeployment:
             failure = engine_failure(exc)
             logger.warning("stream %s failed after it began: %s", encoder.request_id, exc)
             status = str(failure.status)
-            finished = True
             yield error_event(failure.message, failure.type, failure.code)
             yield DONE
         finally:
-            if not finished:
-                chunks.cancel()
+            chunks.close()  # cancels the engine's generation if the stream did not finish
             self._metrics.in_flight.dec()
             self._metrics.prompt_tokens.inc(first.prompt_tokens)
             self._metrics.completion_tokens.inc(counts.completion_tokens)

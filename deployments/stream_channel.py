@@ -1,0 +1,302 @@
+"""The token stream's data path: engine replica -> router replica over one TCP connection.
+
+Serve still carries the *request*: the router calls ``EngineDeployment.generate``
+through its ``DeploymentHandle``, so Serve's request router picks the replica,
+``max_ongoing_requests`` and queue limits apply, cancelling the call aborts the
+generation, and a dead replica fails the call. Only the *chunks* travel here.
+
+Why: a Ray streaming call costs every chunk a Ray object, a gRPC message and a trip
+through both core workers and Serve's generator wrappers; on a 2-core CPU node that
+CPU came straight out of the engine (README, Measured). Here a chunk is one frame
+written to a socket that every stream from this engine replica to that router
+replica shares, so chunks written in the same engine step leave in one syscall.
+
+Wire format: frames of a 4-byte big-endian length and a JSON array
+``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id]``. JSON,
+not pickle: a frame from the network must never be able to run code in the router.
+Frames for request ids the router is not waiting for (a stream it gave up on) are
+dropped; request ids are random 128-bit hex strings, so they cannot be guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from deployments.generation import GenerationChunk
+
+logger = logging.getLogger("glm_serve.stream_channel")
+
+_HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Larger frames mean a broken or hostile peer: the connection is closed."""
+_HIGH_WATER_BYTES = 1024 * 1024
+"""Above this much unsent data a sender waits for the socket to drain (TCP back-pressure)."""
+
+Address = tuple[str, int]
+
+
+class ChannelClosed(ConnectionError):
+    """The connection a stream's chunks were travelling on closed before its last chunk."""
+
+
+def encode_frame(request_id: str, chunk: GenerationChunk) -> bytes:
+    """One chunk as a frame (the engine side's per-chunk work)."""
+    payload = json.dumps(
+        [request_id, chunk.text, chunk.num_tokens, chunk.finish_reason, chunk.prompt_tokens, chunk.replica_id],
+        ensure_ascii=False, separators=(",", ":"),
+    ).encode()
+    return _HEADER.pack(len(payload)) + payload
+
+
+def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
+    """Take every complete frame off the front of ``buffer``; a partial frame stays.
+
+    Raises ValueError on a frame that is too large or not a chunk.
+    """
+    frames = []
+    offset = 0
+    end = len(buffer)
+    while end - offset >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer, offset)
+        if size > MAX_FRAME_BYTES:
+            raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+        if end - offset - _HEADER.size < size:
+            break
+        start = offset + _HEADER.size
+        request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id = json.loads(buffer[start:start + size])
+        if not (isinstance(request_id, str) and isinstance(text, str) and isinstance(num_tokens, int)):
+            raise ValueError("frame is not a generation chunk")
+        frames.append((request_id, GenerationChunk(text, num_tokens, finish_reason, prompt_tokens, replica_id)))
+        offset = start + size
+    del buffer[:offset]
+    return frames
+
+
+class _ReceiverProtocol(asyncio.Protocol):
+    """One engine replica's connection into the router: frames -> per-request queues."""
+
+    def __init__(self, receiver: StreamReceiver):
+        self._receiver = receiver
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._seen: set[str] = set()  # open streams this connection has carried chunks for
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            frames = decode_frames(self._buffer)
+        except (ValueError, TypeError) as exc:
+            logger.warning("closing a stream connection that sent a bad frame: %s", exc)
+            assert self._transport is not None
+            self._transport.close()
+            return
+        queues = self._receiver._queues
+        for request_id, chunk in frames:
+            queue = queues.get(request_id)
+            if queue is None:
+                continue  # the router gave up on this stream (client left, error): drop
+            queue.put_nowait(chunk)
+            if chunk.finish_reason is None:
+                self._seen.add(request_id)
+            else:
+                self._seen.discard(request_id)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Streams that were mid-way on this connection will get no more chunks.
+        for request_id in self._seen:
+            queue = self._receiver._queues.get(request_id)
+            if queue is not None:
+                queue.put_nowait(ChannelClosed("the engine replica's stream connection closed"))
+        self._seen.clear()
+
+
+class StreamReceiver:
+    """The router replica's end: a TCP listener whose chunks land in per-request queues.
+
+    Call :meth:`start` once on the event loop that serves requests, then :meth:`open`
+    a queue before asking the engine to stream to :attr:`address`, and :meth:`close`
+    it when the stream ends however it ends.
+    """
+
+    def __init__(self, host: str, port: int = 0):
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._lock = asyncio.Lock()
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self.address: Address | None = None
+
+    async def start(self) -> Address:
+        """Listen (once); returns the address engine replicas should send to."""
+        if self.address is not None:
+            return self.address
+        async with self._lock:
+            if self._server is None:
+                loop = asyncio.get_running_loop()
+                self._server = await loop.create_server(lambda: _ReceiverProtocol(self), self._host, self._port)
+                host, port = self._server.sockets[0].getsockname()[:2]
+                self.address = (self._host, port)
+                logger.info("stream channel listening on %s:%d", self._host, port)
+        assert self.address is not None
+        return self.address
+
+    def open(self, request_id: str) -> asyncio.Queue[Any]:
+        """The queue that will get ``request_id``'s chunks (and failures put by the caller)."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[request_id] = queue
+        return queue
+
+    def close(self, request_id: str) -> None:
+        """Stop delivering ``request_id``'s chunks; later frames for it are dropped."""
+        self._queues.pop(request_id, None)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._queues)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class _Connection:
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.is_closing()
+
+    def send(self, request_id: str, chunk: GenerationChunk) -> None:
+        if self.writer.is_closing():
+            raise ChannelClosed("the router's stream connection closed")
+        self.writer.write(encode_frame(request_id, chunk))
+
+    async def drain_if_backed_up(self) -> None:
+        if self.writer.transport.get_write_buffer_size() > _HIGH_WATER_BYTES:
+            await self.writer.drain()
+
+
+class StreamSender:
+    """The engine replica's end: one pooled connection per router replica address."""
+
+    def __init__(self) -> None:
+        self._connections: dict[Address, _Connection] = {}
+        self._connecting: dict[Address, asyncio.Lock] = {}
+
+    async def connection(self, address: Address) -> _Connection:
+        """The open connection to ``address``, opened (or reopened) on first use."""
+        address = (address[0], address[1])  # Ray may hand back a list
+        conn = self._connections.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._connecting.setdefault(address, asyncio.Lock())
+        async with lock:
+            conn = self._connections.get(address)
+            if conn is None or conn.closed:
+                _, writer = await asyncio.open_connection(*address)
+                conn = self._connections[address] = _Connection(writer)
+        return conn
+
+    async def send_all(self, address: Address, request_id: str,
+                       chunks: AsyncIterator[GenerationChunk]) -> int:
+        """Write every chunk of one stream to ``address``; returns how many were sent."""
+        conn = await self.connection(address)
+        sent = 0
+        # aclosing: if the connection fails, the chunk generator (and the generation in
+        # vLLM behind it) is closed now, not whenever it is garbage-collected.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                conn.send(request_id, chunk)
+                sent += 1
+                await conn.drain_if_backed_up()
+        return sent
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            with contextlib.suppress(Exception):  # the loop may already be gone at shutdown
+                conn.writer.close()
+        self._connections.clear()
+
+
+LATE_CHUNK_TIMEOUT_S = 30.0
+"""How long a stream waits for chunks still in flight after the engine's call returned."""
+
+
+class IncomingStream:
+    """One stream as the router sees it: chunks from the channel until the last one.
+
+    ``call`` is the engine call that produces the stream (a Serve ``DeploymentResponse``
+    of ``EngineDeployment.generate``), ``cancel`` cancels it. The call's outcome
+    travels through the same queue as the chunks, so a refusal (the
+    :class:`~deployments.generation.EngineError` the call returns instead of
+    streaming) comes out as the first item and a failed call (a dead replica, an
+    overloaded deployment) is raised to the reader, even mid-stream. The call can
+    return before its last frames arrive: it returns how many chunks it sent, and
+    iteration ends when that many have come.
+    """
+
+    def __init__(self, receiver: StreamReceiver, request_id: str, call: Any, cancel: Any):
+        self._receiver = receiver
+        self._request_id = request_id
+        self._queue = receiver.open(request_id)
+        self._cancel = cancel
+        self._call: asyncio.Future[Any] = asyncio.ensure_future(call)
+        self._call.add_done_callback(self._call_ended)
+        self._received = 0
+        self._expected: int | None = None
+        self._finished = False
+
+    def _call_ended(self, call: asyncio.Future[Any]) -> None:
+        if not call.cancelled():
+            call.exception()  # retrieved here, so asyncio never logs it as unhandled
+        self._queue.put_nowait(call)
+
+    def __aiter__(self) -> IncomingStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            if self._expected is not None and self._received >= self._expected:
+                raise StopAsyncIteration
+            if self._expected is None:
+                item = await self._queue.get()
+            else:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), LATE_CHUNK_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    raise ChannelClosed(
+                        f"{self._expected - self._received} chunks sent by the engine never arrived") from None
+            if isinstance(item, GenerationChunk):
+                self._received += 1
+                if item.finish_reason is not None:
+                    self._finished = True
+                return item
+            if isinstance(item, BaseException):
+                raise item
+            if item.cancelled():
+                raise ChannelClosed("the engine call was cancelled")
+            exc = item.exception()
+            if exc is not None:
+                raise exc
+            result = item.result()
+            if isinstance(result, int):
+                self._expected = result
+                continue
+            return result  # a refusal, before any chunk
+
+    def close(self) -> None:
+        """Stop: drop later chunks, and cancel the engine call unless the stream is complete."""
+        self._receiver.close(self._request_id)
+        if not self._finished and not self._call.done():
+            self._cancel()

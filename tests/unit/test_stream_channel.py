@@ -1,0 +1,195 @@
+"""The stream channel over real loopback sockets: framing, demultiplexing, and every way a stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import pytest
+
+from deployments.generation import EngineError, GenerationChunk
+from deployments.stream_channel import (
+    MAX_FRAME_BYTES,
+    ChannelClosed,
+    IncomingStream,
+    StreamReceiver,
+    StreamSender,
+    decode_frames,
+    encode_frame,
+)
+
+
+def chunks(texts: list[str], first_prompt_tokens: int = 7) -> list[GenerationChunk]:
+    out = [GenerationChunk(t, 1) for t in texts]
+    out[0].prompt_tokens, out[0].replica_id = first_prompt_tokens, "replica-a"
+    out[-1].finish_reason = "stop"
+    return out
+
+
+async def agen(items):
+    for item in items:
+        yield item
+
+
+def test_frames_round_trip_and_a_partial_frame_waits_for_the_rest():
+    first = GenerationChunk("Bonjour, 世界 🌍", 3, None, 12, "r1")
+    last = GenerationChunk("", 1, "length")
+    wire = encode_frame("id-1", first) + encode_frame("id-2", last)
+    buffer = bytearray(wire[:-5])
+    assert decode_frames(buffer) == [("id-1", first)]
+    buffer += wire[-5:]
+    assert decode_frames(buffer) == [("id-2", last)]
+    assert buffer == b""
+
+
+def test_oversized_or_foreign_frames_are_refused():
+    with pytest.raises(ValueError, match="limit"):
+        decode_frames(bytearray(struct.pack(">I", MAX_FRAME_BYTES + 1)))
+    payload = json.dumps([1, "x", 1, None, 0, ""]).encode()
+    with pytest.raises(ValueError, match="not a generation chunk"):
+        decode_frames(bytearray(struct.pack(">I", len(payload)) + payload))
+
+
+class FakeCall:
+    """Stands in for a Serve DeploymentResponse: an awaitable the test resolves by hand."""
+
+    def __init__(self):
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self):
+        self.cancelled = True
+        self.future.cancel()
+
+
+async def collect(stream: IncomingStream) -> list:
+    return [item async for item in stream]
+
+
+def test_two_interleaved_streams_each_get_their_own_chunks_in_order():
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        address = await receiver.start()
+        sender = StreamSender()
+        calls = {rid: FakeCall() for rid in ("a", "b")}
+        streams = {rid: IncomingStream(receiver, rid, calls[rid], calls[rid].cancel) for rid in calls}
+        expected = {"a": chunks(["A1", "A2", "A3"]), "b": chunks(["B1", "B2"])}
+
+        async def engine(rid):
+            sent = await sender.send_all(address, rid, agen(expected[rid]))
+            calls[rid].future.set_result(sent)  # the call may return before the frames arrive
+
+        results = await asyncio.gather(collect(streams["a"]), collect(streams["b"]), engine("a"), engine("b"))
+        assert results[0] == expected["a"] and results[1] == expected["b"]
+        assert receiver.open_streams == 2
+        for stream in streams.values():
+            stream.close()
+        assert receiver.open_streams == 0 and not any(c.cancelled for c in calls.values())
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_a_refusal_is_the_first_item_and_a_failed_call_raises_mid_stream():
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        await receiver.start()
+        refused = FakeCall()
+        stream = IncomingStream(receiver, "r", refused, refused.cancel)
+        refused.future.set_result(EngineError(400, "too long"))
+        assert await stream.__anext__() == EngineError(400, "too long")
+
+        failing = FakeCall()
+        stream = IncomingStream(receiver, "f", failing, failing.cancel)
+        sender = StreamSender()
+        conn = await sender.connection(receiver.address)
+        conn.send("f", chunks(["one", "two"])[0])
+        assert (await stream.__anext__()).text == "one"
+        failing.future.set_exception(RuntimeError("ActorDiedError: replica gone"))
+        with pytest.raises(RuntimeError, match="ActorDiedError"):
+            await stream.__anext__()
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_a_connection_lost_mid_stream_ends_that_stream_with_channel_closed():
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        address = await receiver.start()
+        call = FakeCall()
+        stream = IncomingStream(receiver, "s", call, call.cancel)
+        sender = StreamSender()
+        conn = await sender.connection(address)
+        conn.send("s", chunks(["one", "two"])[0])
+        assert (await stream.__anext__()).text == "one"
+        sender.close()  # the engine replica's process went away
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(stream.__anext__(), 5)
+        stream.close()
+        assert call.cancelled, "an unfinished stream cancels its engine call"
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_bad_frames_close_only_their_connection_and_unknown_streams_are_dropped():
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        address = await receiver.start()
+        _, rogue = await asyncio.open_connection(*address)
+        rogue.write(struct.pack(">I", 5) + b"nope!")
+        await rogue.drain()
+
+        call = FakeCall()
+        stream = IncomingStream(receiver, "good", call, call.cancel)
+        sender = StreamSender()
+        conn = await sender.connection(address)
+        conn.send("nobody-waits-for-this", GenerationChunk("lost", 1, "stop"))
+        for chunk in chunks(["ok"]):
+            conn.send("good", chunk)
+        call.future.set_result(1)
+        assert [c.text for c in await asyncio.wait_for(collect(stream), 5)] == ["ok"]
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_sending_to_a_router_that_is_gone_fails():
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        address = await receiver.start()
+        await receiver.stop()
+        with pytest.raises(OSError):
+            await StreamSender().send_all(address, "r", agen(chunks(["x"])))
+
+    asyncio.run(main())
+
+
+def test_a_router_that_drops_the_connection_stops_the_generation():
+    async def main():
+        server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()[:2]
+        closed = asyncio.Event()
+
+        async def endless_generation():
+            try:
+                while True:
+                    yield GenerationChunk("x" * 1000, 1)
+                    await asyncio.sleep(0.01)
+            finally:
+                closed.set()  # vLLM's generate aborts the request when its generator is closed
+
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(StreamSender().send_all(address, "r", endless_generation()), 10)
+        assert closed.is_set()
+        server.close()
+
+    asyncio.run(main())
