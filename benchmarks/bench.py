@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import http_load, servers
+from benchmarks.cpu_usage import serving_seconds, session_cpu
 from benchmarks.workload import bracket, ratios
 from deployments.config import AppConfig
 
@@ -57,17 +58,19 @@ def run_served(system: str, app: AppConfig, config_path: Path, requests: dict[in
         server = servers.vllm_server(app.model, workdir)
     else:
         server = servers.glm_serve(config_path, workdir)
-    with server as (base_url, startup_s):
+    with server as (base_url, startup_s, session):
         print(f"{system}: healthy after {startup_s:.1f} s", file=sys.stderr)
-        results = asyncio.run(http_load.run(system, base_url, app.model.name, requests, max_tokens, seed))
+        results = asyncio.run(http_load.run(system, base_url, app.model.name, requests, max_tokens, seed,
+                                            server_cpu=lambda: serving_seconds(session_cpu(session))))
     return results, startup_s
 
 
 def print_table(results: list[dict]) -> None:
     cols = [("system", 12, "s"), ("concurrency", 4, "d"), ("throughput_tok_s", 9, ".1f"),
             ("throughput_vs_raw", 7, ".3f"), ("ttft_p50_ms", 9, ".1f"), ("ttft_p99_ms", 9, ".1f"),
-            ("itl_p50_ms", 8, ".2f"), ("e2e_p50_ms", 9, ".0f"), ("errors", 4, "d")]
-    heads = ["system", "conc", "tok/s", "vs raw", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "err"]
+            ("itl_p50_ms", 8, ".2f"), ("e2e_p50_ms", 9, ".0f"), ("serving_cpu_ms_per_token", 7, ".2f"),
+            ("errors", 4, "d")]
+    heads = ["system", "conc", "tok/s", "vs raw", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "cpu/tok", "err"]
     print(" | ".join(h.rjust(w) for h, (_, w, _) in zip(heads, cols)))
     print("-+-".join("-" * w for _, w, _ in cols))
     for r in results:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -45,8 +46,11 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestR
 
 
 async def run(system: str, base_url: str, model: str, requests: dict[int, int], max_tokens: int,
-              seed: int, timeout_s: float = 600) -> list[dict]:
-    """Drive ``base_url`` at each concurrency in ``requests``; one summary per level."""
+              seed: int, timeout_s: float = 600, server_cpu: Callable[[], float] | None = None) -> list[dict]:
+    """Drive ``base_url`` at each concurrency in ``requests``; one summary per level.
+
+    ``server_cpu`` returns the CPU seconds the server's serving processes have used so far
+    (see :mod:`benchmarks.cpu_usage`)."""
     url = f"{base_url}/v1/chat/completions"
     results = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -60,5 +64,5 @@ async def run(system: str, base_url: str, model: str, requests: dict[int, int], 
         await _one(session, url, body([{"role": "user", "content": "Hello"}]))
         for level in sorted(requests):
             bodies = [body(m) for m in prompts(requests[level], seed)]
-            results.append(await run_level(system, level, bodies, lambda b: _one(session, url, b)))
+            results.append(await run_level(system, level, bodies, lambda b: _one(session, url, b), server_cpu))
     return results

@@ -77,8 +77,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600) -> Iterator[tuple[str, float]]:
-    """Yield (base_url, start-up seconds) of vLLM's own OpenAI server."""
+def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600) -> Iterator[tuple[str, float, int]]:
+    """Yield (base_url, start-up seconds, session id of its processes) of vLLM's own OpenAI server."""
     port = free_port()
     log = log_dir / "vllm-server.log"
     cmd = [str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", *vllm_cli_args(model),
@@ -88,14 +88,16 @@ def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600) -> It
                                 env={**os.environ, **cpu_env(model)})
         try:
             base = f"http://127.0.0.1:{port}"
-            yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s)
+            yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid
         finally:
             _stop(proc)
 
 
 @contextlib.contextmanager
-def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Iterator[tuple[str, float]]:
-    """Yield (base_url, start-up seconds) of ``serve run`` on ``config_path`` moved to a free port."""
+def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Iterator[tuple[str, float, int]]:
+    """Yield (base_url, start-up seconds, session id of its processes) of ``serve run`` on
+    ``config_path`` moved to a free port. The Ray cluster ``serve run`` starts (gcs, raylet,
+    Serve's proxy and controller, the replicas and their vLLM processes) is in that session."""
     config = yaml.safe_load(config_path.read_text())
     port = free_port()
     config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
@@ -109,6 +111,6 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
                                 start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
         try:
             base = f"http://127.0.0.1:{port}"
-            yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s)
+            yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid
         finally:
             _stop(proc)

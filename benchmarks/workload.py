@@ -17,6 +17,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from benchmarks.cpu_usage import own_cpu_seconds
+
 Item = TypeVar("Item")
 
 _TOPICS = ["a lighthouse keeper", "a lost robot", "the last bakery in town", "a river that flows uphill",
@@ -82,7 +84,7 @@ def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_
     return out
 
 
-_AVERAGED = ("throughput_tok_s",) + tuple(f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
+_AVERAGED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
 
 
 def bracket(start: list[dict], end: list[dict]) -> list[dict]:
@@ -129,10 +131,17 @@ def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
 
 
 async def run_level(system: str, concurrency: int, items: list[Item],
-                    one: Callable[[Item], Awaitable[RequestRecord]]) -> dict:
+                    one: Callable[[Item], Awaitable[RequestRecord]],
+                    server_cpu: Callable[[], float] | None = None) -> dict:
     """Send ``items`` through ``one`` with at most ``concurrency`` in flight; a progress
-    bar on stderr; the level's summary."""
+    bar on stderr; the level's summary.
+
+    ``serving_cpu_ms_per_token`` in the summary is the CPU this process (the load
+    generator, and for the raw engine its front end) and ``server_cpu`` (the server's
+    processes other than the model's, in seconds) spent per output token.
+    """
     gate = asyncio.Semaphore(concurrency)
+    cpu_start = own_cpu_seconds() + (server_cpu() if server_cpu else 0.0)
     with tqdm(total=len(items), desc=f"{system} c={concurrency}", file=sys.stderr) as bar:
         async def gated(item: Item) -> RequestRecord:
             async with gate:
@@ -143,4 +152,9 @@ async def run_level(system: str, concurrency: int, items: list[Item],
 
         start = time.perf_counter()
         records = await asyncio.gather(*(gated(item) for item in items))
-    return summarize(system, concurrency, list(records), time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    cpu_s = own_cpu_seconds() + (server_cpu() if server_cpu else 0.0) - cpu_start
+    summary = summarize(system, concurrency, list(records), wall_s)
+    if summary["output_tokens"]:
+        summary["serving_cpu_ms_per_token"] = round(cpu_s / summary["output_tokens"] * 1000, 3)
+    return summary

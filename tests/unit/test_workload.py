@@ -59,3 +59,28 @@ def test_bracket_averages_the_runs_before_and_after_and_reports_drift():
     assert one["runs_tok_s"] == [20.0, 22.0] and one["drift"] == 0.1
     assert one["requests"] == 8 and one["output_tokens"] == 1024, "tokens still match requests x max_tokens"
     assert sixty_four == row(64, 400.0, 2000.0), "a level run only once is kept as it is"
+
+
+def test_session_cpu_counts_this_session_and_serving_leaves_out_the_model():
+    import os
+
+    from benchmarks.cpu_usage import own_cpu_seconds, serving_seconds, session_cpu
+
+    sum(i * i for i in range(300_000))  # some CPU of our own to see
+    usage = session_cpu(os.getsid(0))
+    assert usage and sum(usage.values()) >= own_cpu_seconds() - 0.05
+    assert serving_seconds({"VLLM::Worker_TP": 5.0, "VLLM::EngineCor": 1.0, "raylet": 0.5, "python": 0.25}) == 0.75
+
+
+def test_a_level_reports_serving_cpu_per_token():
+    import asyncio
+
+    from benchmarks.workload import RequestRecord, run_level
+
+    async def one(_):
+        return RequestRecord(0.01, 0.02, 10)
+
+    server = iter([1.0, 1.5])  # the server's serving processes used 0.5 s during the level
+    summary = asyncio.run(run_level("x", 2, [1, 2], one, server_cpu=lambda: next(server)))
+    assert summary["output_tokens"] == 20
+    assert 25.0 <= summary["serving_cpu_ms_per_token"] < 30.0  # 0.5 s / 20 tokens, plus our own bit
