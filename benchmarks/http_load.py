@@ -46,11 +46,11 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestR
 
 
 async def run(system: str, base_url: str, model: str, requests: dict[int, int], max_tokens: int,
-              seed: int, timeout_s: float = 600, server_cpu: Callable[[], float] | None = None) -> list[dict]:
+              seed: int, timeout_s: float = 600,
+              server_cpu: Callable[[], dict[str, float]] | None = None) -> list[dict]:
     """Drive ``base_url`` at each concurrency in ``requests``; one summary per level.
 
-    ``server_cpu`` returns the CPU seconds the server's serving processes have used so far
-    (see :mod:`benchmarks.cpu_usage`)."""
+    ``server_cpu``: see :func:`benchmarks.workload.run_level`."""
     url = f"{base_url}/v1/chat/completions"
     results = []
     connector = aiohttp.TCPConnector(limit=0)

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from benchmarks.cpu_usage import own_cpu_seconds
+from benchmarks.cpu_usage import own_cpu_seconds, serving_seconds
 
 Item = TypeVar("Item")
 
@@ -132,16 +132,18 @@ def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
 
 async def run_level(system: str, concurrency: int, items: list[Item],
                     one: Callable[[Item], Awaitable[RequestRecord]],
-                    server_cpu: Callable[[], float] | None = None) -> dict:
+                    server_cpu: Callable[[], dict[str, float]] | None = None) -> dict:
     """Send ``items`` through ``one`` with at most ``concurrency`` in flight; a progress
     bar on stderr; the level's summary.
 
-    ``serving_cpu_ms_per_token`` in the summary is the CPU this process (the load
-    generator, and for the raw engine its front end) and ``server_cpu`` (the server's
-    processes other than the model's, in seconds) spent per output token.
+    ``server_cpu`` returns the CPU seconds used so far by the server's processes, by
+    process name (:func:`benchmarks.cpu_usage.session_cpu`). The summary's
+    ``serving_cpu_ms_per_token`` is what this process (the load generator; for the raw
+    engine also its front end) and the server's processes other than the model's spent
+    per output token; ``cpu_by_process`` is each process name's share of one core.
     """
     gate = asyncio.Semaphore(concurrency)
-    cpu_start = own_cpu_seconds() + (server_cpu() if server_cpu else 0.0)
+    own_start, server_start = own_cpu_seconds(), server_cpu() if server_cpu else {}
     with tqdm(total=len(items), desc=f"{system} c={concurrency}", file=sys.stderr) as bar:
         async def gated(item: Item) -> RequestRecord:
             async with gate:
@@ -153,8 +155,13 @@ async def run_level(system: str, concurrency: int, items: list[Item],
         start = time.perf_counter()
         records = await asyncio.gather(*(gated(item) for item in items))
     wall_s = time.perf_counter() - start
-    cpu_s = own_cpu_seconds() + (server_cpu() if server_cpu else 0.0) - cpu_start
+    server_end = server_cpu() if server_cpu else {}
+    used = {name: seconds - server_start.get(name, 0.0) for name, seconds in server_end.items()}
+    used["load generator" if server_cpu else "raw engine front end + load generator"] = own_cpu_seconds() - own_start
     summary = summarize(system, concurrency, list(records), wall_s)
     if summary["output_tokens"]:
-        summary["serving_cpu_ms_per_token"] = round(cpu_s / summary["output_tokens"] * 1000, 3)
+        summary["serving_cpu_ms_per_token"] = round(serving_seconds(used) / summary["output_tokens"] * 1000, 3)
+    summary["cpu_by_process"] = {name: round(seconds / wall_s, 3)
+                                 for name, seconds in sorted(used.items(), key=lambda kv: -kv[1])
+                                 if seconds / wall_s >= 0.005}
     return summary

@@ -31,3 +31,16 @@ def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
         assert row["ttft_p50_ms"] > 0
     assert (tmp_path / "results.png").stat().st_size > 10_000
     assert "glm-serve" in proc.stdout and "vs raw" in proc.stdout
+
+
+def test_chunk_transport_carries_every_chunk_both_ways(tmp_path):
+    out = tmp_path / "transport.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.chunk_transport", "--chunks", "400", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"ray", "channel"}
+    for row in rows.values():
+        assert row["chunks"] == 400 and row["chunks_per_s"] > 0 and row["engine_side_us_per_chunk"] > 0

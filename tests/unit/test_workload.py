@@ -80,7 +80,9 @@ def test_a_level_reports_serving_cpu_per_token():
     async def one(_):
         return RequestRecord(0.01, 0.02, 10)
 
-    server = iter([1.0, 1.5])  # the server's serving processes used 0.5 s during the level
+    # During the level the router used 0.5 s and the model 9 s, which is not the serving layer's.
+    server = iter([{"router": 1.0, "VLLM::Worker": 1.0}, {"router": 1.5, "VLLM::Worker": 10.0, "new": 0.0}])
     summary = asyncio.run(run_level("x", 2, [1, 2], one, server_cpu=lambda: next(server)))
     assert summary["output_tokens"] == 20
     assert 25.0 <= summary["serving_cpu_ms_per_token"] < 30.0  # 0.5 s / 20 tokens, plus our own bit
+    assert list(summary["cpu_by_process"])[:2] == ["VLLM::Worker", "router"]

@@ -1,0 +1,136 @@
+"""What one streamed chunk costs to carry from an engine replica to the router, two ways.
+
+    python -m benchmarks.chunk_transport                 # make bench-transport
+    python -m benchmarks.chunk_transport --chunks 400    # seconds (run by make test)
+
+A producer deployment sends text chunks to a consumer deployment as fast as they are
+taken, through
+
+* ``ray``: a streaming ``DeploymentHandle`` call, one Ray object per chunk (how
+  glm-serve streamed before the stream channel), and
+* ``channel``: ``EngineDeployment.generate``'s path, a Serve call that carries the
+  request while the chunks go over :mod:`deployments.stream_channel`.
+
+It reports chunks per second and the CPU microseconds each side spends per chunk.
+No model runs: this is the serving layer's per-chunk cost alone, which on a GPU node
+(thousands of chunks a second per engine replica) is work on the engine replica's
+one Python thread, beside vLLM's own output processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from ray import serve
+
+from deployments.generation import GenerationChunk
+from deployments.stream_channel import IncomingStream, StreamReceiver, StreamSender
+
+MODES = ("ray", "channel")
+
+
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def _chunks(count: int):
+    for i in range(count):
+        yield GenerationChunk("word ", 1, None if i < count - 1 else "length")
+        await asyncio.sleep(0)  # let other streams' chunks interleave, as a real engine's do
+
+
+@serve.deployment(max_ongoing_requests=1024)
+class Producer:
+    """Stands where the engine replica stands."""
+
+    def __init__(self) -> None:
+        self._sender = StreamSender()
+
+    async def stream(self, count: int):
+        async for chunk in _chunks(count):
+            yield chunk
+
+    async def generate(self, request_id: str, count: int, reply_to) -> int:
+        return await self._sender.send_all(reply_to, request_id, _chunks(count))
+
+    def cpu_s(self) -> float:
+        return _cpu_s()
+
+
+@serve.deployment(max_ongoing_requests=1024)
+class Consumer:
+    """Stands where the router stands."""
+
+    def __init__(self, producer) -> None:
+        self._producer = producer
+        self._producer_stream = producer.options(stream=True)
+        self._receiver = StreamReceiver("127.0.0.1")
+
+    async def _one(self, mode: str, count: int) -> int:
+        received = 0
+        if mode == "ray":
+            async for _ in self._producer_stream.stream.remote(count):
+                received += 1
+            return received
+        address = await self._receiver.start()
+        request_id = uuid.uuid4().hex
+        call = self._producer.generate.remote(request_id, count, address)
+        stream = IncomingStream(self._receiver, request_id, call, call.cancel)
+        try:
+            async for chunk in stream:
+                received += 1
+                if chunk.finish_reason is not None:
+                    break
+        finally:
+            stream.close()
+        return received
+
+    async def run(self, mode: str, chunks: int, streams: int) -> dict:
+        producer_start, own_start, start = await self._producer.cpu_s.remote(), _cpu_s(), time.perf_counter()
+        received = sum(await asyncio.gather(*(self._one(mode, chunks // streams) for _ in range(streams))))
+        wall_s = time.perf_counter() - start
+        producer_s, own_s = await self._producer.cpu_s.remote() - producer_start, _cpu_s() - own_start
+        return {"mode": mode, "streams": streams, "chunks": received, "wall_s": round(wall_s, 3),
+                "chunks_per_s": round(received / wall_s), "engine_side_us_per_chunk": round(producer_s / received * 1e6, 1),
+                "router_side_us_per_chunk": round(own_s / received * 1e6, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=8000, help="chunks per run, split over the streams")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="each mode runs this often, interleaved")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        handle = serve.run(Consumer.bind(Producer.bind()), name="chunk-transport", route_prefix=None)
+        rows = []
+        for round_ in range(args.rounds):
+            for mode in MODES:
+                row = handle.run.remote(mode, args.chunks, args.streams).result()
+                rows.append(row)
+                print(f"round {round_ + 1}/{args.rounds} {mode:>7}: {row['chunks_per_s']:>7} chunks/s, "
+                      f"engine side {row['engine_side_us_per_chunk']:>6} us/chunk, "
+                      f"router side {row['router_side_us_per_chunk']:>6} us/chunk", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0 if all(r["chunks"] == args.chunks // args.streams * args.streams for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
