@@ -47,17 +47,9 @@ def vllm_client(server):
     client.close()
 
 
-@pytest.fixture(scope="module")
-def served_weather_items(base_url):
-    """The served side of the comparison below, taken before the in-process engine starts:
-    that engine's threads run at niceness 0 and can starve the cluster's (niceness 15)
-    for seconds on a 2-core machine."""
+def test_serve_client_and_vllm_client_yield_the_same_items(base_url, vllm_client):
     with ServeClient(base_url + TINY_GLM_PREFIX) as serve_client:
-        return list(serve_client.generate_stream([WEATHER], HISTORY, max_new_tokens=16, temperature=0))
-
-
-def test_serve_client_and_vllm_client_yield_the_same_items(served_weather_items, vllm_client):
-    served = served_weather_items
+        served = list(serve_client.generate_stream([WEATHER], HISTORY, max_new_tokens=16, temperature=0))
     local = list(vllm_client.generate_stream([WEATHER], HISTORY, max_new_tokens=16, temperature=0))
     # The rigged tiny model stops at once on a GLM-4 stop id: one empty reply from both.
     assert served == local
