@@ -119,8 +119,11 @@ def server(tmp_path_factory):
                 raise RuntimeError(f"serve run exited with {proc.returncode}:\n{_tail(tmp / 'serve.log')}")
             if time.monotonic() - started > START_TIMEOUT_S:
                 raise RuntimeError(f"glm-serve not healthy after {START_TIMEOUT_S} s:\n{_tail(tmp / 'serve.log')}")
+            # Both applications: on a slow machine the tiny GLM's engine can still be
+            # starting (three vLLM engines share two cores) when the main app is up.
             try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                if all(httpx.get(f"{base}{prefix}/health", timeout=5).status_code == 200
+                       for prefix in ("", TINY_GLM_PREFIX)):
                     break
             except httpx.HTTPError:
                 pass
