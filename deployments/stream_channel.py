@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -122,31 +123,36 @@ class _ReceiverProtocol(asyncio.Protocol):
 class StreamReceiver:
     """The router replica's end: a TCP listener whose chunks land in per-request queues.
 
-    Call :meth:`start` once on the event loop that serves requests, then :meth:`open`
-    a queue before asking the engine to stream to :attr:`address`, and :meth:`close`
-    it when the stream ends however it ends.
+    The socket is bound at construction, so a ``host`` this node does not have fails
+    the replica at start-up with its name rather than every request later. Call
+    :meth:`start` on the event loop that serves requests (it is idempotent), then
+    :meth:`open` a queue before asking an engine to stream to :attr:`address`, and
+    :meth:`close` it when the stream ends however it ends.
     """
 
     def __init__(self, host: str, port: int = 0):
-        self._host = host
-        self._port = port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+        except OSError as exc:
+            self._socket.close()
+            raise OSError(f"stream channel cannot listen on {host}:{port} (router.stream_host): {exc}") from exc
+        self.address: Address = (host, self._socket.getsockname()[1])
         self._server: asyncio.Server | None = None
-        self._lock = asyncio.Lock()
+        self._starting: asyncio.Lock | None = None
         self._queues: dict[str, asyncio.Queue[Any]] = {}
-        self.address: Address | None = None
 
     async def start(self) -> Address:
-        """Listen (once); returns the address engine replicas should send to."""
-        if self.address is not None:
-            return self.address
-        async with self._lock:
-            if self._server is None:
-                loop = asyncio.get_running_loop()
-                self._server = await loop.create_server(lambda: _ReceiverProtocol(self), self._host, self._port)
-                host, port = self._server.sockets[0].getsockname()[:2]
-                self.address = (self._host, port)
-                logger.info("stream channel listening on %s:%d", self._host, port)
-        assert self.address is not None
+        """Start accepting engine connections (once); returns the address to send to."""
+        if self._server is None:
+            self._starting = self._starting or asyncio.Lock()
+            async with self._starting:  # the first requests may arrive together
+                if self._server is None:
+                    self._server = await asyncio.get_running_loop().create_server(
+                        lambda: _ReceiverProtocol(self), sock=self._socket)
+                    logger.info("stream channel listening on %s:%d", *self.address)
         return self.address
 
     def open(self, request_id: str) -> asyncio.Queue[Any]:
@@ -167,6 +173,8 @@ class StreamReceiver:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        else:
+            self._socket.close()
 
 
 class _Connection:

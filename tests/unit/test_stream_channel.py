@@ -73,7 +73,9 @@ async def collect(stream: IncomingStream) -> list:
 def test_two_interleaved_streams_each_get_their_own_chunks_in_order():
     async def main():
         receiver = StreamReceiver("127.0.0.1")
-        address = await receiver.start()
+        starts = await asyncio.gather(receiver.start(), receiver.start())  # two first requests at once
+        address = starts[0]
+        assert starts[1] == address
         sender = StreamSender()
         calls = {rid: FakeCall() for rid in ("a", "b")}
         streams = {rid: IncomingStream(receiver, rid, calls[rid], calls[rid].cancel) for rid in calls}
@@ -193,3 +195,8 @@ def test_a_router_that_drops_the_connection_stops_the_generation():
         server.close()
 
     asyncio.run(main())
+
+
+def test_a_host_this_machine_does_not_have_fails_at_construction_with_the_field_name():
+    with pytest.raises(OSError, match="router.stream_host"):
+        StreamReceiver("198.51.100.7")  # TEST-NET-2: documentation only, not a local address
