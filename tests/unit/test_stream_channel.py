@@ -66,6 +66,20 @@ class FakeCall:
         self.future.cancel()
 
 
+def incoming(receiver: StreamReceiver, request_id: str) -> tuple[IncomingStream, FakeCall]:
+    """A stream the router waits for, and the engine call behind it."""
+    call = FakeCall()
+    return IncomingStream(receiver, request_id, call, call.cancel), call
+
+
+async def connected():
+    """A listening receiver, and a sender with its connection to it."""
+    receiver = StreamReceiver("127.0.0.1")
+    sender = StreamSender()
+    conn = await sender.connection(await receiver.start())
+    return receiver, sender, conn
+
+
 async def collect(stream: IncomingStream) -> list:
     return [item async for item in stream]
 
@@ -99,17 +113,12 @@ def test_two_interleaved_streams_each_get_their_own_chunks_in_order():
 
 def test_a_refusal_is_the_first_item_and_a_failed_call_raises_mid_stream():
     async def main():
-        receiver = StreamReceiver("127.0.0.1")
-        await receiver.start()
-        refused = FakeCall()
-        stream = IncomingStream(receiver, "r", refused, refused.cancel)
+        receiver, sender, conn = await connected()
+        stream, refused = incoming(receiver, "r")
         refused.future.set_result(EngineError(400, "too long"))
         assert await stream.__anext__() == EngineError(400, "too long")
 
-        failing = FakeCall()
-        stream = IncomingStream(receiver, "f", failing, failing.cancel)
-        sender = StreamSender()
-        conn = await sender.connection(receiver.address)
+        stream, failing = incoming(receiver, "f")
         conn.send("f", chunks(["one", "two"])[0])
         assert (await stream.__anext__()).text == "one"
         failing.future.set_exception(RuntimeError("ActorDiedError: replica gone"))
@@ -123,12 +132,8 @@ def test_a_refusal_is_the_first_item_and_a_failed_call_raises_mid_stream():
 
 def test_a_connection_lost_mid_stream_ends_that_stream_with_channel_closed():
     async def main():
-        receiver = StreamReceiver("127.0.0.1")
-        address = await receiver.start()
-        call = FakeCall()
-        stream = IncomingStream(receiver, "s", call, call.cancel)
-        sender = StreamSender()
-        conn = await sender.connection(address)
+        receiver, sender, conn = await connected()
+        stream, call = incoming(receiver, "s")
         conn.send("s", chunks(["one", "two"])[0])
         assert (await stream.__anext__()).text == "one"
         sender.close()  # the engine replica's process went away
@@ -143,16 +148,12 @@ def test_a_connection_lost_mid_stream_ends_that_stream_with_channel_closed():
 
 def test_bad_frames_close_only_their_connection_and_unknown_streams_are_dropped():
     async def main():
-        receiver = StreamReceiver("127.0.0.1")
-        address = await receiver.start()
-        _, rogue = await asyncio.open_connection(*address)
+        receiver, sender, conn = await connected()
+        _, rogue = await asyncio.open_connection(*receiver.address)
         rogue.write(struct.pack(">I", 5) + b"nope!")
         await rogue.drain()
 
-        call = FakeCall()
-        stream = IncomingStream(receiver, "good", call, call.cancel)
-        sender = StreamSender()
-        conn = await sender.connection(address)
+        stream, call = incoming(receiver, "good")
         conn.send("nobody-waits-for-this", GenerationChunk("lost", 1, "stop"))
         for chunk in chunks(["ok"]):
             conn.send("good", chunk)
