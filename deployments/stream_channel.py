@@ -212,6 +212,10 @@ class StreamSender:
         async with lock:
             conn = self._connections.get(address)
             if conn is None or conn.closed:
+                # Router replicas come and go (scaling, restarts): forget the dead ones.
+                for gone in [a for a, c in self._connections.items() if c.closed and a != address]:
+                    if not self._connecting[gone].locked():
+                        del self._connections[gone], self._connecting[gone]
                 _, writer = await asyncio.open_connection(*address)
                 conn = self._connections[address] = _Connection(writer)
         return conn

@@ -201,3 +201,25 @@ def test_a_router_that_drops_the_connection_stops_the_generation():
 def test_a_host_this_machine_does_not_have_fails_at_construction_with_the_field_name():
     with pytest.raises(OSError, match="router.stream_host"):
         StreamReceiver("198.51.100.7")  # TEST-NET-2: documentation only, not a local address
+
+
+def test_the_sender_reconnects_after_a_router_restart_and_forgets_dead_routers():
+    async def main():
+        first, sender, conn = await connected()
+        first_address = first.address
+        conn.writer.close()  # the first router replica died: its connection is gone
+        await first.stop()
+        assert first_address in sender._connections
+        second = StreamReceiver("127.0.0.1")
+        stream, call = incoming(second, "after-restart")
+        new_conn = await sender.connection(await second.start())
+        assert new_conn is not conn
+        assert first_address not in sender._connections
+        for chunk in chunks(["hello"]):
+            new_conn.send("after-restart", chunk)
+        call.future.set_result(1)
+        assert [c.text for c in await asyncio.wait_for(collect(stream), 5)] == ["hello"]
+        sender.close()
+        await second.stop()
+
+    asyncio.run(main())
