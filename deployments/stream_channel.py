@@ -104,12 +104,15 @@ class _ReceiverProtocol(asyncio.Protocol):
         for request_id, chunk in frames:
             queue = queues.get(request_id)
             if queue is None:
+                self._seen.discard(request_id)
                 continue  # the router gave up on this stream (client left, error): drop
             queue.put_nowait(chunk)
             if chunk.finish_reason is None:
                 self._seen.add(request_id)
             else:
                 self._seen.discard(request_id)
+        if len(self._seen) > 2 * len(queues) + 64:
+            self._seen &= queues.keys()  # streams the router closed before their last chunk
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Streams that were mid-way on this connection will get no more chunks.

@@ -223,3 +223,20 @@ def test_the_sender_reconnects_after_a_router_restart_and_forgets_dead_routers()
         await second.stop()
 
     asyncio.run(main())
+
+
+def test_streams_the_router_closed_early_are_not_remembered_forever():
+    from deployments.stream_channel import _ReceiverProtocol
+
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        protocol = _ReceiverProtocol(receiver)
+        for i in range(200):  # clients that left after their first chunk
+            stream, _ = incoming(receiver, f"left-{i}")
+            protocol.data_received(encode_frame(f"left-{i}", GenerationChunk("x", 1)))
+            stream.close()
+        protocol.data_received(encode_frame("late", GenerationChunk("y", 1)))
+        assert len(protocol._seen) <= 64
+        await receiver.stop()
+
+    asyncio.run(main())
