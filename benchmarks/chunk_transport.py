@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -30,15 +29,11 @@ from pathlib import Path
 
 from ray import serve
 
+from benchmarks.cpu_usage import own_cpu_seconds
 from deployments.generation import GenerationChunk
 from deployments.stream_channel import IncomingStream, StreamReceiver, StreamSender
 
 MODES = ("ray", "channel")
-
-
-def _cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 async def _chunks(count: int):
@@ -62,7 +57,7 @@ class Producer:
         return await self._sender.send_all(reply_to, request_id, _chunks(count))
 
     def cpu_s(self) -> float:
-        return _cpu_s()
+        return own_cpu_seconds()
 
 
 @serve.deployment(max_ongoing_requests=1024)
@@ -94,10 +89,10 @@ class Consumer:
         return received
 
     async def run(self, mode: str, chunks: int, streams: int) -> dict:
-        producer_start, own_start, start = await self._producer.cpu_s.remote(), _cpu_s(), time.perf_counter()
+        producer_start, own_start, start = await self._producer.cpu_s.remote(), own_cpu_seconds(), time.perf_counter()
         received = sum(await asyncio.gather(*(self._one(mode, chunks // streams) for _ in range(streams))))
         wall_s = time.perf_counter() - start
-        producer_s, own_s = await self._producer.cpu_s.remote() - producer_start, _cpu_s() - own_start
+        producer_s, own_s = await self._producer.cpu_s.remote() - producer_start, own_cpu_seconds() - own_start
         return {"mode": mode, "streams": streams, "chunks": received, "wall_s": round(wall_s, 3),
                 "chunks_per_s": round(received / wall_s), "engine_side_us_per_chunk": round(producer_s / received * 1e6, 1),
                 "router_side_us_per_chunk": round(own_s / received * 1e6, 1)}

@@ -48,4 +48,5 @@ def serving_seconds(usage: dict[str, float]) -> float:
 
 def own_cpu_seconds() -> float:
     """CPU seconds of this process, all threads (the load generator, or the raw engine's front end)."""
-    return os.times().user + os.times().system
+    times = os.times()
+    return times.user + times.system
