@@ -4,8 +4,8 @@ It parses and validates OpenAI requests, hands each to an engine replica through
 ``DeploymentHandle`` (Serve's request router picks the replica), and relays the
 engine's chunks, which arrive on this replica's stream channel
 (:mod:`deployments.stream_channel`), to the client as server-sent events the moment
-they arrive: no timers, no batching window. Every response names the engine replica that served it
-in the ``x-glm-serve-replica`` header.
+they arrive: no timers, no batching window. Every response names the engine replica
+that served it in the ``x-glm-serve-replica`` header.
 
 Request life cycle::
 
@@ -74,6 +74,19 @@ def _node_ip() -> str:
 
 def refusal(error: EngineError) -> OpenAIError:
     return OpenAIError(error.status, error.message, error.type, error.param, error.code)
+
+
+async def _first_chunk(stream: IncomingStream) -> GenerationChunk:
+    """The stream's first chunk, or the OpenAIError the client should get instead."""
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        raise OpenAIError(500, "The engine ended the stream without output.", "server_error") from None
+    except Exception as exc:
+        raise engine_failure(exc) from None
+    if isinstance(first, EngineError):
+        raise refusal(first)
+    return first
 
 
 def _json(body: dict[str, Any], replica: str | None = None) -> JSONResponse:
@@ -286,18 +299,10 @@ class RouterDeployment:
         call = self._engine.generate.remote(generation, address)
         stream = IncomingStream(self._receiver, generation.request_id, call, call.cancel)
         try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
+            first = await _first_chunk(stream)
+        except BaseException:  # a refusal, a failure, or the client gone: stop the engine's work
             stream.close()
-            raise OpenAIError(500, "The engine ended the stream without output.", "server_error") from None
-        except BaseException as exc:
-            stream.close()
-            if not isinstance(exc, Exception):
-                raise
-            raise engine_failure(exc) from None
-        if isinstance(first, EngineError):
-            stream.close()
-            raise refusal(first)
+            raise
         self._metrics.ttft.observe(time.perf_counter() - start)
         return StreamingResponse(
             self._relay(path, stream, first, encoder, include_usage, start, names or None),
