@@ -84,7 +84,8 @@ def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_
     return out
 
 
-_AVERAGED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
+_AVERAGED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(
+    f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
 
 
 def bracket(start: list[dict], end: list[dict]) -> list[dict]:

@@ -163,7 +163,8 @@ class EngineDeployment:
             return prepared
         return await self._sender.send_all(reply_to, request.request_id, self._chunks(request.request_id, *prepared))
 
-    async def _chunks(self, request_id: str, prompt: Any, params: Any, num_prompt: int) -> AsyncIterator[GenerationChunk]:
+    async def _chunks(self, request_id: str, prompt: Any, params: Any,
+                      num_prompt: int) -> AsyncIterator[GenerationChunk]:
         """Text deltas as the engine makes them, gathered per :func:`chunk_tokens` under load.
 
         vLLM's DELTA output mode merges the tokens that piled up while this generator

@@ -189,7 +189,7 @@ class _Connection:
         return self.writer.is_closing()
 
     def send(self, request_id: str, chunk: GenerationChunk) -> None:
-        if self.writer.is_closing():
+        if self.closed:
             raise ChannelClosed("the router's stream connection closed")
         self.writer.write(encode_frame(request_id, chunk))
 

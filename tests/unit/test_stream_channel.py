@@ -80,6 +80,14 @@ async def connected():
     return receiver, sender, conn
 
 
+async def deliver(conn, request_id: str, texts: list[str], stream: IncomingStream, call: FakeCall) -> list[str]:
+    """Send a whole reply as the engine would, end its call, and return the texts the router read."""
+    for chunk in chunks(texts):
+        conn.send(request_id, chunk)
+    call.future.set_result(len(texts))
+    return [c.text for c in await asyncio.wait_for(collect(stream), 5)]
+
+
 async def collect(stream: IncomingStream) -> list:
     return [item async for item in stream]
 
@@ -155,10 +163,7 @@ def test_bad_frames_close_only_their_connection_and_unknown_streams_are_dropped(
 
         stream, call = incoming(receiver, "good")
         conn.send("nobody-waits-for-this", GenerationChunk("lost", 1, "stop"))
-        for chunk in chunks(["ok"]):
-            conn.send("good", chunk)
-        call.future.set_result(1)
-        assert [c.text for c in await asyncio.wait_for(collect(stream), 5)] == ["ok"]
+        assert await deliver(conn, "good", ["ok"], stream, call) == ["ok"]
         sender.close()
         await receiver.stop()
 
@@ -215,10 +220,7 @@ def test_the_sender_reconnects_after_a_router_restart_and_forgets_dead_routers()
         new_conn = await sender.connection(await second.start())
         assert new_conn is not conn
         assert first_address not in sender._connections
-        for chunk in chunks(["hello"]):
-            new_conn.send("after-restart", chunk)
-        call.future.set_result(1)
-        assert [c.text for c in await asyncio.wait_for(collect(stream), 5)] == ["hello"]
+        assert await deliver(new_conn, "after-restart", ["hello"], stream, call) == ["hello"]
         sender.close()
         await second.stop()
 
