@@ -12,6 +12,7 @@ from ray.serve.exceptions import BackPressureError
 from deployments.config import CpuConfig
 from deployments.engine import apply_cpu_settings, chunk_tokens, stop_and_sampling_defaults
 from deployments.router import engine_failure
+from deployments.stream_channel import ChannelClosed
 
 
 @pytest.fixture()
@@ -52,6 +53,8 @@ def test_missing_generation_config_gives_nothing(tmp_path):
 def test_engine_failures_map_to_statuses():
     assert engine_failure(BackPressureError(num_queued_requests=3, max_queued_requests=2)).status == 503
     assert engine_failure(ActorDiedError()).status == 503
+    lost = engine_failure(ChannelClosed("the engine replica's stream connection closed"))
+    assert (lost.status, lost.type) == (503, "service_unavailable")
     assert engine_failure(RuntimeError("boom")).status == 500
     assert engine_failure(RuntimeError("boom")).type == "server_error"
 
