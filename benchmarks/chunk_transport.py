@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
 
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # A cluster of its own: joining a running one (the e2e suite's, or a user's glm-serve)
+    # would measure beside its load, and serve.shutdown() below would take its apps down.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         handle = serve.run(Consumer.bind(Producer.bind()), name="chunk-transport", route_prefix=None)
         rows = []
