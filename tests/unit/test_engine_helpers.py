@@ -10,14 +10,14 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig
-from deployments.engine import apply_cpu_settings, chunk_tokens, stop_and_sampling_defaults
+from deployments.engine import apply_cpu_settings, chunk_tokens, cpu_env, stop_and_sampling_defaults
 from deployments.router import engine_failure
 from deployments.stream_channel import ChannelClosed
 
 
 @pytest.fixture()
 def clean_env(monkeypatch):
-    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE"):
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "GOMP_SPINCOUNT"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -25,6 +25,12 @@ def test_each_local_rank_gets_its_own_cores(clean_env):
     cpu = CpuConfig(threads_bind=["0-7", "8-15"], kvcache_space_gib=4)
     assert apply_cpu_settings(cpu, 1) == {"VLLM_CPU_OMP_THREADS_BIND": "8-15", "VLLM_CPU_KVCACHE_SPACE": "4"}
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "8-15"
+
+
+def test_omp_spin_count_reaches_libgomp_through_the_environment(clean_env):
+    assert apply_cpu_settings(CpuConfig(omp_spin_count=10000), 0) == {"GOMP_SPINCOUNT": "10000"}
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
+    assert cpu_env(CpuConfig(omp_spin_count=0), 0) == {"GOMP_SPINCOUNT": "0"}  # 0 is a value, not "unset"
 
 
 def test_a_rank_without_cores_fails_clearly(clean_env):
