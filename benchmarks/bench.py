@@ -4,22 +4,27 @@
     python -m benchmarks.bench --smoke          # seconds-scale check (run by make test)
 
 Every system runs the engine arguments of the same config file (default
-config/serve-cpu.yaml) on the same seeded prompts with a fixed output length, one
-system at a time so they never share the CPU. Writes ``results.json`` and
-``results.png`` to ``--out`` and prints a table and the targets of issue 5.
+config/serve-cpu.yaml) on the same seeded prompts with a fixed output length. All of
+them start first, one after another, and stay up; then at each level they take turns
+(raw, vllm-server, glm-serve, raw) while the others are paused (SIGSTOP), so they never
+share the CPU and a level's runs lie within a minute of each other: this machine's speed
+drifts by more than the gaps measured over the minutes of a whole run. Writes
+``results.json`` and ``results.png`` to ``--out`` and prints a table and the targets of
+issue 5.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -41,30 +46,36 @@ def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
     return {c: max(2, c) if smoke else max(3, c) for c in levels}
 
 
-def run_raw(app: AppConfig, requests: dict[int, int], max_tokens: int, seed: int, workdir: Path) -> list[dict]:
-    out = workdir / "raw.json"
-    cmd = [sys.executable, "-m", "benchmarks.raw_engine", "--model-json", app.model.model_dump_json(),
-           "--levels", json.dumps(requests), "--max-tokens", str(max_tokens), "--seed", str(seed), "--out", str(out)]
-    # Progress bars pass through on stderr; vLLM logs to stdout, which goes to raw.log.
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    with open(workdir / "raw.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log)
-    if proc.returncode != 0:
-        raise RuntimeError(f"raw engine run failed with exit code {proc.returncode}")
-    return json.loads(out.read_text())
+SETTLE_S = 2.0
+"""Pause after resuming a system before its level starts: Ray's timers catch up first."""
 
 
-def run_served(system: str, app: AppConfig, config_path: Path, requests: dict[int, int], max_tokens: int,
-               seed: int, workdir: Path) -> tuple[list[dict], float]:
-    if system == "vllm-server":
-        server = servers.vllm_server(app.model, workdir)
-    else:
-        server = servers.glm_serve(config_path, workdir)
+@contextlib.contextmanager
+def start_system(system: str, app: AppConfig, config_path: Path, max_tokens: int, seed: int,
+                 workdir: Path) -> Iterator[tuple[Callable[[int, int], dict], float, int]]:
+    """Start ``system``; yield (run one level: (concurrency, requests) -> summary, start-up s, session)."""
+    if system == "raw":
+        with servers.raw_engine(app.model, workdir, max_tokens, seed) as (engine, startup_s, session):
+            yield engine.run_level, startup_s, session
+        return
+    server = servers.vllm_server(app.model, workdir) if system == "vllm-server" else servers.glm_serve(
+        config_path, workdir)
     with server as (base_url, startup_s, session):
-        print(f"{system}: healthy after {startup_s:.1f} s", file=sys.stderr)
-        results = asyncio.run(http_load.run(system, base_url, app.model.name, requests, max_tokens, seed,
-                                            server_cpu=lambda: session_cpu(session)))
-    return results, startup_s
+        def run_level(concurrency: int, requests: int) -> dict:
+            rows = asyncio.run(http_load.run(system, base_url, app.model.name, {concurrency: requests}, max_tokens,
+                                             seed, server_cpu=lambda: session_cpu(session)))
+            return rows[0]
+
+        yield run_level, startup_s, session
+
+
+def level_plan(systems: list[str]) -> list[str]:
+    """The order in which the systems take their turn at every level: raw before and after
+    the served systems, so the reference is the mean of two runs around them."""
+    served = [s for s in systems if s != "raw"]
+    if "raw" not in systems:
+        return served
+    return ["raw", *served, "raw"] if served else ["raw"]
 
 
 def print_table(results: list[dict]) -> None:
@@ -141,9 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--bracket", default="1,8",
-                        help="levels the raw engine runs again after the served systems; the reference is the "
-                             "mean of both raw runs, so machine drift during the run cancels ('' for none)")
     parser.add_argument("--smoke", action="store_true", help="concurrency 1,4 and 16 tokens: seconds, not minutes")
     args = parser.parse_args(argv)
 
@@ -155,37 +163,45 @@ def main(argv: list[str] | None = None) -> int:
     max_tokens = 16 if args.smoke else args.max_tokens
     app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
     requests = requests_per_level(levels, args.smoke)
-    bracket_levels = [1] if args.smoke else sorted({int(c) for c in args.bracket.split(",") if c.strip()} & set(levels))
-    if "raw" not in systems or systems == ["raw"]:
-        bracket_levels = []
     args.out.mkdir(parents=True, exist_ok=True)
+    plan = level_plan(systems)
+    settle_s = 0.5 if args.smoke else SETTLE_S
 
     started = time.monotonic()
     results: list[dict] = []
     startup: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp:
+    raw_runs: list[list[dict]] = [[], []]  # before and after the served systems, level by level
+    with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp, contextlib.ExitStack() as running:
         workdir = Path(tmp)
-        raw_rows: list[dict] = []  # the reference: the first raw run, then its bracket
-        # raw first, the served systems, then raw again at the bracket levels.
-        runs = ["raw"] * ("raw" in systems) + [s for s in systems if s != "raw"] + ["raw-end"] * bool(bracket_levels)
-        for system in runs:
-            print(f"== {system}", file=sys.stderr)
-            try:
-                if system == "raw":
-                    raw_rows = run_raw(app, requests, max_tokens, args.seed, workdir)
-                elif system == "raw-end":
-                    raw_end = run_raw(app, {c: requests[c] for c in bracket_levels}, max_tokens, args.seed, workdir)
-                    raw_rows = bracket(raw_rows, raw_end)
-                else:
-                    rows, startup[system] = run_served(system, app, args.config, requests, max_tokens,
-                                                       args.seed, workdir)
-                    results += rows
-            except Exception:
-                for log in sorted(workdir.glob("*.log")):
-                    print(f"--- tail of {log.name}", file=sys.stderr)
-                    print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
-                raise
-    results = raw_rows + results
+        try:
+            runners: dict[str, tuple[Callable[[int, int], dict], int]] = {}
+            for system in systems:  # one at a time, each alone on the CPU while it starts
+                print(f"== starting {system}", file=sys.stderr)
+                run_level, startup[system], session = running.enter_context(
+                    start_system(system, app, args.config, max_tokens, args.seed, workdir))
+                print(f"{system}: ready after {startup[system]:.1f} s", file=sys.stderr)
+                servers.pause(session)
+                runners[system] = (run_level, session)
+            for level in levels:
+                for turn, system in enumerate(plan):
+                    run_level, session = runners[system]
+                    servers.resume(session)
+                    try:
+                        time.sleep(settle_s)
+                        row = run_level(level, requests[level])
+                    finally:
+                        servers.pause(session)
+                    if system == "raw":
+                        raw_runs[turn > 0].append(row)
+                    else:
+                        results.append(row)
+        except Exception:
+            for log in sorted(workdir.glob("*.log")):
+                print(f"--- tail of {log.name}", file=sys.stderr)
+                print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
+            raise
+    raw_rows = bracket(*raw_runs) if raw_runs[1] else raw_runs[0]
+    results = raw_rows + sorted(results, key=lambda r: (SYSTEMS.index(r["system"]), r["concurrency"]))
     ratios(results)
 
     meta = {
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
         "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
-        "raw_bracket_levels": bracket_levels,
+        "level_plan": plan,
         "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
         "wall_s": round(time.monotonic() - started, 1),
     }

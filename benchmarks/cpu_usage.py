@@ -32,13 +32,25 @@ def _stat(pid: str) -> tuple[str, int, float] | None:
 def session_cpu(session: int) -> dict[str, float]:
     """CPU seconds of the live processes in ``session``, summed by process name."""
     usage: dict[str, float] = {}
+    for _, name, seconds in _session_stats(session):
+        usage[name] = usage.get(name, 0.0) + seconds
+    return usage
+
+
+def session_pids(session: int) -> list[int]:
+    """The live processes in ``session`` (a served system started with ``start_new_session``)."""
+    return [pid for pid, _, _ in _session_stats(session)]
+
+
+def _session_stats(session: int) -> list[tuple[int, str, float]]:
+    stats = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         stat = _stat(pid)
         if stat is not None and stat[1] == session:
-            usage[stat[0]] = usage.get(stat[0], 0.0) + stat[2]
-    return usage
+            stats.append((int(pid), stat[0], stat[2]))
+    return stats
 
 
 def serving_seconds(usage: dict[str, float]) -> float:

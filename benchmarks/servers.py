@@ -1,14 +1,23 @@
-"""Start and stop the served systems the benchmark compares, each on a loopback port.
+"""Start, pause and stop the systems the benchmark compares, each in its own session.
 
+* ``raw``: vLLM's ``AsyncLLM`` in a child process that runs one level per command
+  (:mod:`benchmarks.raw_engine`);
 * ``vllm-server``: vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``)
-  with the same engine arguments and CPU settings as glm-serve's engine replicas.
+  with the same engine arguments and CPU settings as glm-serve's engine replicas;
 * ``glm-serve``: ``serve run`` of the same config file, the way users run it.
+
+Every system stays up for the whole benchmark and takes its turn at each level while
+the others are paused (:func:`pause`: SIGSTOP to every process of their session), so
+a paused system costs the running one no CPU, and the systems of one level are
+measured within a minute of each other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -20,10 +29,28 @@ from pathlib import Path
 import httpx
 import yaml
 
+from benchmarks.cpu_usage import session_pids
 from deployments.config import ModelConfig
 from deployments.engine import cpu_env
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pause(session: int) -> None:
+    """Stop every process of a system's session (SIGSTOP): it keeps its memory, not the CPU."""
+    _signal_session(session, signal.SIGSTOP)
+
+
+def resume(session: int) -> None:
+    """Undo :func:`pause`."""
+    _signal_session(session, signal.SIGCONT)
+
+
+def _signal_session(session: int, sig: signal.Signals) -> None:
+    for pid in session_pids(session):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def free_port() -> int:
@@ -57,6 +84,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float)
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    resume(proc.pid)  # a paused process would not act on SIGTERM
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -105,3 +133,56 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
             yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid
         finally:
             _stop(proc)
+
+
+class RawEngine:
+    """The bench's handle on a :mod:`benchmarks.raw_engine` child: one level per call."""
+
+    def __init__(self, proc: subprocess.Popen, results, log: Path):
+        self._proc = proc
+        self._results = results
+        self._log = log
+
+    def run_level(self, concurrency: int, requests: int) -> dict:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"concurrency": concurrency, "requests": requests}) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict:
+        line = self._results.readline()
+        if not line:
+            raise RuntimeError(f"raw engine exited with {self._proc.wait()}; see {self._log}")
+        return json.loads(line)
+
+
+@contextlib.contextmanager
+def raw_engine(model: ModelConfig, log_dir: Path, max_tokens: int, seed: int,
+               timeout_s: float = 600) -> Iterator[tuple[RawEngine, float, int]]:
+    """Yield (the engine's handle, start-up seconds, session id of its processes)."""
+    log = log_dir / "raw.log"
+    read_fd, write_fd = os.pipe()
+    cmd = [str(BIN / "python"), "-m", "benchmarks.raw_engine", "--model-json", model.model_dump_json(),
+           "--max-tokens", str(max_tokens), "--seed", str(seed), "--results-fd", str(write_fd)]
+    start = time.monotonic()
+    # Progress bars pass through on stderr; vLLM logs to stdout, which goes to raw.log.
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=out, text=True, pass_fds=(write_fd,),
+                                start_new_session=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    os.close(write_fd)
+    with os.fdopen(read_fd) as results:
+        try:
+            if not select.select([results], [], [], timeout_s)[0]:
+                raise RuntimeError(f"raw engine not ready after {timeout_s:.0f} s; see {log}")
+            engine = RawEngine(proc, results, log)
+            engine._read()  # {"ready": true}
+            yield engine, time.monotonic() - start, proc.pid
+        finally:
+            resume(proc.pid)
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()  # end of commands: the child shuts its engine down
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _stop(proc)

@@ -1,4 +1,4 @@
-"""`make bench --smoke`: all three systems start, serve the workload and write their results.
+"""`make bench --smoke`: all three systems start, take their turns at each level, and write results.
 
 This directory sorts before tests/e2e, so it runs before the e2e session's Ray cluster
 starts: the benchmark's own `serve run` must not find and join that cluster.
@@ -24,7 +24,8 @@ def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
     systems = {(r["system"], r["concurrency"]) for r in data["results"]}
     assert systems == {(s, c) for s in ("raw", "vllm-server", "glm-serve") for c in (1, 4)}
     raw_1 = next(r for r in data["results"] if r["system"] == "raw" and r["concurrency"] == 1)
-    assert len(raw_1["runs_tok_s"]) == 2, "raw runs again after the served systems (the bracket)"
+    assert len(raw_1["runs_tok_s"]) == 2, "raw runs before and after the served systems at each level"
+    assert data["meta"]["level_plan"] == ["raw", "vllm-server", "glm-serve", "raw"]
     for row in data["results"]:
         assert row["errors"] == 0, row
         assert row["output_tokens"] == row["requests"] * 16, row
