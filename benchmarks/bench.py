@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="concurrency 1,4 and 16 tokens: seconds, not minutes")
     args = parser.parse_args(argv)
+    # SIGTERM must unwind like Ctrl-C: the systems it started are paused (SIGSTOP) most of
+    # the time, and only the clean-up below resumes and stops them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
