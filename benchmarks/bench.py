@@ -70,6 +70,12 @@ def start_system(system: str, app: AppConfig, config_path: Path, max_tokens: int
         yield run_level, startup_s, session
 
 
+def controller_env(serve_config: dict) -> dict[str, str]:
+    """The environment a Serve config file gives Serve's controller (``controller_options``)."""
+    options = serve_config.get("controller_options") or {}
+    return dict((options.get("runtime_env") or {}).get("env_vars") or {})
+
+
 def level_plan(systems: list[str]) -> list[str]:
     """The order in which the systems take their turn at every level: raw before and after
     the served systems, so the reference is the mean of two runs around them."""
@@ -217,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
         "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
         "level_plan": plan,
-        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+        # Serve settings from this shell and from the config's controller_options.
+        "ray_serve_env": {**{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+                          **controller_env(yaml.safe_load(args.config.read_text()))},
         "wall_s": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))

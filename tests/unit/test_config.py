@@ -24,6 +24,22 @@ def test_shipped_configs_validate(path):
     assert config.router.deployment.max_ongoing_requests >= config.engine.max_ongoing_requests
 
 
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+def test_shipped_configs_are_valid_serve_configs(path):
+    """`serve run` validates the whole file with Serve's own schema before it deploys."""
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load((ROOT / path).read_text()))
+
+
+def test_cpu_config_slows_serves_control_loop_through_the_config_file():
+    """Set in the file, not the Makefile: it must reach the controller of any `serve run`."""
+    from benchmarks.bench import controller_env
+
+    env = controller_env(yaml.safe_load((ROOT / "config/serve-cpu.yaml").read_text()))
+    assert float(env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]) == 1.0
+
+
 def test_gpu_config_pins_one_engine_per_gpu_and_stops_on_glm4_tokens():
     config = AppConfig.model_validate(_args("config/serve.yaml"))
     assert config.engine.ray_actor_options["num_gpus"] == 1
