@@ -36,7 +36,7 @@ from benchmarks.cpu_usage import session_cpu
 from benchmarks.workload import bracket, ratios
 from deployments.config import AppConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = servers.ROOT
 SYSTEMS = ("raw", "vllm-server", "glm-serve")
 
 
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
     levels = [1, 4] if args.smoke else sorted({int(c) for c in args.concurrency.split(",")})
     max_tokens = 16 if args.smoke else args.max_tokens
-    app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    serve_config = yaml.safe_load(args.config.read_text())
+    app = AppConfig.model_validate(serve_config["applications"][0]["args"])
     requests = requests_per_level(levels, args.smoke)
     args.out.mkdir(parents=True, exist_ok=True)
     plan = level_plan(systems)
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "level_plan": plan,
         # Serve settings from this shell and from the config's controller_options.
         "ray_serve_env": {**{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
-                          **controller_env(yaml.safe_load(args.config.read_text()))},
+                          **controller_env(serve_config)},
         "wall_s": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))

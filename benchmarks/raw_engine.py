@@ -63,14 +63,15 @@ async def serve_levels(model: ModelConfig, max_tokens: int, seed: int, results: 
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
                             output_kind=RequestOutputKind.DELTA)
     loop = asyncio.get_running_loop()
+    hello = tokenizer.encode("Hello")
     try:
-        await _one(engine, tokenizer.encode("Hello"), params)
+        await _one(engine, hello, params)
         _send(results, {"ready": True})
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             command = json.loads(line)
             level = command["concurrency"]
             # The served systems get a warm-up request before every level; so does this one.
-            await _one(engine, tokenizer.encode("Hello"), params)
+            await _one(engine, hello, params)
             ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
                                     add_special_tokens=False) for c in prompts(command["requests"], seed)]
             _send(results, await run_level("raw", level, ids, lambda i: _one(engine, i, params)))

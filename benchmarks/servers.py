@@ -147,9 +147,10 @@ class RawEngine:
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps({"concurrency": concurrency, "requests": requests}) + "\n")
         self._proc.stdin.flush()
-        return self._read()
+        return self.read_line()
 
-    def _read(self) -> dict:
+    def read_line(self) -> dict:
+        """The child's next JSON line: ``{"ready": true}`` first, then one level's summary."""
         line = self._results.readline()
         if not line:
             raise RuntimeError(f"raw engine exited with {self._proc.wait()}; see {self._log}")
@@ -175,7 +176,7 @@ def raw_engine(model: ModelConfig, log_dir: Path, max_tokens: int, seed: int,
             if not select.select([results], [], [], timeout_s)[0]:
                 raise RuntimeError(f"raw engine not ready after {timeout_s:.0f} s; see {log}")
             engine = RawEngine(proc, results, log)
-            engine._read()  # {"ready": true}
+            engine.read_line()  # {"ready": true}
             yield engine, time.monotonic() - start, proc.pid
         finally:
             resume(proc.pid)
