@@ -165,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     # the time, and only the clean-up below resumes and stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    busy = servers.competing_processes()
+    if busy:
+        # The smoke run checks that the benchmark works, not what it measures.
+        print(f"{'warning' if args.smoke else 'error'}: a Ray cluster or vLLM engine is already running here "
+              f"({', '.join(busy[:6])}{', ...' if len(busy) > 6 else ''}); it would share the CPU with the "
+              "systems measured. Stop it first (`ray stop`, or end its `serve run`).", file=sys.stderr)
+        if not args.smoke:
+            return 2
+
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:

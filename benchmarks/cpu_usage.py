@@ -43,13 +43,18 @@ def session_pids(session: int) -> list[int]:
 
 
 def _session_stats(session: int) -> list[tuple[int, str, float]]:
+    return [(pid, name, seconds) for pid, name, sid, seconds in process_stats() if sid == session]
+
+
+def process_stats() -> list[tuple[int, str, int, float]]:
+    """(pid, name, session id, CPU seconds) of every live process on this machine."""
     stats = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         stat = _stat(pid)
-        if stat is not None and stat[1] == session:
-            stats.append((int(pid), stat[0], stat[2]))
+        if stat is not None:
+            stats.append((int(pid), *stat))
     return stats
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.cpu_usage import session_pids
+from benchmarks.cpu_usage import process_stats, session_pids
 from deployments.config import ModelConfig
 from deployments.engine import cpu_env
 
@@ -51,6 +51,19 @@ def _signal_session(session: int, sig: signal.Signals) -> None:
     for pid in session_pids(session):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+COMPETING_PREFIXES = ("gcs_server", "raylet", "ray::", "VLLM::")
+"""Process names of a Ray cluster (its daemons and workers) and of vLLM's engine processes."""
+
+
+def competing_processes() -> list[str]:
+    """Ray clusters and vLLM engines already running on this machine, as ``"pid name"``.
+
+    They would share the CPU with the systems measured, and skew every number."""
+    own = os.getpid()
+    return [f"{pid} {name}" for pid, name, _, _ in process_stats()
+            if pid != own and name.startswith(COMPETING_PREFIXES)]
 
 
 def free_port() -> int:
@@ -126,8 +139,11 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
     run_config.write_text(yaml.safe_dump(config))
     log = log_dir / "glm-serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "serve"), "run", str(run_config)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        # --address local: a cluster of its own even if one already runs here (`serve run`
+        # would otherwise join it and deploy beside, or over, its applications).
+        proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", str(run_config)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
         try:
             base = f"http://127.0.0.1:{port}"
             yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid

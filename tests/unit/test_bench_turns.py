@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench import level_plan
-from benchmarks.servers import pause, resume
+from benchmarks.bench import level_plan, main
+from benchmarks.servers import competing_processes, pause, resume
 
 
 def test_raw_runs_before_and_after_the_served_systems_at_every_level():
@@ -44,3 +45,28 @@ def test_pause_stops_every_process_of_the_session_and_resume_continues_them():
         proc.kill()
         subprocess.run(["pkill", "-s", str(proc.pid)])
         proc.wait()
+
+
+def _named_process(name: str) -> subprocess.Popen:
+    """A sleeping process whose name (/proc/PID/comm) is ``name``, as Ray's daemons name theirs."""
+    code = (f"import ctypes, sys, time; ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0); "
+            "print(flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # renamed
+    return proc
+
+
+def test_a_running_ray_cluster_stops_the_benchmark_before_it_starts_anything(tmp_path, capsys):
+    raylet = _named_process("raylet")
+    try:
+        assert f"{raylet.pid} raylet" in competing_processes()
+        started = time.monotonic()
+        assert main(["--out", str(tmp_path)]) == 2
+        assert time.monotonic() - started < 5
+        assert f"{raylet.pid} raylet" in capsys.readouterr().err
+        assert not (tmp_path / "results.json").exists()
+    finally:
+        raylet.kill()
+        raylet.wait()
+    assert f"{raylet.pid} raylet" not in competing_processes()
