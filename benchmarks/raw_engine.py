@@ -77,6 +77,9 @@ async def serve_levels(model: ModelConfig, max_tokens: int, seed: int, results: 
             _send(results, await run_level("raw", level, ids, lambda i: _one(engine, i, params)))
     finally:
         engine.shutdown()
+        # Collected now, not at interpreter exit: AsyncLLM.__del__ shuts down again, and at
+        # exit the vLLM functions it calls are already torn down (a TypeError on stderr).
+        del engine
 
 
 def main() -> None:
