@@ -74,7 +74,7 @@ async def serve_levels(model: ModelConfig, max_tokens: int, seed: int, results: 
             await _one(engine, hello, params)
             ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
                                     add_special_tokens=False) for c in prompts(command["requests"], seed)]
-            _send(results, await run_level("raw", level, ids, lambda i: _one(engine, i, params)))
+            _send(results, await run_level("raw", level, ids, lambda i, e=engine: _one(e, i, params)))
     finally:
         engine.shutdown()
         # Collected now, not at interpreter exit: AsyncLLM.__del__ shuts down again, and at
