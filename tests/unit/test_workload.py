@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.bench import check_targets
-from benchmarks.workload import RequestRecord, bracket, prompts, ratios, summarize
+from benchmarks.bench import check_targets, records
+from benchmarks.workload import RequestRecord, combine, compare_rounds, prompts, summarize
 
 
 def test_prompts_are_seeded():
@@ -29,36 +29,50 @@ def test_summarize_counts_tokens_errors_and_percentiles():
     assert row["error_samples"] == ["HTTP 500"]
 
 
-def test_ratios_and_targets_compare_with_raw_at_the_same_concurrency():
-    rows = [
-        {"system": "raw", "concurrency": 1, "throughput_tok_s": 30.0, "ttft_p50_ms": 50.0, "itl_p50_ms": 30.0, "errors": 0},
-        {"system": "glm-serve", "concurrency": 1, "throughput_tok_s": 29.0, "ttft_p50_ms": 70.0, "itl_p50_ms": 31.0,
-         "errors": 0},
-        {"system": "raw", "concurrency": 32, "throughput_tok_s": 600.0, "ttft_p50_ms": 90.0, "itl_p50_ms": 40.0,
-         "errors": 0},
-        {"system": "glm-serve", "concurrency": 32, "throughput_tok_s": 500.0, "ttft_p50_ms": 99.0,
-         "itl_p50_ms": 48.0, "errors": 0},
-    ]
-    ratios(rows)
-    assert rows[1]["throughput_vs_raw"] == round(29 / 30, 3)
-    assert rows[1]["ttft_p50_delta_ms"] == 20.0
-    targets = {name: ok for name, ok, _ in check_targets(rows)}
+def _run(system: str, c: int, tok_s: float, ttft: float, itl: float | None = 30.0) -> dict:
+    return {"system": system, "concurrency": c, "requests": 4, "errors": 0, "output_tokens": 512,
+            "wall_s": 20.0, "throughput_tok_s": tok_s, "ttft_p50_ms": ttft, "itl_p50_ms": itl,
+            "cpu_by_process": {"raylet": 0.01}}
+
+
+def test_each_served_run_is_compared_with_the_raw_runs_around_it():
+    raw = [_run("raw", 8, 300.0, 40.0, 25.0), _run("raw", 8, 280.0, 44.0, 27.0), _run("raw", 8, 260.0, 48.0, 29.0)]
+    served = [_run("glm-serve", 8, 261.0, 70.0, 29.0), _run("glm-serve", 8, 250.0, 66.0, 30.0)]
+    out = compare_rounds(raw, served)
+    # Round 0 lies between raw runs 0 and 1 (mean 290 tok/s), round 1 between 1 and 2 (270).
+    assert out["rounds_throughput_vs_raw"] == [0.9, round(250 / 270, 3)]
+    assert out["throughput_vs_raw"] == round((0.9 + 250 / 270) / 2, 3)
+    assert out["rounds_ttft_p50_delta_ms"] == [28.0, 20.0] and out["ttft_p50_delta_ms"] == 24.0
+    assert out["rounds_itl_p50_vs_raw"] == [round(29 / 26, 3), round(30 / 28, 3)]
+    # A single round: its own ratio, no list.
+    one = compare_rounds(raw[:2], served[:1])
+    assert one["throughput_vs_raw"] == 0.9 and "rounds_throughput_vs_raw" not in one
+
+
+def test_targets_are_judged_on_the_round_ratios():
+    runs = {("raw", 1): [_run("raw", 1, 30.0, 50.0), _run("raw", 1, 30.0, 50.0)],
+            ("glm-serve", 1): [_run("glm-serve", 1, 29.0, 70.0)],
+            ("raw", 32): [_run("raw", 32, 600.0, 90.0, 40.0), _run("raw", 32, 600.0, 90.0, 40.0)],
+            ("glm-serve", 32): [_run("glm-serve", 32, 500.0, 99.0, 48.0)]}
+    results = records(["raw", "glm-serve"], [1, 32], runs)
+    glm_1 = next(r for r in results if r["system"] == "glm-serve" and r["concurrency"] == 1)
+    assert glm_1["throughput_vs_raw"] == round(29 / 30, 3) and glm_1["ttft_p50_delta_ms"] == 20.0
+    targets = {name: ok for name, ok, _ in check_targets(results)}
     assert targets["TTFT p50 at c=1 <= raw + 25 ms"] is True
     assert targets["throughput at c=32 >= 0.90x raw"] is False
 
 
-def test_bracket_averages_the_runs_before_and_after_and_reports_drift():
-    def row(c: int, tok_s: float, ttft: float) -> dict:
-        return {"system": "raw", "concurrency": c, "requests": 4, "errors": 0, "output_tokens": 512,
-                "wall_s": 20.0, "throughput_tok_s": tok_s, "ttft_p50_ms": ttft, "itl_p50_ms": None}
-
-    merged = bracket([row(1, 20.0, 80.0), row(64, 400.0, 2000.0)], [row(1, 22.0, 90.0)])
-    one, sixty_four = merged
-    assert one["throughput_tok_s"] == 21.0 and one["ttft_p50_ms"] == 85.0
-    assert one["itl_p50_ms"] is None, "a metric neither run has stays absent"
-    assert one["runs_tok_s"] == [20.0, 22.0] and one["drift"] == 0.1
-    assert one["requests"] == 8 and one["output_tokens"] == 1024, "tokens still match requests x max_tokens"
-    assert sixty_four == row(64, 400.0, 2000.0), "a level run only once is kept as it is"
+def test_combine_takes_the_median_of_the_runs_and_reports_drift():
+    merged = combine([_run("raw", 1, 20.0, 80.0, None), _run("raw", 1, 22.0, 90.0, None)])
+    assert merged["throughput_tok_s"] == 21.0 and merged["ttft_p50_ms"] == 85.0, "the median of two is their mean"
+    assert merged["itl_p50_ms"] is None, "a metric no run has stays absent"
+    assert merged["runs_tok_s"] == [20.0, 22.0] and merged["drift"] == 0.1
+    assert merged["requests"] == 8 and merged["output_tokens"] == 1024, "tokens still match requests x max_tokens"
+    assert merged["cpu_by_process_runs"] == [{"raylet": 0.01}] * 2
+    three = combine([_run("raw", 1, 20.0, 80.0), _run("raw", 1, 90.0, 10.0), _run("raw", 1, 22.0, 85.0)])
+    assert three["throughput_tok_s"] == 22.0 and three["ttft_p50_ms"] == 80.0, "one odd run does not move it"
+    single = _run("raw", 64, 400.0, 2000.0)
+    assert combine([single]) == single, "a level run once is kept as it is"
 
 
 def test_session_cpu_counts_this_session_and_serving_leaves_out_the_model():
