@@ -40,6 +40,14 @@ def test_cpu_config_slows_serves_control_loop_through_the_config_file():
     assert float(env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]) == 1.0
 
 
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+def test_shipped_configs_send_proxy_traffic_over_serves_grpc_transport(path):
+    """The proxy reads the switch at start-up, from the environment the controller gives it."""
+    from benchmarks.bench import controller_env
+
+    assert controller_env(yaml.safe_load((ROOT / path).read_text()))["RAY_SERVE_PROXY_USE_GRPC"] == "1"
+
+
 def test_gpu_config_pins_one_engine_per_gpu_and_stops_on_glm4_tokens():
     config = AppConfig.model_validate(_args("config/serve.yaml"))
     assert config.engine.ray_actor_options["num_gpus"] == 1
