@@ -39,7 +39,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _vllm_processes() -> list[psutil.Process]:
+def vllm_processes() -> list[psutil.Process]:
     """vLLM processes started by engine replicas (descendants of `ray::ServeReplica` workers)."""
     found = []
     for proc in psutil.process_iter(["name"]):
@@ -132,7 +132,7 @@ def server(tmp_path_factory):
         yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log",
                "tiny_glm_dir": tmp / "tiny-glm"}
     finally:
-        engine_procs = _vllm_processes()
+        engine_procs = vllm_processes()
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)

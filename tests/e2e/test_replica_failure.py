@@ -5,6 +5,7 @@ This file runs last in tests/e2e (alphabetical order): it kills an engine replic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import time
 import httpx
 import psutil
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.e2e.conftest import MODEL_NAME, vllm_processes
 
 LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to a thousand."}],
         "max_tokens": 400, "ignore_eos": True, "stream": True}
@@ -25,17 +26,41 @@ def _in_flight(http) -> float:
     return float(match.group(1))
 
 
+def _vllm_cpu_share(window_s: float) -> float:
+    """CPU used by all engine replicas' vLLM processes over ``window_s``, in cores."""
+    def used(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    procs = vllm_processes()
+    assert procs, "no vLLM processes found under the engine replicas"
+    start = used(procs)
+    time.sleep(window_s)
+    return (used(procs) - start) / window_s
+
+
 def test_client_disconnect_stops_the_request(http):
     with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
         for _ in range(3):
             next(lines)
+        generating = _vllm_cpu_share(2.0)
     # The router notices the closed socket and cancels the engine's generation.
     deadline = time.monotonic() + 30
     while _in_flight(http) != 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _in_flight(http) == 0
+    # ...and vLLM stops computing it: the 400-token request would keep an engine busy for
+    # seconds more (~100 % of a core); an idle engine's processes use a few percent.
+    time.sleep(1.0)
+    idle = _vllm_cpu_share(2.0)
+    assert generating > 0.6, f"the engine should be busy while it streams ({generating:.2f} cores)"
+    assert idle < 0.3, f"the engine still computes after the client left ({idle:.2f} cores)"
 
 
 def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recovers(server, http):
