@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import tempfile
@@ -210,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = {system: args.config for system in systems}
     for spec in args.compare:
         name, _, path = spec.partition("=")
-        system = VARIANT_PREFIX + name.strip()
-        if not name.strip() or not path or system in configs:
-            parser.error(f"--compare {spec!r}: want a new NAME=CONFIG")
+        system = VARIANT_PREFIX + name
+        # The name becomes a system name in results.json and a folder for its logs.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path or system in configs:
+            parser.error(f"--compare {spec!r}: want NAME=CONFIG with a new NAME of letters, digits, '_', '.', '-'")
         if not Path(path).is_file():
             parser.error(f"--compare {spec!r}: no such file {path}")
         # A variant config is validated like the shipped one before anything starts.

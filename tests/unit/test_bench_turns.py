@@ -36,8 +36,9 @@ def test_a_compared_config_is_checked_before_anything_starts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--compare", f"x={tmp_path / 'missing.yaml'}", "--out", str(tmp_path)])
     assert "no such file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--compare", "=config/serve-cpu.yaml", "--out", str(tmp_path)])
+    for spec in ("=config/serve-cpu.yaml", "a/b=config/serve-cpu.yaml", "x=y=config/serve-cpu.yaml"):
+        with pytest.raises(SystemExit):
+            main(["--compare", spec, "--out", str(tmp_path)])
     assert not (tmp_path / "results.json").exists()
 
 
