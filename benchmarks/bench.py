@@ -81,6 +81,12 @@ def start_system(system: str, app: AppConfig, config_path: Path, max_tokens: int
         yield run_level, startup_s, session
 
 
+def load_config(path: Path) -> tuple[dict, AppConfig]:
+    """A Serve config file and its (first) application's glm-serve arguments, validated."""
+    serve_config = yaml.safe_load(path.read_text())
+    return serve_config, AppConfig.model_validate(serve_config["applications"][0]["args"])
+
+
 def controller_env(serve_config: dict) -> dict[str, str]:
     """The environment a Serve config file gives Serve's controller (``controller_options``)."""
     options = serve_config.get("controller_options") or {}
@@ -217,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--compare {spec!r}: want NAME=CONFIG with a new NAME of letters, digits, '_', '.', '-'")
         if not Path(path).is_file():
             parser.error(f"--compare {spec!r}: no such file {path}")
-        # A variant config is validated like the shipped one before anything starts.
-        AppConfig.model_validate(yaml.safe_load(Path(path).read_text())["applications"][0]["args"])
+        load_config(Path(path))  # validated like the main config, before anything starts
         systems.append(system)
         configs[system] = Path(path)
 
@@ -233,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     levels = [1, 4] if args.smoke else sorted({int(c) for c in args.concurrency.split(",")})
     max_tokens = 16 if args.smoke else args.max_tokens
-    serve_config = yaml.safe_load(args.config.read_text())
-    app = AppConfig.model_validate(serve_config["applications"][0]["args"])
+    serve_config, app = load_config(args.config)
     requests = requests_per_level(levels, args.smoke)
     args.out.mkdir(parents=True, exist_ok=True)
     plan = level_plan(systems, args.rounds)

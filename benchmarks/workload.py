@@ -92,8 +92,9 @@ _COMBINED = ("throughput_tok_s", "serving_cpu_ms_per_token") + tuple(
 def combine(runs: list[dict]) -> dict:
     """One record from several runs of one system at one level: the median of each metric
     (the mean of two), counts summed, and each run's tok/s in ``runs_tok_s``; ``drift`` is
-    last / first - 1 (throughput), how far the machine moved while the level ran. A single
-    run is returned as it is."""
+    last / first - 1 (throughput), how far the machine moved while the level ran; each
+    run's ``cpu_by_process`` moves to ``cpu_by_process_runs``. A single run is returned as
+    it is."""
     if len(runs) == 1:
         return runs[0]
     record = dict(runs[0])
