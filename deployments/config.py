@@ -59,7 +59,7 @@ class CpuConfig(StrictModel):
             "Between parallel regions the spinning thread holds a core that the engine core "
             "process, the replica and Serve need, so the scheduler takes it from a thread that "
             "was computing. 10000 gave the bare engine +12-15 % tokens/s at concurrency 1-8 on "
-            "2 cores (README, Measured). None keeps the default. Sets GOMP_SPINCOUNT."
+            "2 cores (docs/measurements.md). None keeps the default. Sets GOMP_SPINCOUNT."
         ),
     )
 

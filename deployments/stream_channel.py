@@ -7,7 +7,7 @@ generation, and a dead replica fails the call. Only the *chunks* travel here.
 
 Why: a Ray streaming call costs every chunk a Ray object, a gRPC message and a trip
 through both core workers and Serve's generator wrappers; on a 2-core CPU node that
-CPU came straight out of the engine (README, Measured). Here a chunk is one frame
+CPU came straight out of the engine (docs/measurements.md). Here a chunk is one frame
 written to a socket that every stream from this engine replica to that router
 replica shares, so chunks written in the same engine step leave in one syscall.
 
