@@ -12,9 +12,11 @@ CPU and GPU run this same code; they differ only in configuration
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
@@ -86,6 +88,31 @@ def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set
     return eos_ids, defaults
 
 
+INLINE_RENDER_MAX_SIZE = 16_384
+"""Requests up to this :func:`render_size` are rendered and tokenized on the replica's
+event loop (about 1 ms at chat size); larger ones in the replica's render thread.
+
+Why: the event loop also runs vLLM's output handling and sends every running stream's
+chunks, and tokenizing is linear in the input (4,000 tokens ~4 ms, a 3.3 MB prompt 3-4 s
+here). Inline, one huge request froze every stream on the replica until it was refused
+as too long. The Rust tokenizer releases the GIL, so the loop keeps running beside it.
+Small requests stay inline: they never queue behind a huge one in the thread."""
+
+
+def render_size(request: GenerationRequest) -> int:
+    """About how much text the chat template and the tokenizer must go through for
+    ``request``: characters of content, tool calls and tools, a little per message (a
+    template renders each one), or the length of a prompt string or token-id list."""
+    if request.messages is None:
+        return len(request.prompt or "")
+    size = len(str(request.tools)) if request.tools else 0
+    for message in request.messages:
+        size += 32 + len(message.get("content") or "")
+        for call in message.get("tool_calls") or ():
+            size += len(str(call))
+    return size
+
+
 def chunk_tokens(running: int, max_chunk_tokens: int, streams_per_token: int) -> int:
     """Tokens per streamed chunk after the first: 1 while at most ``streams_per_token``
     streams run, then one more per ``streams_per_token`` streams, up to ``max_chunk_tokens``.
@@ -120,6 +147,13 @@ class EngineDeployment:
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
         )
+        # One render thread (vLLM's own server renders and tokenizes in a pool of one by
+        # default): large inputs queue there one after another instead of taking every core.
+        # This first encode settles the Rust tokenizer's padding/truncation state (an encode
+        # may reset it, which needs exclusive access); afterwards the loop and the thread
+        # only read it.
+        self._tokenizer.encode("warm-up", add_special_tokens=False)
+        self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-render")
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
@@ -145,6 +179,9 @@ class EngineDeployment:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
+        render_thread = getattr(self, "_render_thread", None)
+        if render_thread is not None:
+            render_thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- what the router calls --------------------------------------------------
     async def model_info(self) -> dict[str, Any]:
@@ -167,7 +204,7 @@ class EngineDeployment:
         """
         from vllm.sampling_params import RequestOutputKind
 
-        prepared = self._prepare(request, RequestOutputKind.DELTA)
+        prepared = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
         if isinstance(prepared, EngineError):
             return prepared
         return await self._sender.send_all(reply_to, request.request_id, self._chunks(request.request_id, *prepared))
@@ -206,7 +243,7 @@ class EngineDeployment:
         """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""
         from vllm.sampling_params import RequestOutputKind
 
-        prepared = self._prepare(request, RequestOutputKind.FINAL_ONLY)
+        prepared = self._prepare(request, await self._render(request), RequestOutputKind.FINAL_ONLY)
         if isinstance(prepared, EngineError):
             return prepared
         prompt, params, num_prompt = prepared
@@ -224,11 +261,11 @@ class EngineDeployment:
         )
 
     # ---- internals --------------------------------------------------------------
-    def _prepare(self, request: GenerationRequest, output_kind: Any) -> tuple[Any, Any, int] | EngineError:
-        """Token ids and SamplingParams for a request, or the reason it is refused."""
+    def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]] | EngineError,
+                 output_kind: Any) -> tuple[Any, Any, int] | EngineError:
+        """Token ids and SamplingParams for a rendered request, or the reason it is refused."""
         from vllm import SamplingParams, TokensPrompt
 
-        rendered = self._render(request)
         if isinstance(rendered, EngineError):
             return rendered
         token_ids = rendered[1]
@@ -271,14 +308,20 @@ class EngineDeployment:
         return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
 
     async def tokenize(self, request: GenerationRequest) -> dict[str, Any] | EngineError:
-        """The prompt text and token ids exactly as :meth:`stream` would give them to vLLM."""
-        rendered = self._render(request)
+        """The prompt text and token ids exactly as :meth:`generate` would give them to vLLM."""
+        rendered = await self._render(request)
         if isinstance(rendered, EngineError):
             return rendered
         text, token_ids = rendered
         return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
-    def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
+    async def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
+        """:meth:`_render_now`, in the render thread when the request is large."""
+        if render_size(request) <= INLINE_RENDER_MAX_SIZE:
+            return self._render_now(request)
+        return await asyncio.get_running_loop().run_in_executor(self._render_thread, self._render_now, request)
+
+    def _render_now(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
         """(prompt text, token ids) of a request; the text is None for a token-id prompt."""
         if request.messages is not None:
             try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+
+import httpx
 import pytest
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 GOOD = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 CHAT = "/v1/chat/completions"
@@ -85,3 +89,26 @@ def test_unknown_route_and_wrong_method(http):
     wrong = http.get(CHAT)
     assert wrong.status_code == 405
     assert "error" in wrong.json()
+
+
+def test_huge_prompt_does_not_stall_its_engine_replica(http, base_url):
+    """A prompt far over the context, just under the body limit, is refused, and while the
+    engine replica tokenizes it (seconds) that replica keeps answering other requests:
+    tokenizing runs beside its event loop, which also delivers every running stream."""
+    chat = f"{TINY_GLM_PREFIX}/v1/chat/completions"
+    huge = {"model": TINY_GLM_NAME, "messages": [{"role": "user", "content": "x " * 1_500_000}], "max_tokens": 4}
+    small = {"model": TINY_GLM_NAME, "messages": [{"role": "user", "content": "Hi"}]}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        refused = pool.submit(lambda: (httpx.post(base_url + chat, json=huge, timeout=120), time.monotonic() - started))
+        time.sleep(0.5)  # the huge request is in the engine replica's tokenizer by now
+        before = time.monotonic()
+        answered = http.post(f"{TINY_GLM_PREFIX}/tokenize", json=small)
+        small_s, small_done = time.monotonic() - before, time.monotonic() - started
+        response, huge_s = refused.result(timeout=120)
+    assert answered.status_code == 200, answered.text
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    # Only meaningful if the two overlapped: 3 MB take the tiny tokenizer ~3 s alone here.
+    assert small_done < huge_s, f"the huge request ended first ({huge_s:.2f} s), nothing was measured"
+    assert small_s < 1.0, f"a small request waited {small_s:.2f} s behind the huge one's tokenizing"

@@ -1,4 +1,5 @@
-"""The engine's pure helpers: per-replica CPU settings, generation-config defaults, failure mapping."""
+"""The engine's pure helpers: per-replica CPU settings, generation-config defaults, failure
+mapping, and which requests are rendered beside the event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig
-from deployments.engine import apply_cpu_settings, chunk_tokens, cpu_env, stop_and_sampling_defaults
+from deployments.engine import (
+    INLINE_RENDER_MAX_SIZE,
+    apply_cpu_settings,
+    chunk_tokens,
+    cpu_env,
+    render_size,
+    stop_and_sampling_defaults,
+)
+from deployments.generation import GenerationRequest
 from deployments.router import engine_failure
 from deployments.stream_channel import ChannelClosed
 
@@ -69,3 +78,26 @@ def test_chunk_size_grows_with_load_and_stops_at_the_cap():
     assert [chunk_tokens(n, 8, 4) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
     assert chunk_tokens(64, 1, 4) == 1, "max_chunk_tokens 1 streams every token"
     assert [chunk_tokens(n, 8, 2) for n in (1, 2, 3, 8, 16)] == [1, 1, 2, 4, 8], "one token per 2 streams"
+
+
+def _chat(*contents: str, **fields) -> GenerationRequest:
+    return GenerationRequest("r", messages=[{"role": "user", "content": c} for c in contents], **fields)
+
+
+def test_a_chat_sized_request_renders_inline():
+    assert render_size(_chat("What is the capital of France?")) <= INLINE_RENDER_MAX_SIZE
+    assert render_size(GenerationRequest("r", prompt="Once upon a time")) <= INLINE_RENDER_MAX_SIZE
+    assert render_size(GenerationRequest("r", prompt=[1, 2, 3])) == 3
+
+
+@pytest.mark.parametrize("request_", [
+    _chat("x" * (INLINE_RENDER_MAX_SIZE + 1)),  # one long message
+    _chat(*["hi"] * 1000),  # many short ones: the template renders each
+    _chat("hi", tools=[{"type": "function", "function": {"name": "f", "description": "d" * 20000}}]),
+    GenerationRequest("r", messages=[{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{" + "1" * 20000 + "}"}}]}]),
+    GenerationRequest("r", prompt="x" * (INLINE_RENDER_MAX_SIZE + 1)),
+    GenerationRequest("r", prompt=list(range(INLINE_RENDER_MAX_SIZE + 1))),  # each id is checked against the vocabulary
+], ids=["long-message", "many-messages", "large-tools", "large-tool-call", "long-prompt", "many-token-ids"])
+def test_a_large_request_renders_in_the_render_thread(request_):
+    assert render_size(request_) > INLINE_RENDER_MAX_SIZE
