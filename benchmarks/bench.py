@@ -48,11 +48,17 @@ SYSTEMS = ("raw", "vllm-server", "glm-serve")
 VARIANT_PREFIX = "glm-serve:"
 
 
+MIN_REQUESTS_PER_LEVEL = 8
+"""Concurrency 1 sends its requests one after another, so its TTFT p50 is the median of
+this many. With 3, one slow request moved glm-serve's TTFT at c=1 from +16-20 ms to
++30 ms in one `make bench`; 8 cost `make bench` about a minute more (~6 of its 10)."""
+
+
 def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
-    """One wave of requests per level (at least 3, so concurrency 1 has a median of three):
-    a second wave measured the same thing again and put `make bench` past 10 minutes on a
-    2-core machine (smoke: just the level, at least 2)."""
-    return {c: max(2, c) if smoke else max(3, c) for c in levels}
+    """One wave of requests per level, at least :data:`MIN_REQUESTS_PER_LEVEL`: a second
+    wave at every level measured the same thing again and put `make bench` past 10 minutes
+    on a 2-core machine (smoke: just the level, at least 2)."""
+    return {c: max(2, c) if smoke else max(MIN_REQUESTS_PER_LEVEL, c) for c in levels}
 
 
 SETTLE_S = 2.0

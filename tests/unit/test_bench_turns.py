@@ -10,8 +10,13 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from benchmarks.bench import level_plan, main
+from benchmarks.bench import level_plan, main, requests_per_level
 from benchmarks.servers import competing_processes, pause, resume
+
+
+def test_every_level_sends_one_wave_and_concurrency_1_enough_for_a_median():
+    assert requests_per_level([1, 8, 32, 64], smoke=False) == {1: 8, 8: 8, 32: 32, 64: 64}
+    assert requests_per_level([1, 4], smoke=True) == {1: 2, 4: 4}
 
 
 def test_raw_runs_before_and_after_the_served_systems_at_every_level():
