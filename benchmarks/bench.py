@@ -51,7 +51,7 @@ VARIANT_PREFIX = "glm-serve:"
 MIN_REQUESTS_PER_LEVEL = 8
 """Concurrency 1 sends its requests one after another, so its TTFT p50 is the median of
 this many. With 3, one slow request moved glm-serve's TTFT at c=1 from +16-20 ms to
-+30 ms in one `make bench`; 8 cost `make bench` about a minute more (~6 of its 10)."""
++30 ms in one `make bench`; with 8, `make bench` took 357 s here instead of 307."""
 
 
 def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
