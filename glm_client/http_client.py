@@ -29,12 +29,9 @@ from typing import Any
 import httpx
 
 from glm_client.conversation import Conversation, process_input, process_response, to_openai
+from glm_client.parameters import vllm_parameters
 
 __all__ = ["ServeClient", "AsyncServeClient", "GLMServeError", "APIStatusError", "StreamError"]
-
-# Parameter names of the demo that mean something else (or nothing) on the wire.
-_RENAMED = {"max_new_tokens": "max_tokens"}
-_DROPPED = {"best_of", "use_beam_search", "length_penalty", "early_stopping", "do_sample"}
 
 
 class GLMServeError(Exception):
@@ -74,20 +71,6 @@ def _retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float
     return backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
 
 
-def _chat_body(model: str, tools: list[dict[str, Any]], history: list[Conversation],
-               parameters: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    chat_history = process_input(history, tools)
-    messages, openai_tools = to_openai(chat_history)
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-    if openai_tools:
-        body["tools"] = openai_tools
-    for key, value in parameters.items():
-        if key in _DROPPED:
-            continue
-        body[_RENAMED.get(key, key)] = value
-    return body, chat_history
-
-
 class _StreamState:
     """Folds SSE events into the demo's ``(response, history)`` items."""
 
@@ -122,18 +105,61 @@ class _StreamState:
         return process_response(self.text, self.chat_history)
 
 
-class ServeClient:
+class _ServeClientBase:
+    """What :class:`ServeClient` and :class:`AsyncServeClient` share: their settings, the
+    request they send and what they make of each answer. Nothing here does I/O; the
+    subclasses only send, read and sleep, each in its own way."""
+
+    def __init__(self, http_class: type[httpx.Client] | type[httpx.AsyncClient], base_url: str,
+                 api_key: str | None, model: str | None, timeout: float, max_retries: int, backoff_s: float,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = http_class(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+                                transport=transport)
+        self._model = model
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+
+    def _take_model(self, response: httpx.Response) -> str:
+        """Keep the first model that ``GET /v1/models`` lists."""
+        if response.status_code != 200:
+            raise _status_error(response, response.content)
+        self._model = response.json()["data"][0]["id"]
+        return self._model
+
+    @staticmethod
+    def _chat_body(model: str, tools: list[dict[str, Any]], history: list[Conversation],
+                   parameters: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The chat completion request, and the GLM-4 history that the stream's items extend."""
+        chat_history = process_input(history, tools)
+        messages, openai_tools = to_openai(chat_history)
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        if openai_tools:
+            body["tools"] = openai_tools
+        # Warn at the app's line: here <- generate_stream <- the app.
+        body.update(vllm_parameters(parameters, stacklevel=3))
+        return body, chat_history
+
+    def _retry_after(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before sending the request again, or None to take this answer.
+
+        Only a 503 is retried (the service is overloaded, or has no healthy engine): the
+        request did not start, so sending it again is safe.
+        """
+        if response.status_code == 503 and attempt < self._max_retries:
+            return _retry_delay(response, attempt, self._backoff_s)
+        return None
+
+
+class ServeClient(_ServeClientBase):
     """The demo's ``Client`` protocol over HTTP (synchronous)."""
+
+    _http: httpx.Client
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
                  timeout: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
                  transport: httpx.BaseTransport | None = None):
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                  transport=transport)
-        self._model = model
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
+        super().__init__(httpx.Client, base_url, api_key, model, timeout, max_retries, backoff_s, transport)
 
     def __enter__(self) -> ServeClient:
         return self
@@ -148,43 +174,36 @@ class ServeClient:
     def model(self) -> str:
         """The model to ask for: the one given, else the first the service lists."""
         if self._model is None:
-            response = self._http.get("/v1/models")
-            if response.status_code != 200:
-                raise _status_error(response, response.content)
-            self._model = response.json()["data"][0]["id"]
+            return self._take_model(self._http.get("/v1/models"))
         return self._model
 
     def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
                         ) -> Iterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
         """Yield ``(response, history)`` as the model writes, like the demo's VLLMClient."""
-        body, chat_history = _chat_body(self.model, tools, history, parameters)
+        body, chat_history = self._chat_body(self.model, tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
             with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code == 503 and attempt < self._max_retries:
-                    time.sleep(_retry_delay(response, attempt, self._backoff_s))
+                if (delay := self._retry_after(response, attempt)) is not None:
+                    time.sleep(delay)
                     continue
                 if response.status_code != 200:
                     raise _status_error(response, response.read())
                 for line in response.iter_lines():
-                    item = state.feed(line)
-                    if item is not None:
+                    if (item := state.feed(line)) is not None:
                         yield item
                 return
 
 
-class AsyncServeClient:
+class AsyncServeClient(_ServeClientBase):
     """The demo's ``Client`` protocol over HTTP for asyncio code."""
+
+    _http: httpx.AsyncClient
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
                  timeout: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
                  transport: httpx.AsyncBaseTransport | None = None):
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                       transport=transport)
-        self._model = model
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
+        super().__init__(httpx.AsyncClient, base_url, api_key, model, timeout, max_retries, backoff_s, transport)
 
     async def __aenter__(self) -> AsyncServeClient:
         return self
@@ -198,26 +217,22 @@ class AsyncServeClient:
     async def get_model(self) -> str:
         """The model to ask for: the one given, else the first the service lists."""
         if self._model is None:
-            response = await self._http.get("/v1/models")
-            if response.status_code != 200:
-                raise _status_error(response, response.content)
-            self._model = response.json()["data"][0]["id"]
+            return self._take_model(await self._http.get("/v1/models"))
         return self._model
 
     async def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
                               ) -> AsyncIterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
         """Yield ``(response, history)`` as the model writes."""
-        body, chat_history = _chat_body(await self.get_model(), tools, history, parameters)
+        body, chat_history = self._chat_body(await self.get_model(), tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
             async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code == 503 and attempt < self._max_retries:
-                    await asyncio.sleep(_retry_delay(response, attempt, self._backoff_s))
+                if (delay := self._retry_after(response, attempt)) is not None:
+                    await asyncio.sleep(delay)
                     continue
                 if response.status_code != 200:
                     raise _status_error(response, await response.aread())
                 async for line in response.aiter_lines():
-                    item = state.feed(line)
-                    if item is not None:
+                    if (item := state.feed(line)) is not None:
                         yield item
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from glm_client import (
     process_input,
 )
 from glm_client.conversation import build_system_prompt, to_openai
+from glm_client.parameters import vllm_parameters
 
 WEATHER = {"name": "get_weather", "description": "天气", "parameters": {"type": "object", "properties": {}}}
 HISTORY = [
@@ -72,7 +74,8 @@ def test_serve_client_streams_text_then_retries_503_with_retry_after():
                                          _chunk({"content": "天"}, "stop"))),
     ]
     client = ServeClient("http://glm", model="m", transport=httpx.MockTransport(_transport(responses, seen)))
-    items = list(client.generate_stream([], [Conversation(Role.USER, "hi")], max_new_tokens=8, best_of=1))
+    with pytest.warns(UserWarning, match="best_of"):
+        items = list(client.generate_stream([], [Conversation(Role.USER, "hi")], max_new_tokens=8, best_of=1))
     assert [r for r, _ in items] == ["晴", "晴天"]
     assert items[-1][1][-1] == {"role": "assistant", "metadata": "", "content": "晴天"}
     body = json.loads(seen[-1].content)
@@ -105,13 +108,75 @@ def test_serve_client_raises_openai_errors_and_stream_errors():
         list(client.generate_stream([], [Conversation(Role.USER, "x")]))
 
 
-def test_serve_client_gives_up_after_max_retries():
-    busy = [httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"message": "busy"}})] * 3
-    client = ServeClient("http://glm", model="m", max_retries=2,
-                         transport=httpx.MockTransport(_transport(list(busy), [])))
+def _stream(client_class, responses, tools=(), history=(Conversation(Role.USER, "x"),), *, options=None,
+            **parameters):
+    """One generate_stream with ServeClient or AsyncServeClient: (the replies, the requests sent)."""
+    seen: list[httpx.Request] = []
+    client = client_class("http://glm", transport=httpx.MockTransport(_transport(responses, seen)), **(options or {}))
+    if client_class is ServeClient:
+        with client:
+            return [r for r, _ in client.generate_stream(list(tools), list(history), **parameters)], seen
+
+    async def run():
+        async with client:
+            return [r async for r, _ in client.generate_stream(list(tools), list(history), **parameters)]
+
+    return asyncio.run(run()), seen
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+def test_both_clients_retry_503_then_give_up_after_max_retries(client_class):
+    busy = [httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"message": "busy"}}) for _ in range(4)]
     with pytest.raises(APIStatusError) as info:
-        list(client.generate_stream([], [Conversation(Role.USER, "x")]))
-    assert info.value.status == 503
+        _stream(client_class, busy, options={"model": "m", "max_retries": 2})
+    assert info.value.status == 503 and info.value.message == "busy"
+    assert len(busy) == 1  # three requests: the first and two retries
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+def test_both_clients_raise_when_the_model_list_fails(client_class):
+    with pytest.raises(APIStatusError) as info:
+        _stream(client_class, [httpx.Response(401, json={"error": {"message": "no key", "type": "auth"}})])
+    assert info.value.status == 401 and info.value.type == "auth"
+
+
+def test_vllm_parameters_renames_and_drops_with_one_warning_at_the_caller():
+    demo = {"max_new_tokens": 8, "temperature": 0.5, "do_sample": True, "best_of": 1, "use_beam_search": False,
+            "length_penalty": 1.0, "early_stopping": False}
+    with pytest.warns(UserWarning) as record:
+        assert vllm_parameters(demo) == {"max_tokens": 8, "temperature": 0.5}
+    assert len(record) == 1 and record[0].filename == __file__
+    assert str(record[0].message).startswith(
+        "ignoring ['best_of', 'do_sample', 'early_stopping', 'length_penalty', 'use_beam_search']")
+    assert demo["max_new_tokens"] == 8  # the caller's dict is left alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert vllm_parameters({"max_new_tokens": 4, "top_p": 0.8}) == {"max_tokens": 4, "top_p": 0.8}
+
+
+def test_both_clients_send_the_same_requests_and_warn_at_the_caller():
+    def responses():
+        return [httpx.Response(200, json={"object": "list", "data": [{"id": "glm-4", "object": "model"}]}),
+                httpx.Response(200, content=_sse(_chunk({"content": "ok"}, "stop")))]
+
+    sent = {}
+    for client_class in (ServeClient, AsyncServeClient):
+        with pytest.warns(UserWarning, match="do_sample") as record:
+            replies, sent[client_class] = _stream(client_class, responses(), [WEATHER], HISTORY,
+                                                  options={"api_key": "k"}, max_new_tokens=8, temperature=0.5,
+                                                  do_sample=True)
+        assert replies == ["ok"] and record[0].filename == __file__
+
+    def summary(requests):
+        return [(r.method, str(r.url), r.headers.get("authorization"), r.content) for r in requests]
+
+    assert summary(sent[ServeClient]) == summary(sent[AsyncServeClient])
+    models, chat = sent[ServeClient]
+    assert (models.url.path, chat.url.path, chat.headers["authorization"]) == \
+        ("/v1/models", "/v1/chat/completions", "Bearer k")
+    messages, tools = to_openai(process_input(HISTORY, [WEATHER]))
+    assert json.loads(chat.content) == {"model": "glm-4", "messages": messages, "tools": tools, "stream": True,
+                                        "max_tokens": 8, "temperature": 0.5}
 
 
 def test_async_client_matches_sync_client():
