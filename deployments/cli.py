@@ -1,0 +1,141 @@
+"""glm-serve: validate a Serve config file before anything starts, then serve it.
+
+`serve run` finds a bad config only in the Serve controller, after Ray has started, and
+then waits on. `glm-serve check` finds it in a second, one line per bad field, starting no
+Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from deployments.config import AppConfig
+
+BUILDER = "deployments.app.build_app"  # Serve accepts `module:attr` and `module.attr` alike
+
+
+def _path(loc: tuple) -> str:
+    """``('applications', 0, 'args')`` -> ``applications[0].args``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _field_loc(loc: tuple, data: Any) -> tuple:
+    """Cut pydantic's union-member tags (``int``, ``literal['auto']``), which follow a
+    scalar of the input, off an error's loc: a union's branches make one line, not two."""
+    for i, part in enumerate(loc):
+        if not isinstance(data, (dict, list)):
+            return loc[:i]
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return loc[: i + 1]  # a missing field: its name ends the loc
+    return loc
+
+
+def _lines(error: ValidationError, data: Any, prefix: tuple = ()) -> list[str]:
+    """One ``path: message`` line per field, however many errors pydantic has for it."""
+    fields: dict[str, list[str]] = {}
+    for item in error.errors():
+        msgs = fields.setdefault(_path(prefix + _field_loc(item["loc"], data)), [])
+        msgs += [item["msg"]] if item["msg"] not in msgs else []
+    return [f"{path}: {' or '.join(msgs)}" if path else " or ".join(msgs) for path, msgs in fields.items()]
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Optional[List[X]]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_submodel, get_args(annotation))), None)
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, loc: tuple = ()) -> Iterator[tuple]:
+    """Locs of keys Serve drops without a word: most Serve models ignore unknown keys (so
+    older Serve takes newer configs), and a misspelt ``proxy_locaton`` would deploy the
+    default unnoticed. This project pins Ray: every key must mean something to it."""
+    for key, value in data.items() if isinstance(data, dict) else []:
+        field = model.model_fields.get(key)
+        if field is None:
+            if model.model_config.get("extra") != "forbid":  # else pydantic reported it already
+                yield (*loc, key)
+        elif sub := _submodel(field.annotation):
+            for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                yield from _unknown_keys(sub, item, (*loc, key) if i is None else (*loc, key, i))
+
+
+def check_file(path: str) -> tuple[list[str], list[str], int]:
+    """Validate a Serve config file with Serve's schema, and our apps' ``args`` with AppConfig.
+    Returns (error lines, warning lines, number of applications), lines without the file name."""
+    from ray.serve.schema import ServeDeploySchema  # here, so `--help` stays instant; starts no Ray
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        return [f"cannot read it: {e.strerror}"], [], 0
+    except yaml.YAMLError as e:  # not str(e): it spans lines and quotes the source
+        mark = getattr(e, "problem_mark", None)
+        return [f"invalid YAML{f' at line {mark.line + 1}' if mark else ''}: {getattr(e, 'problem', None) or e}"], [], 0
+    if not isinstance(data, dict):
+        return ["not a Serve config: the file must be a mapping with `applications`"], [], 0
+    errors: list[str] = []
+    try:
+        ServeDeploySchema.model_validate(data)
+    except ValidationError as e:
+        errors += _lines(e, data)
+    errors += [f"{_path(loc)}: Extra inputs are not permitted" for loc in _unknown_keys(ServeDeploySchema, data)]
+    warnings: list[str] = []
+    apps = data["applications"] if isinstance(data.get("applications"), list) else []
+    for i, app in enumerate(apps):
+        if not isinstance(app, dict) or str(app.get("import_path")).replace(":", ".") != BUILDER:
+            continue
+        args = app.get("args") or {}
+        try:
+            model = AppConfig.model_validate(args).model.model
+        except ValidationError as e:
+            errors += _lines(e, args, ("applications", i, "args"))
+            continue
+        # Only a warning: `serve run --address` may target a cluster whose nodes have the path.
+        if not os.path.isabs(model) and not os.path.exists(model):
+            warnings.append(f"applications[{i}].args.model.model: {model!r} does not exist under {os.getcwd()} "
+                            "(fine only if every Ray node, or a model hub, has it)")
+    return errors, warnings, len(apps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``glm-serve`` and ``python -m deployments.cli``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="glm-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="validate config files; exit 2, naming each bad field (CI, `serve deploy`)")
+    c.add_argument("configs", nargs="+", metavar="CONFIG", help="Serve config file, e.g. config/serve.yaml")
+    r = sub.add_parser("run", help="check CONFIG, then exec `serve run CONFIG [SERVE_ARGS...]`")
+    r.add_argument("config", metavar="CONFIG", help="Serve config file, e.g. config/serve-cpu.yaml")
+    r.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",
+                   help="passed on to `serve run` as they are, e.g. --address auto")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.configs if args.command == "check" else [args.config]:
+        errors, warnings, apps = check_file(path)
+        for line in [f"warning: {w}" for w in warnings] + errors:
+            print(f"{path}: {line}", file=sys.stderr)
+        if not errors:
+            print(f"{path}: ok ({apps} applications)")
+        failed = failed or bool(errors)
+    if failed or args.command == "check":
+        return 2 if failed else 0
+    # The `serve` of this interpreter's environment (sys.executable unresolved: the venv's bin),
+    # else whichever is on PATH (execvp searches it for a bare name).
+    serve = Path(sys.executable).parent / "serve"
+    sys.stdout.flush()  # execvp drops whatever Python still buffers
+    try:
+        os.execvp(str(serve) if os.access(serve, os.X_OK) else "serve", ["serve", "run", args.config, *args.serve_args])
+    except FileNotFoundError:
+        print("glm-serve: no `serve` next to Python or on PATH; install ray[serve]", file=sys.stderr)
+    return 127  # reached only when there is no `serve`: execvp replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
