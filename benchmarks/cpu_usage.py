@@ -1,7 +1,7 @@
 """CPU time of a server's processes, split into the model's and the serving layer's.
 
 Throughput on a shared 2-core machine drifts by more than the gaps being measured
-(README, Measured); CPU seconds per output token do not, because they count work,
+(docs/measurements.md); CPU seconds per output token do not, because they count work,
 not time. The model's processes (vLLM's engine core and workers, named ``VLLM::*``)
 do the same work in every system; everything else a system runs (HTTP, proxy,
 router, Ray's daemons, vLLM's front end, the load generator) is what the serving

@@ -40,9 +40,8 @@ class CpuConfig(StrictModel):
         description=(
             "OpenMP core list per engine replica on a node, e.g. ['0-1'] or ['0-7', '8-15']. "
             "The replica with node-local rank i binds to entry i, so replicas sharing a machine "
-            "get disjoint cores. Binding all cores of a 2-core machine gave +35 % tokens/s over "
-            "vLLM's default of one compute thread. None keeps vLLM's default. "
-            "Sets VLLM_CPU_OMP_THREADS_BIND."
+            "get disjoint cores. None keeps vLLM's default (one compute thread; see "
+            "docs/measurements.md). Sets VLLM_CPU_OMP_THREADS_BIND."
         ),
     )
     kvcache_space_gib: int | None = Field(
@@ -55,11 +54,9 @@ class CpuConfig(StrictModel):
         ge=0,
         description=(
             "How long an idle OpenMP compute thread spins before it sleeps (GNU OpenMP spin "
-            "iterations; vllm-cpu computes with PyTorch's libgomp, whose default is 300000). "
-            "Between parallel regions the spinning thread holds a core that the engine core "
-            "process, the replica and Serve need, so the scheduler takes it from a thread that "
-            "was computing. 10000 gave the bare engine +12-15 % tokens/s at concurrency 1-8 on "
-            "2 cores (docs/measurements.md). None keeps the default. Sets GOMP_SPINCOUNT."
+            "iterations; libgomp's default is 300000). A spinning thread holds a core that the "
+            "engine core process and Serve need (docs/measurements.md). None keeps the default. "
+            "Sets GOMP_SPINCOUNT."
         ),
     )
 
@@ -74,6 +71,44 @@ class CpuConfig(StrictModel):
             if not _CPU_LIST.match(item):
                 raise ValueError(f"threads_bind entry {item!r} is not a core list like '0-3' or '0,2'")
         return value
+
+
+class StreamingConfig(StrictModel):
+    """How an engine replica gathers a stream's tokens into chunks.
+
+    The first token always leaves at once. After it, a chunk holds
+    ``ceil(running streams / streams_per_chunk_token)`` tokens, at least
+    ``min_chunk_tokens`` and at most ``max_chunk_tokens``. It counts tokens and never
+    waits on a timer. Fewer, larger chunks spend less CPU per token between engine and
+    client (docs/measurements.md) at the cost of burstier streams.
+    """
+
+    min_chunk_tokens: int = Field(
+        default=1, ge=1, le=64,
+        description="Tokens per chunk after the first, even for a lone stream (vLLM's stream_interval).",
+    )
+    max_chunk_tokens: int = Field(
+        default=1, ge=1, le=64,
+        description="Most tokens a chunk gathers under load. Equal to min_chunk_tokens: a fixed chunk size.",
+    )
+    streams_per_chunk_token: int = Field(
+        default=4, ge=1, le=1024,
+        description="Every this many running streams add one token to a chunk (between the two bounds).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StreamingConfig:
+        if self.max_chunk_tokens < self.min_chunk_tokens:
+            raise ValueError("max_chunk_tokens must be at least min_chunk_tokens")
+        return self
+
+    def chunk_tokens(self, running: int) -> int:
+        """Tokens per chunk after the first while ``running`` streams run on the replica.
+
+        Under load every chunk's trip through Ray, the router and the proxy costs CPU; an
+        engine step makes one token per running stream, so this keeps the chunks per step
+        near ``streams_per_chunk_token``."""
+        return max(self.min_chunk_tokens, min(self.max_chunk_tokens, -(-running // self.streams_per_chunk_token)))
 
 
 class ModelConfig(StrictModel):
@@ -98,40 +133,15 @@ class ModelConfig(StrictModel):
     )
     enforce_eager: bool = Field(
         default=False,
-        description="Skip CUDA graphs / torch.compile. On CPU it cut engine start from ~80 s to ~22 s.",
+        description="Skip CUDA graphs / torch.compile: a much faster engine start, slower steps on GPUs.",
     )
     max_num_seqs: int | None = Field(default=None, ge=1, description="Most sequences vLLM runs in one batch.")
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
-    max_chunk_tokens: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description=(
-            "Load-adaptive chunking of streams by the engine replica: the first token always leaves "
-            "at once; later chunks gather ceil(running requests / streams_per_chunk_token) tokens, "
-            "at most this many. 1 streams every token. Token-count based, never a timer."
-        ),
-    )
-    streams_per_chunk_token: int = Field(
-        default=4,
-        ge=1,
-        le=1024,
-        description=(
-            "With max_chunk_tokens > 1: every this many running streams add one token to a chunk. "
-            "Smaller gathers sooner (fewer chunks per engine step, less CPU in the serving path)."
-        ),
-    )
-    stream_interval: int = Field(
-        default=1,
-        ge=1,
-        description=(
-            "Tokens vLLM gathers per streamed chunk after the first (which always leaves at once). "
-            "1 streams every token. Larger values spend less CPU per token in the serving path: on "
-            "2 CPU cores 8 raised glm-serve from 0.68x to 0.86x of the bare engine at concurrency 32, "
-            "at the cost of burstier streams. The bare engine gained nothing from it."
-        ),
+    streaming: StreamingConfig = Field(
+        default_factory=lambda: StreamingConfig(),
+        description="How the engine replica gathers a stream's tokens into chunks.",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
@@ -144,7 +154,7 @@ class ModelConfig(StrictModel):
         default="template",
         description=(
             "How chat messages become a prompt. 'glm4': GLM-4's own format with OpenAI tools and "
-            "tool calls (glm_client/glm4.py). 'template': the tokenizer's chat template, no tools."
+            "tool calls (chat_formats/glm4.py). 'template': the tokenizer's chat template, no tools."
         ),
     )
     stop_token_ids: list[int] = Field(
@@ -191,7 +201,7 @@ class ModelConfig(StrictModel):
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "enable_prefix_caching": self.enable_prefix_caching,
             "seed": self.seed,
-            "stream_interval": self.stream_interval,
+            "stream_interval": self.streaming.min_chunk_tokens,
         }
         args = {k: v for k, v in args.items() if v is not None}
         args.update(self.engine_kwargs)

@@ -21,11 +21,18 @@ from typing import Any
 
 from ray import serve
 
+from chat_formats import get_chat_format
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
-from deployments.generation import EngineError, GenerationChunk, GenerationRequest, GenerationResult
+from deployments.errors import APIError, EngineUnavailable
+from deployments.generation import (
+    Choice,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
 from deployments.stream_channel import Address, StreamSender
-from glm_client import glm4
 
 logger = logging.getLogger("glm_serve.engine")
 
@@ -113,13 +120,26 @@ def render_size(request: GenerationRequest) -> int:
     return size
 
 
-def chunk_tokens(running: int, max_chunk_tokens: int, streams_per_token: int) -> int:
-    """Tokens per streamed chunk after the first: 1 while at most ``streams_per_token``
-    streams run, then one more per ``streams_per_token`` streams, up to ``max_chunk_tokens``.
-    Under load every chunk's trip through Ray, the router and the proxy costs CPU that, on
-    CPU nodes, the engine needed; a step of the engine makes one token per running stream,
-    so this caps the chunks per step near ``streams_per_token``."""
-    return max(1, min(max_chunk_tokens, -(-running // streams_per_token)))
+def token_logprobs(token_ids: Any, candidates: Any, top: int) -> list[TokenLogprob]:
+    """OpenAI-style logprobs of generated tokens from vLLM's per-token candidate dicts
+    (token id -> ``Logprob`` with ``logprob``, ``rank`` and ``decoded_token``)."""
+    out = []
+    for token_id, options in zip(token_ids, candidates or ()):
+        chosen = options[token_id]
+        ranked = sorted((o for o in options.values() if o.rank is not None and o.rank <= top), key=lambda o: o.rank)
+        out.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob,
+                                [(o.decoded_token or "", o.logprob) for o in ranked]))
+    return out
+
+
+class _Held:
+    """What one choice has produced but not yet sent (a chunk still filling, or an
+    incomplete character)."""
+
+    __slots__ = ("text", "tokens", "logprobs")
+
+    def __init__(self) -> None:
+        self.text, self.tokens, self.logprobs = "", 0, []
 
 
 @serve.deployment
@@ -143,6 +163,7 @@ class EngineDeployment:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self._config = config
+        self._format = get_chat_format(config.chat_format)
         self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()))
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
@@ -194,87 +215,110 @@ class EngineDeployment:
             "gpu_ids": self.gpu_ids,
         }
 
-    async def generate(self, request: GenerationRequest, reply_to: Address) -> int | EngineError:
+    async def generate(self, request: GenerationRequest, reply_to: Address) -> int:
         """Stream a request's chunks to the router's stream channel at ``reply_to``.
 
-        Returns how many chunks were sent once the last one is written, or an
-        :class:`EngineError` (and sends nothing) when the request is refused. The call
+        Returns how many chunks were sent once the last one is written; raises
+        :class:`APIError` (and sends nothing) when the request is refused. The call
         stays open for the whole generation, so Serve counts it as ongoing on this
         replica, and cancelling it aborts the generation in vLLM.
         """
         from vllm.sampling_params import RequestOutputKind
 
-        prepared = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
-        if isinstance(prepared, EngineError):
-            return prepared
-        return await self._sender.send_all(reply_to, request.request_id, self._chunks(request.request_id, *prepared))
+        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
+        return await self._sender.send_all(
+            reply_to, request.request_id, self._chunks(request, prompt, params, num_prompt))
 
-    async def _chunks(self, request_id: str, prompt: Any, params: Any,
+    async def _chunks(self, request: GenerationRequest, prompt: Any, params: Any,
                       num_prompt: int) -> AsyncIterator[GenerationChunk]:
-        """Text deltas as the engine makes them, gathered per :func:`chunk_tokens` under load.
+        """Each choice's text deltas as the engine makes them, gathered per
+        :meth:`~deployments.config.StreamingConfig.chunk_tokens` under load.
 
         vLLM's DELTA output mode merges the tokens that piled up while this generator
         was busy, so a slow consumer gets fewer, larger chunks instead of a backlog.
         """
         first = True
-        held_text, held_tokens = "", 0  # not yet sent: an incomplete character, or a chunk still filling
+        held: dict[int, _Held] = {}
+        streaming = self._config.streaming
         self._running += 1
         try:
-            async for output in self._engine.generate(prompt, params, request_id):
-                completion = output.outputs[0]
-                held_text += completion.text
-                held_tokens += len(completion.token_ids)
-                if completion.finish_reason is None and not first and (
-                    not held_text or held_tokens < chunk_tokens(
-                        self._running, self._config.max_chunk_tokens, self._config.streams_per_chunk_token)
-                ):
-                    continue
-                chunk = GenerationChunk(held_text, held_tokens, completion.finish_reason)
-                held_text, held_tokens = "", 0
-                if first:
-                    chunk.prompt_tokens = num_prompt
-                    chunk.replica_id = self.replica_id
-                    first = False
-                yield chunk
+            async for output in self._outputs(prompt, params, request.request_id):
+                for completion in output.outputs:
+                    h = held.setdefault(completion.index, _Held())
+                    h.text += completion.text
+                    h.tokens += len(completion.token_ids)
+                    if request.logprobs is not None:
+                        h.logprobs += token_logprobs(completion.token_ids, completion.logprobs, request.logprobs)
+                    if completion.finish_reason is None and not first and (
+                        not h.text or h.tokens < streaming.chunk_tokens(self._running)
+                    ):
+                        continue
+                    chunk = GenerationChunk(h.text, h.tokens, completion.finish_reason, index=completion.index,
+                                            logprobs=h.logprobs if request.logprobs is not None else None)
+                    held[completion.index] = _Held()
+                    if first:
+                        chunk.prompt_tokens = num_prompt
+                        chunk.replica_id = self.replica_id
+                        first = False
+                    yield chunk
         finally:
             self._running -= 1
 
-    async def complete(self, request: GenerationRequest) -> GenerationResult | EngineError:
+    async def complete(self, request: GenerationRequest) -> GenerationResult:
         """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""
         from vllm.sampling_params import RequestOutputKind
 
-        prepared = self._prepare(request, await self._render(request), RequestOutputKind.FINAL_ONLY)
-        if isinstance(prepared, EngineError):
-            return prepared
-        prompt, params, num_prompt = prepared
+        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.FINAL_ONLY)
         final = None
-        async for output in self._engine.generate(prompt, params, request.request_id):
+        async for output in self._outputs(prompt, params, request.request_id):
             final = output
         assert final is not None, "vLLM finished a request without output"
-        completion = final.outputs[0]
-        return GenerationResult(
-            text=completion.text,
-            prompt_tokens=num_prompt,
-            completion_tokens=len(completion.token_ids),
-            finish_reason=completion.finish_reason,
-            replica_id=self.replica_id,
-        )
+        choices = [
+            Choice(
+                text=c.text,
+                completion_tokens=len(c.token_ids),
+                finish_reason=c.finish_reason,
+                logprobs=(token_logprobs(c.token_ids, c.logprobs, request.logprobs)
+                          if request.logprobs is not None else None),
+            )
+            for c in sorted(final.outputs, key=lambda c: c.index)
+        ]
+        return GenerationResult(choices=choices, prompt_tokens=num_prompt, replica_id=self.replica_id)
+
+    async def tokenize(self, request: GenerationRequest) -> dict[str, Any]:
+        """The prompt text and token ids exactly as :meth:`generate` would give them to vLLM."""
+        text, token_ids = await self._render(request)
+        return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
     # ---- internals --------------------------------------------------------------
-    def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]] | EngineError,
-                 output_kind: Any) -> tuple[Any, Any, int] | EngineError:
-        """Token ids and SamplingParams for a rendered request, or the reason it is refused."""
-        from vllm import SamplingParams, TokensPrompt
+    async def _outputs(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        """vLLM's outputs for one request, with its failures in this module's two kinds:
+        the request's fault (:class:`APIError`) or the engine's (:class:`EngineUnavailable`)."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
-        if isinstance(rendered, EngineError):
-            return rendered
+        try:
+            async for output in self._engine.generate(prompt, params, request_id):
+                yield output
+        except EngineDeadError as exc:
+            raise EngineUnavailable(f"the vLLM engine of replica {self.replica_id} died: {exc}") from None
+        except (VLLMClientError, ValueError) as exc:  # vLLM refused the request's values
+            raise APIError(400, f"Invalid request: {exc}",
+                                 param=getattr(exc, "parameter", None)) from None
+
+    def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]],
+                 output_kind: Any) -> tuple[Any, Any, int]:
+        """Token ids and SamplingParams for a rendered request; raises :class:`APIError`."""
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
         token_ids = rendered[1]
         num_prompt = len(token_ids)
         param = "messages" if request.messages is not None else "prompt"
         if num_prompt == 0:
-            return EngineError(400, "The prompt is empty.", param=param)
+            raise APIError(400, "The prompt is empty.", param=param)
         if num_prompt >= self.max_model_len:
-            return EngineError(
+            raise APIError(
                 400,
                 f"This model's maximum context length is {self.max_model_len} tokens. However, your "
                 f"request has {num_prompt} input tokens. Please reduce the length of the input.",
@@ -284,7 +328,7 @@ class EngineDeployment:
         room = self.max_model_len - num_prompt
         if request.max_tokens is not None:
             if request.max_tokens > room:
-                return EngineError(
+                raise APIError(
                     400,
                     f"max_tokens is too large: {request.max_tokens}. This model's maximum context length "
                     f"is {self.max_model_len} tokens and your request has {num_prompt} input tokens "
@@ -295,44 +339,41 @@ class EngineDeployment:
             max_tokens = request.max_tokens
         else:
             max_tokens = min(room, self._config.default_max_tokens or room)
+        structured = request.structured
+        if request.force_tool_call:
+            try:
+                structured = {"grammar": self._format.tool_call_grammar(request.tools or [])}
+            except ValueError as exc:
+                raise APIError(400, f"tools: {exc}", param="tools") from None
         try:
             params = SamplingParams(
                 **{**self._sampling_defaults, **request.sampling},
                 max_tokens=max_tokens,
+                logprobs=request.logprobs,
+                structured_outputs=StructuredOutputsParams(**structured) if structured else None,
                 stop_token_ids=(self._stop_token_ids_ignoring_eos if request.sampling.get("ignore_eos")
                                 else self._stop_token_ids),
                 output_kind=output_kind,
             )
         except (ValueError, TypeError) as exc:
-            return EngineError(400, f"Invalid sampling parameters: {exc}")
+            raise APIError(400, f"Invalid sampling parameters: {exc}",
+                                 param=getattr(exc, "parameter", None)) from None
         return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
 
-    async def tokenize(self, request: GenerationRequest) -> dict[str, Any] | EngineError:
-        """The prompt text and token ids exactly as :meth:`generate` would give them to vLLM."""
-        rendered = await self._render(request)
-        if isinstance(rendered, EngineError):
-            return rendered
-        text, token_ids = rendered
-        return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
-
-    async def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
+    async def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]]:
         """:meth:`_render_now`, in the render thread when the request is large."""
         if render_size(request) <= INLINE_RENDER_MAX_SIZE:
             return self._render_now(request)
         return await asyncio.get_running_loop().run_in_executor(self._render_thread, self._render_now, request)
 
-    def _render_now(self, request: GenerationRequest) -> tuple[str | None, list[int]] | EngineError:
+    def _render_now(self, request: GenerationRequest) -> tuple[str | None, list[int]]:
         """(prompt text, token ids) of a request; the text is None for a token-id prompt."""
         if request.messages is not None:
             try:
-                if self._config.chat_format == "glm4":
-                    text = glm4.render_prompt(request.messages, request.tools)
-                else:
-                    text = self._tokenizer.apply_chat_template(
-                        request.messages, add_generation_prompt=True, tokenize=False
-                    )
+                text = self._format.render(request.messages, request.tools, self._tokenizer)
             except Exception as exc:  # jinja raises TemplateError and friends: the input's fault
-                return EngineError(400, f"The chat format could not render these messages: {exc}", param="messages")
+                raise APIError(400, f"The chat format could not render these messages: {exc}",
+                                     param="messages") from None
             # The prompt already holds its special tokens ([gMASK]<sop>, BOS, role markers).
             return text, self._tokenizer.encode(text, add_special_tokens=False)
         if isinstance(request.prompt, str):
@@ -341,5 +382,5 @@ class EngineDeployment:
         ids = list(request.prompt or [])
         bad = [t for t in ids if t < 0 or t >= vocab]
         if bad:
-            return EngineError(400, f"Token ids out of the vocabulary (size {vocab}): {bad[:5]}", param="prompt")
+            raise APIError(400, f"Token ids out of the vocabulary (size {vocab}): {bad[:5]}", param="prompt")
         return None, ids

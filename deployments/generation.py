@@ -3,17 +3,17 @@
 The router sends one :class:`GenerationRequest`. The engine answers with either
 
 * ``EngineDeployment.generate(request, reply_to)``: :class:`GenerationChunk` items
-  (text deltas; the last has a ``finish_reason``) written to the router's stream
-  channel at ``reply_to`` (:mod:`deployments.stream_channel`), and as the call's
-  result the number of chunks sent, or a single :class:`EngineError`, with nothing
-  sent, when the request is refused before generation starts; or
-* ``EngineDeployment.complete``: one :class:`GenerationResult` or one :class:`EngineError`.
+  (text deltas of one choice; the last of each choice has a ``finish_reason``) written
+  to the router's stream channel at ``reply_to`` (:mod:`deployments.stream_channel`),
+  and as the call's result the number of chunks sent; or
+* ``EngineDeployment.complete``: one :class:`GenerationResult`.
 
-Refusals are values, not exceptions, so they cross the Ray hop with their HTTP
-status intact. An exception out of the engine means the engine failed; the router
-maps it to 500 (or 503 when the engine is dead) before streaming, or to an SSE error
-event after. These are plain slotted dataclasses, not pydantic models: one is
-encoded per streamed chunk, so they must cost next to nothing.
+A request the engine refuses (too long, bad sampling values, a schema it cannot
+compile) raises :class:`~deployments.errors.APIError` before anything is sent;
+:class:`~deployments.errors.EngineUnavailable` means the engine itself failed (its
+vLLM core died); any other exception is a bug (500). These
+are plain slotted dataclasses, not pydantic models: one is encoded per streamed
+chunk, so they must cost next to nothing.
 """
 
 from __future__ import annotations
@@ -31,43 +31,63 @@ class GenerationRequest:
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
     tools: list[dict[str, Any]] | None = None
-    """OpenAI tools to render into the prompt (GLM-4 format only)."""
+    """OpenAI tools to render into the prompt (chat formats with tool calls only)."""
+    force_tool_call: bool = False
+    """The reply must be a call of one of ``tools`` (``tool_choice`` required or named)."""
+    structured: dict[str, Any] | None = None
+    """vLLM ``StructuredOutputsParams`` fields (``json`` or ``json_object``) from ``response_format``."""
     sampling: dict[str, Any] = field(default_factory=dict)
-    """SamplingParams keyword arguments already range-checked by the router."""
+    """SamplingParams keyword arguments already range-checked by the router (``n`` included)."""
+    logprobs: int | None = None
+    """Top logprobs per token to return (0: only the chosen token's); None: no logprobs."""
     max_tokens: int | None = None
     """None: the configured default, else what is left of the context."""
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """One generated token's log probability, with the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class GenerationChunk:
-    """Text the engine produced since the previous chunk (possibly several tokens)."""
+    """Text one choice produced since its previous chunk (possibly several tokens)."""
 
     text: str
     num_tokens: int
     finish_reason: str | None = None
     prompt_tokens: int = 0
-    """Set on the first chunk only."""
+    """Set on the request's first chunk only."""
     replica_id: str = ""
-    """Set on the first chunk only: the engine replica serving the request."""
+    """Set on the request's first chunk only: the engine replica serving the request."""
+    index: int = 0
+    """Which choice (0..n-1) this text belongs to."""
+    logprobs: list[TokenLogprob] | None = None
+    """Per token of ``text``, when the request asked for logprobs."""
+
+
+@dataclass(slots=True)
+class Choice:
+    """One whole choice of a completion."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
 class GenerationResult:
     """A whole completion (non-streaming path)."""
 
-    text: str
+    choices: list[Choice]
     prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None
     replica_id: str
 
-
-@dataclass(slots=True)
-class EngineError:
-    """A request the engine refused, in OpenAI's error vocabulary."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    code: str | None = None
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)

@@ -8,38 +8,12 @@ and streamed chunks (see :mod:`deployments.sse`) never go through pydantic at al
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class OpenAIError(Exception):
-    """A request we refuse, carried to the HTTP layer with its status and OpenAI fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """The one place the OpenAI error shape is written."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
+from deployments.errors import APIError
+from deployments.generation import Choice, TokenLogprob
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
@@ -55,7 +29,7 @@ def _field_path(loc: tuple[Any, ...]) -> list[Any]:
     return path
 
 
-def from_validation_error(exc: ValidationError) -> OpenAIError:
+def from_validation_error(exc: ValidationError) -> APIError:
     """Turn pydantic's first complaint into a 400 that names the offending field."""
     first = exc.errors(include_url=False)[0]
     param = ".".join(str(p) for p in _field_path(first["loc"])) or None
@@ -64,14 +38,24 @@ def from_validation_error(exc: ValidationError) -> OpenAIError:
         # Whole-model checks below write "field: reason"; recover the field name.
         head, sep, _ = message.partition(": ")
         param = head if sep and head.isidentifier() else None
-        return OpenAIError(400, message, param=param)
-    return OpenAIError(400, f"{param}: {message}", param=param)
+        return APIError(400, message, param=param)
+    return APIError(400, f"{param}: {message}", param=param)
+
+
+MAX_CHOICES = 16
+"""Most choices (``n``) one request may ask for."""
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit on chat ``top_logprobs``."""
+MAX_COMPLETION_LOGPROBS = 5
+"""OpenAI's limit on completions ``logprobs``."""
 
 
 class WireModel(BaseModel):
-    """Base of every request model: unknown fields are ignored, as OpenAI's API does."""
+    """Base of the request models. Nested objects ignore fields they do not know (an SDK
+    echoes a returned message back with extra keys); top-level fields are checked by
+    :class:`SamplingFields`."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 class TextPart(WireModel):
@@ -142,8 +126,51 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
+class JsonSchema(WireModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format: type 'json_schema' needs a json_schema object")
+        return self
+
+    def structured(self) -> dict[str, Any] | None:
+        """vLLM ``StructuredOutputsParams`` fields for this format (None for plain text)."""
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return {"json": self.json_schema.schema_}
+        return None
+
+
+# Fields OpenAI's API defines that glm-serve does not implement, per endpoint: a request
+# that sets one (to anything but null or the listed no-op value) gets a 400 naming it.
+UNSUPPORTED_CHAT_FIELDS: dict[str, Any] = {
+    "audio": None, "modalities": None, "prediction": None, "functions": None, "function_call": None,
+    "web_search_options": None, "metadata": None, "reasoning_effort": None, "verbosity": None,
+    "prompt_cache_key": None, "safety_identifier": None, "service_tier": None, "store": False,
+}
+UNSUPPORTED_COMPLETION_FIELDS: dict[str, Any] = {"best_of": 1, "echo": False, "suffix": None}
+
+
 class SamplingFields(WireModel):
-    """Sampling fields shared by chat and text completions, with OpenAI's (and vLLM's) ranges."""
+    """Sampling fields shared by chat and text completions, with OpenAI's (and vLLM's) ranges.
+
+    Unknown top-level fields are refused by name: an app that moves here by changing
+    ``base_url`` must learn that a field it relies on does nothing, not find out later.
+    """
+
+    unsupported: ClassVar[dict[str, Any]] = {}
 
     model: str
     stream: bool = False
@@ -156,30 +183,48 @@ class SamplingFields(WireModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = None
     ignore_eos: bool = Field(default=False, description="vLLM extension: run to max_tokens (benchmarks).")
-    n: int = Field(default=1, ge=1)
-    logprobs: Any = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     user: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            if name in cls.model_fields or name in ("stream_options",):
+                continue
+            if name in cls.unsupported:
+                if value is None or value == cls.unsupported[name]:
+                    continue
+                raise ValueError(f"{name}: not supported by glm-serve")
+            raise ValueError(f"{name}: unrecognized request argument")
+        return data
+
     @model_validator(mode="after")
-    def _unsupported(self) -> SamplingFields:
-        if self.n != 1:
-            raise ValueError("n: only n=1 is supported")
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs: not supported")
+    def _checked(self) -> SamplingFields:
         if isinstance(self.stop, list) and any(not s for s in self.stop):
             raise ValueError("stop: stop strings must not be empty")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias: keys are token ids, not {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: bias {bias} for token {key} is outside [-100, 100]")
         return self
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """vLLM SamplingParams keyword arguments for the fields the client set."""
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"n": self.n} if self.n != 1 else {}
         for name in ("temperature", "top_p", "top_k", "min_p", "seed",
                      "presence_penalty", "frequency_penalty", "repetition_penalty"):
             value = getattr(self, name)
             if value is not None:
                 kwargs[name] = value
+        if self.logit_bias:
+            kwargs["logit_bias"] = {int(k): v for k, v in self.logit_bias.items()}
         if self.stop:
             kwargs["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if self.ignore_eos:
@@ -192,25 +237,33 @@ class SamplingFields(WireModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    unsupported = UNSUPPORTED_CHAT_FIELDS
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
-        if self.tool_choice == "required":
-            raise ValueError("tool_choice: 'required' is not supported; use 'auto' or name a function")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice: 'required' needs tools")
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function["name"] for t in self.tools or []}
             if self.tool_choice.name not in names:
                 raise ValueError(f"tool_choice: {self.tool_choice.name!r} is not one of the tools")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs true")
         return self
 
     def active_tools(self) -> list[dict[str, Any]] | None:
         """The tools to offer the model: none for tool_choice 'none', only the named one
-        for a named choice (GLM-4 cannot be forced to call, but it can be offered just one)."""
+        for a named choice."""
         if not self.tools or self.tool_choice == "none":
             return None
         tools = [t.model_dump() for t in self.tools]
@@ -219,16 +272,27 @@ class ChatCompletionRequest(SamplingFields):
         return tools
 
     @property
+    def force_tool_call(self) -> bool:
+        """``tool_choice`` 'required' or a named function: the reply must be a call."""
+        return bool(self.tools) and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice))
+
+    @property
+    def logprobs_count(self) -> int | None:
+        """Top logprobs per token for the engine (0: the chosen token's only), None: none."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
     def output_limit(self) -> int | None:
         """``max_completion_tokens`` is OpenAI's newer name and wins over ``max_tokens``."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(SamplingFields):
+    unsupported = UNSUPPORTED_COMPLETION_FIELDS
+
     prompt: str | list[int] | list[str]
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-    echo: bool = False
-    suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
 
     @model_validator(mode="after")
     def _single_prompt(self) -> CompletionRequest:
@@ -238,10 +302,6 @@ class CompletionRequest(SamplingFields):
             self.prompt = self.prompt[0]
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt: must not be empty")
-        if self.echo:
-            raise ValueError("echo: not supported")
-        if self.suffix:
-            raise ValueError("suffix: not supported")
         return self
 
 
@@ -268,38 +328,69 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(request_id: str, model: str, text: str | None, finish_reason: str | None,
-                    prompt_tokens: int, completion_tokens: int,
-                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A whole ``chat.completion`` object (with ``tool_calls`` when the model called a tool)."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """A chat choice's ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    return {"content": [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+         "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(tok.encode())} for tok, lp in t.top]}
+        for t in tokens
+    ]}
+
+
+def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """A completion choice's ``logprobs`` object; ``offset`` is where this text starts
+    in the choice's whole text (``text_offset`` counts from there)."""
+    text_offset = []
+    for t in tokens:
+        text_offset.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": text_offset,
+    }
+
+
+def chat_completion(request_id: str, model: str, choices: list[dict[str, Any]],
+                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """A whole ``chat.completion`` object; ``choices`` from :func:`chat_choice`."""
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }],
+        "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def text_completion(request_id: str, model: str, text: str, finish_reason: str | None,
-                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def chat_choice(index: int, text: str | None, finish_reason: str | None,
+                tool_calls: list[dict[str, Any]] | None = None,
+                logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
+    """One choice of a whole chat completion (with ``tool_calls`` when the model called a tool)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message,
+            "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
+            "finish_reason": finish_reason}
+
+
+def text_completion(request_id: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
     """A whole ``text_completion`` object."""
     return {
         "id": request_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "choices": [
+            {"index": i, "text": c.text,
+             "logprobs": completion_logprobs(c.logprobs) if c.logprobs is not None else None,
+             "finish_reason": c.finish_reason}
+            for i, c in enumerate(choices)
+        ],
+        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
     }
 
 

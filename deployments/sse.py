@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
-from deployments.generation import GenerationChunk
-from deployments.protocol import error_body, usage
-from glm_client.glm4 import ToolCall, ToolCallStreamParser
+from chat_formats import ToolCallParser
+from deployments.errors import error_body
+from deployments.generation import GenerationChunk, TokenLogprob
+from deployments.protocol import chat_logprobs, completion_logprobs, usage
 
 DONE = b"data: [DONE]\n\n"
 
@@ -32,31 +33,42 @@ class StreamEncoder:
         obj = "chat.completion.chunk" if self._chat else "text_completion"
         head = json.dumps({"id": request_id, "object": obj, "created": int(time.time()), "model": model})
         self._head = "data: " + head[:-1]  # everything up to the closing brace, reused per event
-        self._sent_role = False
+        self._sent_role: set[int] = set()  # choices whose first delta named the role
+        self._text_offset: dict[int, int] = {}  # completions logprobs: characters sent per choice
 
-    def text(self, text: str, finish_reason: str | None = None) -> bytes:
-        """One event carrying a text delta (and the finish reason, on the last one)."""
+    def text(self, text: str, finish_reason: str | None = None, index: int = 0,
+             logprobs: list[TokenLogprob] | None = None) -> bytes:
+        """One event carrying a text delta of choice ``index`` (and the finish reason, on its last one)."""
         finish = "null" if finish_reason is None else json.dumps(finish_reason)
+        lp = "null" if logprobs is None else self._logprobs(index, logprobs)
         if self._chat:
-            if self._sent_role:
+            if index in self._sent_role:
                 delta = '{"content":' + json.dumps(text, ensure_ascii=False) + "}"
             else:
-                # The first delta also names the role, as OpenAI's first chunk does.
+                # A choice's first delta also names the role, as OpenAI's first chunk does.
                 delta = '{"role":"assistant","content":' + json.dumps(text, ensure_ascii=False) + "}"
-                self._sent_role = True
-            choice = '{"index":0,"delta":' + delta + ',"logprobs":null,"finish_reason":' + finish + "}"
+                self._sent_role.add(index)
+            choice = ('{"index":' + str(index) + ',"delta":' + delta + ',"logprobs":' + lp
+                      + ',"finish_reason":' + finish + "}")
         else:
-            choice = ('{"index":0,"text":' + json.dumps(text, ensure_ascii=False)
-                      + ',"logprobs":null,"finish_reason":' + finish + "}")
+            choice = ('{"index":' + str(index) + ',"text":' + json.dumps(text, ensure_ascii=False)
+                      + ',"logprobs":' + lp + ',"finish_reason":' + finish + "}")
         return (self._head + ',"choices":[' + choice + "]}\n\n").encode()
 
-    def tool_call(self, call: dict, finish_reason: str = "tool_calls") -> bytes:
+    def _logprobs(self, index: int, tokens: list[TokenLogprob]) -> str:
+        if self._chat:
+            return json.dumps(chat_logprobs(tokens), ensure_ascii=False)
+        offset = self._text_offset.get(index, 0)
+        self._text_offset[index] = offset + sum(len(t.token) for t in tokens)
+        return json.dumps(completion_logprobs(tokens, offset), ensure_ascii=False)
+
+    def tool_call(self, call: dict, finish_reason: str = "tool_calls", index: int = 0) -> bytes:
         """One event carrying a whole tool call (``call`` is an OpenAI tool_calls entry with index)."""
         delta: dict = {"content": None, "tool_calls": [call]}
-        if not self._sent_role:
+        if index not in self._sent_role:
             delta = {"role": "assistant", **delta}
-            self._sent_role = True
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            self._sent_role.add(index)
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return (self._head + ',"choices":[' + json.dumps(choice, ensure_ascii=False) + "]}\n\n").encode()
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -78,43 +90,52 @@ class StreamCounts:
         self.completion_tokens = 0
 
 
-def _closing(encoder: StreamEncoder, parser: ToolCallStreamParser | None, text: str,
+def _closing(encoder: StreamEncoder, parser: ToolCallParser | None, chunk: GenerationChunk, text: str,
              finish_reason: str | None) -> list[bytes]:
-    """The last events of a reply: its last text (and whatever the parser held back) or
+    """The last events of a choice: its last text (and whatever the parser held back) or
     the tool call the parser found."""
     final = parser.finish() if parser else ""
-    if isinstance(final, ToolCall):
-        return ([encoder.text(text)] if text else []) + [encoder.tool_call(final.openai(index=0))]
+    if final and not isinstance(final, str):
+        head = [encoder.text(text, index=chunk.index, logprobs=chunk.logprobs)] if text else []
+        return head + [encoder.tool_call(final.openai(index=0), index=chunk.index)]
     if text or final or finish_reason is not None:
-        return [encoder.text(text + final, finish_reason)]
+        return [encoder.text(text + final, finish_reason, chunk.index, chunk.logprobs)]
     return []
 
 
 async def events(first: GenerationChunk, rest: AsyncIterator[GenerationChunk], encoder: StreamEncoder,
-                 counts: StreamCounts, tool_names: set[str] | None = None,
-                 include_usage: bool = False) -> AsyncIterator[bytes]:
-    """Turn the engine's chunks into SSE events, ending with usage (if asked) and [DONE].
+                 counts: StreamCounts, new_parser: Callable[[], ToolCallParser | None] = lambda: None,
+                 choices: int = 1, include_usage: bool = False) -> AsyncIterator[bytes]:
+    """Turn the engine's chunks of ``choices`` choices into SSE events, ending with usage
+    (if asked) and [DONE].
 
-    With ``tool_names``, text is held back only while it may still become a GLM-4 tool
-    call; a finished call goes out as one ``tool_calls`` delta with finish reason
-    ``tool_calls``.
+    ``new_parser`` gives each choice its tool-call parser (or None): text is held back
+    only while it may still become a tool call, and a finished call goes out as one
+    ``tool_calls`` delta with finish reason ``tool_calls``.
     """
-    parser = ToolCallStreamParser(tool_names) if tool_names else None
+    parsers: dict[int, ToolCallParser | None] = {}
+    unfinished = choices
     chunk = first
     while True:
         counts.completion_tokens += chunk.num_tokens
+        if chunk.index not in parsers:
+            parsers[chunk.index] = new_parser()
+        parser = parsers[chunk.index]
         text = parser.feed(chunk.text) if parser else chunk.text
         if chunk.finish_reason is not None:
-            for event in _closing(encoder, parser, text, chunk.finish_reason):
+            for event in _closing(encoder, parser, chunk, text, chunk.finish_reason):
                 yield event
-            break
-        if text:
-            yield encoder.text(text)
+            unfinished -= 1
+            if unfinished == 0:
+                break
+        elif text or chunk.logprobs:
+            yield encoder.text(text, index=chunk.index, logprobs=chunk.logprobs)
         try:
             chunk = await rest.__anext__()
-        except StopAsyncIteration:  # ended without a finish reason: release what is held
-            for event in _closing(encoder, parser, "", None):
-                yield event
+        except StopAsyncIteration:  # ended without every finish reason: release what is held
+            for index, held in parsers.items():
+                for event in _closing(encoder, held, GenerationChunk("", 0, index=index), "", None):
+                    yield event
             break
     if include_usage:
         yield encoder.usage(counts.prompt_tokens, counts.completion_tokens)

@@ -12,7 +12,8 @@ written to a socket that every stream from this engine replica to that router
 replica shares, so chunks written in the same engine step leave in one syscall.
 
 Wire format: frames of a 4-byte big-endian length and a JSON array
-``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id]``. JSON,
+``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, logprobs]``
+(``logprobs``: null, or ``[[token, logprob, [[token, logprob], ...]], ...]``). JSON,
 not pickle: a frame from the network must never be able to run code in the router.
 Frames for request ids the router is not waiting for (a stream it gave up on) are
 dropped; request ids are random 128-bit hex strings, so they cannot be guessed.
@@ -29,7 +30,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.generation import GenerationChunk
+from deployments.generation import GenerationChunk, TokenLogprob
 
 logger = logging.getLogger("glm_serve.stream_channel")
 
@@ -48,11 +49,19 @@ class ChannelClosed(ConnectionError):
 
 def encode_frame(request_id: str, chunk: GenerationChunk) -> bytes:
     """One chunk as a frame (the engine side's per-chunk work)."""
+    logprobs = None if chunk.logprobs is None else [[t.token, t.logprob, t.top] for t in chunk.logprobs]
     payload = json.dumps(
-        [request_id, chunk.text, chunk.num_tokens, chunk.finish_reason, chunk.prompt_tokens, chunk.replica_id],
+        [request_id, chunk.text, chunk.num_tokens, chunk.finish_reason, chunk.prompt_tokens, chunk.replica_id,
+         chunk.index, logprobs],
         ensure_ascii=False, separators=(",", ":"),
     ).encode()
     return _HEADER.pack(len(payload)) + payload
+
+
+def _logprobs(raw: Any) -> list[TokenLogprob] | None:
+    if raw is None:
+        return None
+    return [TokenLogprob(token, logprob, [(t, lp) for t, lp in top]) for token, logprob, top in raw]
 
 
 def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
@@ -70,10 +79,17 @@ def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
         if end - offset - _HEADER.size < size:
             break
         start = offset + _HEADER.size
-        request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id = json.loads(buffer[start:start + size])
-        if not (isinstance(request_id, str) and isinstance(text, str) and isinstance(num_tokens, int)):
+        try:
+            request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, raw_logprobs = json.loads(
+                buffer[start:start + size])
+            logprobs = _logprobs(raw_logprobs)
+        except (TypeError, ValueError) as exc:  # wrong arity or shape: the same as a bad type below
+            raise ValueError(f"frame is not a generation chunk: {exc}") from None
+        if not (isinstance(request_id, str) and isinstance(text, str) and isinstance(num_tokens, int)
+                and isinstance(index, int)):
             raise ValueError("frame is not a generation chunk")
-        frames.append((request_id, GenerationChunk(text, num_tokens, finish_reason, prompt_tokens, replica_id)))
+        frames.append((request_id, GenerationChunk(text, num_tokens, finish_reason, prompt_tokens, replica_id,
+                                                   index, logprobs)))
         offset = start + size
     del buffer[:offset]
     return frames
@@ -253,15 +269,13 @@ class IncomingStream:
 
     ``call`` is the engine call that produces the stream (a Serve ``DeploymentResponse``
     of ``EngineDeployment.generate``), ``cancel`` cancels it. The call's outcome
-    travels through the same queue as the chunks, so a refusal (the
-    :class:`~deployments.generation.EngineError` the call returns instead of
-    streaming) comes out as the first item and a failed call (a dead replica, an
-    overloaded deployment) is raised to the reader, even mid-stream. The call can
+    travels through the same queue as the chunks, so a failed call (a refusal, a dead
+    replica, an overloaded deployment) is raised to the reader, even mid-stream. The call can
     return before its last frames arrive: it returns how many chunks it sent, and
     iteration ends when that many have come.
     """
 
-    def __init__(self, receiver: StreamReceiver, request_id: str, call: Any, cancel: Any):
+    def __init__(self, receiver: StreamReceiver, request_id: str, call: Any, cancel: Any, choices: int = 1):
         self._receiver = receiver
         self._request_id = request_id
         self._queue = receiver.open(request_id)
@@ -270,7 +284,7 @@ class IncomingStream:
         self._call.add_done_callback(self._call_ended)
         self._received = 0
         self._expected: int | None = None
-        self._finished = False
+        self._unfinished_choices = choices  # the stream is complete when each choice has finished
 
     def _call_ended(self, call: asyncio.Future[Any]) -> None:
         if not call.cancelled():
@@ -295,7 +309,7 @@ class IncomingStream:
             if isinstance(item, GenerationChunk):
                 self._received += 1
                 if item.finish_reason is not None:
-                    self._finished = True
+                    self._unfinished_choices -= 1
                 return item
             if isinstance(item, BaseException):
                 raise item
@@ -304,14 +318,10 @@ class IncomingStream:
             exc = item.exception()
             if exc is not None:
                 raise exc
-            result = item.result()
-            if isinstance(result, int):
-                self._expected = result
-                continue
-            return result  # a refusal, before any chunk
+            self._expected = item.result()
 
     def close(self) -> None:
         """Stop: drop later chunks, and cancel the engine call unless the stream is complete."""
         self._receiver.close(self._request_id)
-        if not self._finished and not self._call.done():
+        if self._unfinished_choices > 0 and not self._call.done():
             self._cancel()

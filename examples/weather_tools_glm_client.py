@@ -31,13 +31,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--question", default="What is the weather like in Beijing today?")
+    parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"],
+                        help="'required' makes the first reply a call of get_weather")
     args = parser.parse_args()
 
     history = [Conversation(Role.USER, args.question)]
     with ServeClient(args.base_url) as client:
-        for _ in range(4):
+        for turn in range(4):
             response = None
-            for response, _chat_history in client.generate_stream([WEATHER_TOOL], history, max_new_tokens=256):
+            tool_choice = args.tool_choice if turn == 0 else "auto"
+            for response, _chat_history in client.generate_stream([WEATHER_TOOL], history, max_new_tokens=256,
+                                                                  tool_choice=tool_choice):
                 if isinstance(response, str):
                     print(f"\rassistant: {response}", end="", flush=True)
             print()

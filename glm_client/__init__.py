@@ -8,7 +8,8 @@
     for response, chat_history in client.generate_stream(tools, history, max_new_tokens=256):
         ...
 
-GLM-4's own format (prompt, tool system prompt, tool calls) lives in :mod:`glm_client.glm4`.
+GLM-4's own format (prompt, tool system prompt, tool calls) lives in :mod:`chat_formats.glm4`,
+shared with the server.
 """
 
 from glm_client.client import Client, ClientType, get_client

@@ -15,14 +15,17 @@ from datetime import datetime
 from enum import Enum, auto
 from typing import Any
 
-from glm_client.glm4 import function_of, process_response
+from chat_formats.glm4 import (
+    CALL_INSTRUCTION,
+    SELF_INTRODUCTION,
+    TOOLS_HEADING,
+    function_of,
+    parse_tool_call,
+    tool_names,
+)
 
 __all__ = ["Role", "Conversation", "build_system_prompt", "process_input", "process_response", "to_openai"]
 
-SELFCOG_PROMPT = (
-    "你是一个名为 GLM-4 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
-    "你的任务是针对用户的问题和要求提供适当的答复和支持。"
-)
 DATE_PROMPT = "当前日期: %Y-%m-%d"
 
 
@@ -77,12 +80,12 @@ def build_system_prompt(enabled_tools: list[str], functions: list[dict[str, Any]
     """
     if enabled_tools:
         raise ValueError(f"built-in tools {enabled_tools} are not available; pass functions instead")
-    value = SELFCOG_PROMPT + "\n\n" + datetime.now().strftime(DATE_PROMPT)
+    value = SELF_INTRODUCTION + "\n\n" + datetime.now().strftime(DATE_PROMPT)
     if functions:
-        value += "\n\n# 可用工具"
+        value += "\n\n" + TOOLS_HEADING
     for function in functions:
         value += f"\n\n## {function['name']}\n\n{json.dumps(function, ensure_ascii=False, indent=4)}"
-        value += "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+        value += "\n" + CALL_INSTRUCTION
     return value
 
 
@@ -90,7 +93,7 @@ def process_input(history: list[Conversation], tools: list[dict[str, Any]],
                   role_name_replace: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """A demo history as GLM-4 message dicts. With tools, the first message is
     ``{"role": "system", "content": "", "tools": [...]}``: the glm-4-9b-chat template's
-    way to carry tools, which :func:`glm_client.glm4.process_response` reads back."""
+    way to carry tools, which :func:`process_response` reads back."""
     chat_history: list[dict[str, Any]] = []
     if tools:
         chat_history.append({"role": "system", "content": "",
@@ -130,3 +133,24 @@ def to_openai(chat_history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         elif content:
             messages.append({"role": role, "content": content})
     return messages, tools
+
+
+def process_response(output: str, history: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+                     ) -> tuple[str | dict[str, Any], list[dict[str, Any]]]:
+    """The composite demo's ``process_response``: the reply (text, or a tool call as
+    ``{"name", "parameters"}``) and the history with the assistant turn appended.
+
+    ``tools`` names the callable functions; without it, the tools listed in the
+    history's first message (``{"role": "system", "tools": [...]}``) are used.
+    """
+    history = [dict(m) for m in history]
+    if tools is None and history and history[0].get("role") == "system":
+        tools = history[0].get("tools")
+    names = tool_names(tools)
+    call = parse_tool_call(output, names) if names else None
+    if call is not None:
+        history.append({"role": "assistant", "metadata": call.name, "content": call.arguments})
+        return {"name": call.name, "parameters": call.parameters}, history
+    text = output.strip()
+    history.append({"role": "assistant", "metadata": "", "content": text})
+    return text, history

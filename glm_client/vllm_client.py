@@ -7,7 +7,7 @@
 The engine runs on an event loop in a background thread, so ``generate_stream`` is a
 plain generator that any number of threads may call at once (each request has its own
 id; vLLM batches them). Closing a generator early aborts its request. GLM-4's prompt
-comes from :mod:`glm_client.glm4`; generation stops on GLM-4's stop ids.
+comes from :mod:`chat_formats.glm4`; generation stops on GLM-4's stop ids.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import asyncio
 import queue
 import threading
 import uuid
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from glm_client import glm4
+from chat_formats import glm4
 from glm_client.conversation import Conversation, process_input, process_response, to_openai
+from glm_client.parameters import vllm_parameters
 
-# SamplingParams fields that older vLLM took and current vLLM does not.
-REMOVED_SAMPLING_FIELDS = {"best_of", "use_beam_search", "length_penalty", "early_stopping"}
 _END = object()
 
 
@@ -72,20 +70,27 @@ class VLLMClient:
         self._engine = None
         self._thread.join(timeout=10)
 
-    def sampling_params(self, parameters: dict[str, Any]) -> Any:
-        """SamplingParams from the demo's keyword arguments (``max_new_tokens`` included)."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+    def sampling_params(self, parameters: dict[str, Any], tools: list[dict[str, Any]] | None = None) -> Any:
+        """SamplingParams from the demo's keyword arguments (see :mod:`glm_client.parameters`).
 
-        parameters = dict(parameters)
-        if "max_new_tokens" in parameters:
-            parameters["max_tokens"] = parameters.pop("max_new_tokens")
-        removed = sorted(REMOVED_SAMPLING_FIELDS & set(parameters))
-        if removed:
-            warnings.warn(f"ignoring {removed}: vLLM no longer has these sampling fields", stacklevel=3)
-            for name in removed:
-                parameters.pop(name)
-        return SamplingParams(**{"top_p": 1.0, "top_k": -1, **parameters},
+        ``tool_choice`` works as in OpenAI's API: ``"required"`` or
+        ``{"type": "function", "function": {"name": ...}}`` forces the reply into a call
+        of one of ``tools`` (GLM-4's format, arguments that match the tool's schema);
+        ``"auto"`` and ``"none"`` leave the model free.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        # Warn at the app's line: here <- generate_stream <- the app.
+        parameters = vllm_parameters(parameters, stacklevel=3)
+        choice = parameters.pop("tool_choice", None)
+        structured = None
+        if choice not in (None, "auto", "none"):
+            if not tools:
+                raise ValueError("tool_choice forces a tool call, but no tools were given")
+            name = None if choice == "required" else choice["function"]["name"]
+            structured = StructuredOutputsParams(grammar=glm4.tool_call_grammar(tools, name))
+        return SamplingParams(**{"top_p": 1.0, "top_k": -1, **parameters}, structured_outputs=structured,
                               stop_token_ids=self._stop_token_ids, output_kind=RequestOutputKind.CUMULATIVE)
 
     def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
@@ -98,7 +103,7 @@ class VLLMClient:
         messages, openai_tools = to_openai(chat_history)
         prompt = glm4.render_prompt(messages, openai_tools)
         token_ids = self._tokenizer.encode(prompt, add_special_tokens=False)
-        params = self.sampling_params(parameters)
+        params = self.sampling_params(parameters, openai_tools)
         request_id = f"vllm-client-{uuid.uuid4().hex}"
         outputs: queue.Queue = queue.Queue()
 

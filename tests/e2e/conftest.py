@@ -70,14 +70,16 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
     args["router"] = {"max_request_body_bytes": 65536}
-    # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format.
+    # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer
+    # has no merges (a token per byte), so a tool loop's second turn, with GLM-4's Chinese
+    # tool prompt, is ~3,600 tokens: hence the long context.
     config["applications"].append({
         "name": "tiny-glm",
         "route_prefix": TINY_GLM_PREFIX,
         "import_path": "deployments.app:build_app",
         "args": {
             "model": {"model": str(tiny_glm_dir), "served_model_name": TINY_GLM_NAME, "chat_format": "glm4",
-                      "dtype": "float32", "max_model_len": 1024, "enforce_eager": True,
+                      "dtype": "float32", "max_model_len": 8192, "enforce_eager": True,
                       "cpu": {"kvcache_space_gib": 1}},
             "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
         },
@@ -171,3 +173,18 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+@pytest.fixture()
+def glm_http(base_url):
+    """httpx against the tiny GLM-4 application (chat_format glm4)."""
+    with httpx.Client(base_url=base_url + TINY_GLM_PREFIX, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture()
+def glm_openai(base_url):
+    """The openai SDK against the tiny GLM-4 application."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}{TINY_GLM_PREFIX}/v1", api_key="unused", max_retries=0, timeout=120)

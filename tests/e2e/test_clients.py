@@ -41,7 +41,7 @@ def test_async_serve_client(base_url):
 
 @pytest.fixture(scope="module")
 def vllm_client(server):
-    client = VLLMClient(str(server["tiny_glm_dir"]), dtype="float32", max_model_len=1024, enforce_eager=True,
+    client = VLLMClient(str(server["tiny_glm_dir"]), dtype="float32", max_model_len=8192, enforce_eager=True,
                         cpu_kvcache_space_gib=1)
     yield client
     client.close()
@@ -69,9 +69,21 @@ def test_vllm_client_serves_several_callers_at_once(vllm_client):
     assert all(r == results[0] for r in results)
 
 
+def test_vllm_client_receives_the_same_forced_call(base_url, vllm_client):
+    history = [Conversation(Role.USER, "北京天气如何？")]
+    local = list(vllm_client.generate_stream([WEATHER], history, max_new_tokens=64, temperature=0,
+                                             tool_choice="required"))
+    with ServeClient(base_url + TINY_GLM_PREFIX) as client:
+        served = list(client.generate_stream([WEATHER], history, max_new_tokens=64, temperature=0,
+                                             tool_choice="required"))
+    assert local[-1][0] == served[-1][0]
+    assert local[-1][0]["name"] == "get_weather"
+    assert set(local[-1][0]["parameters"]) == {"city"}
+
+
 @pytest.mark.parametrize("script,args", [
-    ("weather_tools_glm_client.py", ["--base-url", "{glm}"]),
-    ("weather_tools_openai.py", ["--base-url", "{glm}/v1", "--model", "tiny-glm4"]),
+    ("weather_tools_glm_client.py", ["--base-url", "{glm}", "--tool-choice", "required"]),
+    ("weather_tools_openai.py", ["--base-url", "{glm}/v1", "--model", "tiny-glm4", "--tool-choice", "required"]),
 ])
 def test_examples_run_against_a_glm4_service(base_url, script, args):
     import subprocess
@@ -83,4 +95,5 @@ def test_examples_run_against_a_glm4_service(base_url, script, args):
     proc = subprocess.run([sys.executable, str(root / "examples" / script), *[a.format(glm=glm) for a in args]],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "assistant:" in proc.stdout
+    # The first turn is forced into a call, the tool answers, and the model replies.
+    assert "tool call: get_weather" in proc.stdout and "assistant:" in proc.stdout

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from openai import OpenAI
 
-from glm_client.glm4 import render_prompt
-from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
+from chat_formats.glm4 import render_prompt
+from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "城市天气",
@@ -21,17 +19,6 @@ HISTORY = [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "晴"}'},
 ]
-
-
-@pytest.fixture()
-def glm_http(base_url):
-    with httpx.Client(base_url=base_url + TINY_GLM_PREFIX, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture()
-def glm_openai(base_url):
-    return OpenAI(base_url=f"{base_url}{TINY_GLM_PREFIX}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +37,11 @@ def test_tokenize_shows_the_glm4_prompt_with_tools_and_tool_turns(glm_http, glm_
     assert "<|assistant|>get_weather\n{\"city\": \"北京\"}<|observation|>\n{\"sky\": \"晴\"}<|assistant|>" in expected
     assert body["tokens"] == glm_tokenizer.encode(expected, add_special_tokens=False)
     assert body["tokens"][:2] == [151331, 151333]  # [gMASK] <sop>
-    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 1024
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 8192
 
 
 def test_glm4_stop_ids_are_honoured_with_tools(glm_openai):
-    # The rigged model answers <|user|> or <|observation|> first: both end the reply.
+    # The rigged model answers <|user|> first: a GLM-4 stop id that is not the tokenizer's eos.
     reply = glm_openai.chat.completions.create(model=TINY_GLM_NAME, messages=HISTORY, tools=[WEATHER],
                                                max_tokens=20, temperature=0)
     choice = reply.choices[0]

@@ -10,15 +10,15 @@ import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-from deployments.config import CpuConfig
+from deployments.config import CpuConfig, StreamingConfig
 from deployments.engine import (
     INLINE_RENDER_MAX_SIZE,
     apply_cpu_settings,
-    chunk_tokens,
     cpu_env,
     render_size,
     stop_and_sampling_defaults,
 )
+from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationRequest
 from deployments.router import engine_failure
 from deployments.stream_channel import ChannelClosed
@@ -74,10 +74,47 @@ def test_engine_failures_map_to_statuses():
     assert engine_failure(RuntimeError("boom")).type == "server_error"
 
 
+def _as_ray_raises_it(exc: Exception) -> Exception:
+    """A replica's exception the way a caller of its handle sees it: pickled across the
+    hop (Ray pickles the cause), then re-raised as a RayTaskError subclass of its class."""
+    import pickle
+
+    from ray.exceptions import RayTaskError
+
+    cause = pickle.loads(pickle.dumps(exc))
+    return RayTaskError("EngineDeployment.generate", "traceback", cause).as_instanceof_cause()
+
+
+def test_engine_failures_are_told_apart_by_type_not_by_name():
+    dead = engine_failure(_as_ray_raises_it(EngineUnavailable("vLLM core died")))
+    assert (dead.status, dead.type) == (503, "service_unavailable")
+    # A message that merely names a failure class is not that failure.
+    assert engine_failure(RuntimeError("EngineDeadError ActorDiedError")).status == 500
+
+
+def test_an_engine_refusal_crosses_ray_with_its_fields():
+    refused = engine_failure(_as_ray_raises_it(APIError(400, "too long", param="messages",
+                                                        code="context_length_exceeded")))
+    assert (refused.status, refused.message, refused.param, refused.code) == (
+        400, "too long", "messages", "context_length_exceeded")
+    assert refused.body()["error"]["type"] == "invalid_request_error"
+
+
+def _chunk_tokens(running: int, max_chunk_tokens: int, streams: int, min_chunk_tokens: int = 1) -> int:
+    return StreamingConfig(min_chunk_tokens=min_chunk_tokens, max_chunk_tokens=max_chunk_tokens,
+                           streams_per_chunk_token=streams).chunk_tokens(running)
+
+
 def test_chunk_size_grows_with_load_and_stops_at_the_cap():
-    assert [chunk_tokens(n, 8, 4) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
-    assert chunk_tokens(64, 1, 4) == 1, "max_chunk_tokens 1 streams every token"
-    assert [chunk_tokens(n, 8, 2) for n in (1, 2, 3, 8, 16)] == [1, 1, 2, 4, 8], "one token per 2 streams"
+    assert [_chunk_tokens(n, 8, 4) for n in (0, 1, 4, 5, 8, 32, 64, 1000)] == [1, 1, 1, 2, 2, 8, 8, 8]
+    assert _chunk_tokens(64, 1, 4) == 1, "max_chunk_tokens 1 streams every token"
+    assert [_chunk_tokens(n, 8, 2) for n in (1, 2, 3, 8, 16)] == [1, 1, 2, 4, 8], "one token per 2 streams"
+
+
+def test_chunk_size_never_falls_below_the_floor():
+    assert [_chunk_tokens(n, 8, 1, min_chunk_tokens=2) for n in (0, 1, 2, 5, 64)] == [2, 2, 2, 5, 8]
+    with pytest.raises(ValueError, match="max_chunk_tokens must be at least min_chunk_tokens"):
+        StreamingConfig(min_chunk_tokens=4, max_chunk_tokens=2)
 
 
 def _chat(*contents: str, **fields) -> GenerationRequest:

@@ -10,8 +10,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from glm_client import glm4
-from glm_client.glm4 import ToolCallStreamParser, parse_tool_call, render_prompt
+from chat_formats import glm4
+from chat_formats.glm4 import ToolCallStreamParser, parse_tool_call, render_prompt
+from glm_client.conversation import process_response
 
 TEMPLATE = (Path(__file__).resolve().parents[1] / "fixtures" / "glm4_9b_chat_template.jinja").read_text()
 
@@ -165,9 +166,9 @@ def test_no_tools_means_no_holding_back():
 
 def test_process_response_keeps_the_composite_demo_contract():
     history = [{"role": "system", "content": "", "tools": [WEATHER]}, {"role": "user", "content": "天气？"}]
-    reply, new_history = glm4.process_response('get_weather\n{"city": "北京"}', history)
+    reply, new_history = process_response('get_weather\n{"city": "北京"}', history)
     assert reply == {"name": "get_weather", "parameters": {"city": "北京"}}
     assert new_history[-1] == {"role": "assistant", "metadata": "get_weather", "content": '{"city": "北京"}'}
     assert len(history) == 2, "the caller's history is not modified"
-    text, text_history = glm4.process_response("  晴天。 ", history)
+    text, text_history = process_response("  晴天。 ", history)
     assert text == "晴天。" and text_history[-1]["content"] == "晴天。"

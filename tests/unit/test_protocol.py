@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from deployments import protocol
+from deployments.generation import Choice, TokenLogprob
 from deployments.protocol import ChatCompletionRequest, CompletionRequest
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -30,8 +31,17 @@ def _refusal(cls, body) -> protocol.OpenAIError:
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": -1}, "max_completion_tokens"),
-        ({"n": 3}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"hello": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"store": True}, "store"),
+        ({"frobnicate": 1}, "frobnicate"),
         ({"stop": ["ok", ""]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
@@ -40,7 +50,7 @@ def _refusal(cls, body) -> protocol.OpenAIError:
          "messages.0.content"),
         ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools.0"),
         ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools.0.type"),
-        ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "g"}},
           "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
     ],
@@ -79,8 +89,29 @@ def test_messages_render_for_the_chat_template():
     ]
 
 
-def test_unknown_fields_are_ignored_like_openai():
-    assert ChatCompletionRequest.model_validate({**BASE, "metadata": {"x": 1}, "store": False}).model == "m"
+def test_unimplemented_openai_fields_pass_only_when_they_ask_for_nothing():
+    request = ChatCompletionRequest.model_validate({**BASE, "metadata": None, "store": False, "audio": None,
+                                                    "parallel_tool_calls": False})
+    assert request.model == "m"
+    assert "not supported" in _refusal(ChatCompletionRequest, {**BASE, "metadata": {"x": 1}}).message
+    assert "unrecognized" in _refusal(ChatCompletionRequest, {**BASE, "temprature": 1}).message
+    assert _refusal(CompletionRequest, {"model": "m", "prompt": "x", "best_of": 3}).param == "best_of"
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "best_of": 1, "echo": False}).prompt == "x"
+
+
+def test_new_features_become_engine_fields():
+    request = ChatCompletionRequest.model_validate({
+        **BASE, "n": 2, "logprobs": True, "top_logprobs": 3, "logit_bias": {"7": -100},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+        "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"})
+    assert request.sampling_kwargs() == {"n": 2, "logit_bias": {7: -100}}
+    assert request.logprobs_count == 3 and request.force_tool_call
+    assert request.response_format.structured() == {"json": {"type": "object"}}
+    assert ChatCompletionRequest.model_validate(
+        {**BASE, "response_format": {"type": "json_object"}}).response_format.structured() == {"json_object": True}
+    plain = ChatCompletionRequest.model_validate(BASE)
+    assert plain.logprobs_count is None and not plain.force_tool_call
+    assert ChatCompletionRequest.model_validate({**BASE, "logprobs": True}).logprobs_count == 0
 
 
 def test_completion_prompt_forms():
@@ -93,12 +124,16 @@ def test_completion_prompt_forms():
 
 
 def test_whole_responses_have_openai_shape():
-    chat = protocol.chat_completion("id1", "m", "hello", "stop", 5, 2)
+    chat = protocol.chat_completion("id1", "m", [protocol.chat_choice(0, "hello", "stop")], 5, 2)
     assert chat["object"] == "chat.completion"
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert chat["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
-    text = protocol.text_completion("id2", "m", "x", "length", 1, 1)
+    choices = [Choice("x", 1, "length"), Choice("yz", 2, "stop", [TokenLogprob("y", -1.0), TokenLogprob("z", -2.0)])]
+    text = protocol.text_completion("id2", "m", choices, 1)
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
+    assert text["choices"][1]["logprobs"] == {"tokens": ["y", "z"], "token_logprobs": [-1.0, -2.0],
+                                              "top_logprobs": [{}, {}], "text_offset": [0, 1]}
+    assert text["usage"]["completion_tokens"] == 3
     models = protocol.model_list("m", 4096, 0)
     assert models["data"][0]["max_model_len"] == 4096
 

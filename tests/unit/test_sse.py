@@ -46,7 +46,11 @@ def test_error_event_and_done():
 
 import asyncio  # noqa: E402
 
-from deployments.generation import GenerationChunk  # noqa: E402
+from chat_formats.glm4 import ToolCallStreamParser  # noqa: E402
+from deployments.generation import (
+    GenerationChunk,  # noqa: E402
+    TokenLogprob,  # noqa: E402
+)
 from deployments.sse import StreamCounts, events  # noqa: E402
 
 
@@ -55,11 +59,14 @@ async def _aiter(items):
         yield item
 
 
-def _run(chunks, tool_names=None, include_usage=True):
+def _run(chunks, tool_names=None, include_usage=True, choices=1, kind="chat"):
+    def new_parser():
+        return ToolCallStreamParser(tool_names) if tool_names else None
+
     async def collect():
         counts = StreamCounts(prompt_tokens=9)
-        out = [e async for e in events(chunks[0], _aiter(chunks[1:]), StreamEncoder("chat", "c", "m"), counts,
-                                       tool_names, include_usage)]
+        out = [e async for e in events(chunks[0], _aiter(chunks[1:]), StreamEncoder(kind, "c", "m"), counts,
+                                       new_parser, choices, include_usage)]
         return out, counts
 
     out, counts = asyncio.run(collect())
@@ -104,3 +111,31 @@ def test_events_with_invalid_call_json_send_the_text():
     payloads, _ = _run(chunks, {"get_weather"}, include_usage=False)
     assert _text(payloads) == "get_weather\n{oops"
     assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_events_of_several_choices_carry_their_index_and_end_after_the_last():
+    chunks = [GenerationChunk("A", 1, index=0), GenerationChunk("B", 1, index=1),
+              GenerationChunk("a", 1, "stop", index=0), GenerationChunk("b", 1, "length", index=1),
+              GenerationChunk("never", 1, index=2)]
+    payloads, counts = _run(chunks, choices=2, include_usage=False)
+    by_index: dict[int, str] = {}
+    for p in payloads:
+        choice = p["choices"][0]
+        by_index[choice["index"]] = by_index.get(choice["index"], "") + choice["delta"]["content"]
+        if choice["delta"]["content"] in ("A", "B"):
+            assert choice["delta"]["role"] == "assistant", "each choice's first delta names the role"
+    assert by_index == {0: "Aa", 1: "Bb"}
+    assert [p["choices"][0]["finish_reason"] for p in payloads] == [None, None, "stop", "length"]
+    assert counts.completion_tokens == 4, "nothing after the last choice finished is read"
+
+
+def test_events_carry_logprobs_in_openai_shapes():
+    lp = [TokenLogprob("Hi", -0.25, [("Hi", -0.25), ("Hey", -1.5)])]
+    payloads, _ = _run([GenerationChunk("Hi", 1, "stop", logprobs=lp)], include_usage=False)
+    content = payloads[0]["choices"][0]["logprobs"]["content"]
+    assert content == [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": [
+        {"token": "Hi", "logprob": -0.25, "bytes": [72, 105]}, {"token": "Hey", "logprob": -1.5, "bytes": [72, 101, 121]}]}]
+    chunks = [GenerationChunk("Hi", 1, logprobs=lp), GenerationChunk("!", 1, "stop", logprobs=[TokenLogprob("!", -2.0)])]
+    payloads, _ = _run(chunks, include_usage=False, kind="text")
+    second = payloads[1]["choices"][0]["logprobs"]
+    assert second == {"tokens": ["!"], "token_logprobs": [-2.0], "top_logprobs": [{}], "text_offset": [2]}

@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from deployments.generation import EngineError, GenerationChunk
+from deployments.errors import APIError
+from deployments.generation import GenerationChunk, TokenLogprob
 from deployments.stream_channel import (
     MAX_FRAME_BYTES,
     ChannelClosed,
@@ -34,7 +35,8 @@ async def agen(items):
 
 def test_frames_round_trip_and_a_partial_frame_waits_for_the_rest():
     first = GenerationChunk("Bonjour, 世界 🌍", 3, None, 12, "r1")
-    last = GenerationChunk("", 1, "length")
+    last = GenerationChunk("", 1, "length", index=2,
+                           logprobs=[TokenLogprob("é", -0.5, [("é", -0.5), ("e", -1.25)])])
     wire = encode_frame("id-1", first) + encode_frame("id-2", last)
     buffer = bytearray(wire[:-5])
     assert decode_frames(buffer) == [("id-1", first)]
@@ -46,9 +48,10 @@ def test_frames_round_trip_and_a_partial_frame_waits_for_the_rest():
 def test_oversized_or_foreign_frames_are_refused():
     with pytest.raises(ValueError, match="limit"):
         decode_frames(bytearray(struct.pack(">I", MAX_FRAME_BYTES + 1)))
-    payload = json.dumps([1, "x", 1, None, 0, ""]).encode()
-    with pytest.raises(ValueError, match="not a generation chunk"):
-        decode_frames(bytearray(struct.pack(">I", len(payload)) + payload))
+    for frame in ([1, "x", 1, None, 0, "", 0, None], ["r", "x", 1, None, 0, ""], ["r", "x", 1, None, 0, "", 0, [1]]):
+        payload = json.dumps(frame).encode()
+        with pytest.raises(ValueError, match="not a generation chunk"):
+            decode_frames(bytearray(struct.pack(">I", len(payload)) + payload))
 
 
 class FakeCall:
@@ -119,12 +122,13 @@ def test_two_interleaved_streams_each_get_their_own_chunks_in_order():
     asyncio.run(main())
 
 
-def test_a_refusal_is_the_first_item_and_a_failed_call_raises_mid_stream():
+def test_a_refusal_raises_before_any_chunk_and_a_failed_call_raises_mid_stream():
     async def main():
         receiver, sender, conn = await connected()
         stream, refused = incoming(receiver, "r")
-        refused.future.set_result(EngineError(400, "too long"))
-        assert await stream.__anext__() == EngineError(400, "too long")
+        refused.future.set_exception(APIError(400, "too long"))
+        with pytest.raises(APIError, match="too long"):
+            await stream.__anext__()
 
         stream, failing = incoming(receiver, "f")
         conn.send("f", chunks(["one", "two"])[0])

@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat_formats.base import ChatFormat
+
 PROMPT_PREFIX = "[gMASK]<sop>"
 SELF_INTRODUCTION = (
     "你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
@@ -189,22 +191,43 @@ class ToolCallStreamParser:
         return parse_tool_call(held, self._names) or held
 
 
-def process_response(output: str, history: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-                     ) -> tuple[str | dict[str, Any], list[dict[str, Any]]]:
-    """The composite demo's ``process_response``: the reply (text, or a tool call as
-    ``{"name", "parameters"}``) and the history with the assistant turn appended.
+def tool_call_grammar(tools: list[dict[str, Any]], name: str | None = None) -> str:
+    """An EBNF grammar for exactly one GLM-4 call: ``name\\n`` then a JSON object that
+    matches the function's ``parameters`` schema (any object where it has none). With
+    ``name`` None, any of ``tools`` may be called. Raises ValueError on a schema that
+    cannot be turned into a grammar, naming the tool."""
+    import xgrammar
 
-    ``tools`` names the callable functions; without it, the tools listed in the
-    history's first message (``{"role": "system", "tools": [...]}``) are used.
-    """
-    history = [dict(m) for m in history]
-    if tools is None and history and history[0].get("role") == "system":
-        tools = history[0].get("tools")
-    names = tool_names(tools)
-    call = parse_tool_call(output, names) if names else None
-    if call is not None:
-        history.append({"role": "assistant", "metadata": call.name, "content": call.arguments})
-        return {"name": call.name, "parameters": call.parameters}, history
-    text = output.strip()
-    history.append({"role": "assistant", "metadata": "", "content": text})
-    return text, history
+    choices = []
+    for tool in tools:
+        function = function_of(tool)
+        if name is not None and function["name"] != name:
+            continue
+        try:
+            arguments = xgrammar.Grammar.from_json_schema(function.get("parameters") or {"type": "object"})
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(f"the parameters schema of tool {function['name']!r} is not usable: {exc}") from None
+        head = xgrammar.Grammar.from_ebnf("root ::= " + json.dumps(function["name"] + "\n", ensure_ascii=False))
+        choices.append(xgrammar.Grammar.concat(head, arguments))
+    if not choices:
+        raise ValueError(f"no tool named {name!r}")
+    return str(xgrammar.Grammar.union(*choices) if len(choices) > 1 else choices[0])
+
+
+class Glm4Format(ChatFormat):
+    """GLM-4's own format, with OpenAI tools rendered as its tool system block."""
+
+    name = "glm4"
+    supports_tools = True
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Any) -> str:
+        return render_prompt(messages, tools)
+
+    def parse_reply(self, text: str, tools: list[dict[str, Any]] | None) -> ToolCall | None:
+        return parse_tool_call(text, tool_names(tools)) if tools else None
+
+    def stream_parser(self, tools: list[dict[str, Any]] | None) -> ToolCallStreamParser | None:
+        return ToolCallStreamParser(tool_names(tools)) if tools else None
+
+    def tool_call_grammar(self, tools: list[dict[str, Any]], name: str | None = None) -> str:
+        return tool_call_grammar(tools, name)

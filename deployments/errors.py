@@ -1,0 +1,43 @@
+"""Errors in OpenAI's shape, for the router and the engine alike.
+
+    Exception
+    ├── APIError            a response in OpenAI's error shape: a request the router or an
+    │                       engine refused (4xx), or a failure mapped to 5xx. Raised anywhere,
+    │                       written to the client in one place (RouterDeployment.__call__,
+    │                       or an SSE error event once a stream has begun).
+    └── EngineUnavailable   an engine replica's vLLM engine died; the router answers 503
+                            and Serve's health check replaces the replica.
+
+Both cross the Ray hop from an engine replica as exceptions that are still instances of
+their class (Ray re-raises a remote exception as a subclass of its type), and keep
+their fields because every field is in ``args``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The one place the OpenAI error shape is written."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class APIError(Exception):
+    """An answer in OpenAI's error shape, with its HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(status, message, type, param, code)  # all in args, so it pickles across Ray
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class EngineUnavailable(Exception):
+    """The replica's vLLM engine has failed; Serve's health check will replace the replica."""
