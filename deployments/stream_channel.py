@@ -16,15 +16,25 @@ Wire format: frames of a 4-byte big-endian length and a JSON array
 (``logprobs``: null, or ``[[token, logprob, [[token, logprob], ...]], ...]``). JSON,
 not pickle: a frame from the network must never be able to run code in the router.
 Frames for request ids the router is not waiting for (a stream it gave up on) are
-dropped; request ids are random 128-bit hex strings, so they cannot be guessed.
+dropped.
+
+Who may connect: each router replica makes a random secret when it starts. It travels to
+the engine inside ``reply_to`` (through Serve, never over this socket in the other
+direction), and an engine's connection must open with ``HELLO`` + that secret before any
+frame is read. Anything else, or a connection silent for ``HELLO_TIMEOUT_S``, is closed;
+so a process that can reach the port, even one that knows a live request id, cannot
+inject a chunk. Connections per router replica are capped (``MAX_CONNECTIONS``, and
+``MAX_PENDING`` not yet past their hello).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import secrets
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -40,7 +50,16 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 _HIGH_WATER_BYTES = 1024 * 1024
 """Above this much unsent data a sender waits for the socket to drain (TCP back-pressure)."""
 
-Address = tuple[str, int]
+Address = tuple[str, int, str]
+"""(host, port, secret) of a router replica's stream channel."""
+
+HELLO = b"GLMSTREAM1"
+HELLO_TIMEOUT_S = 5.0
+"""How long a new connection has to present the secret."""
+MAX_CONNECTIONS = 1024
+"""Connections one router replica keeps (one per engine replica that streams to it)."""
+MAX_PENDING = 64
+"""Connections not yet past their hello; more are closed at once."""
 
 
 class ChannelClosed(ConnectionError):
@@ -96,19 +115,61 @@ def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
 
 
 class _ReceiverProtocol(asyncio.Protocol):
-    """One engine replica's connection into the router: frames -> per-request queues."""
+    """One engine replica's connection into the router: hello, then frames -> per-request queues."""
 
     def __init__(self, receiver: StreamReceiver):
         self._receiver = receiver
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._seen: set[str] = set()  # open streams this connection has carried chunks for
+        self._hello: bytes | None = HELLO + receiver.secret.encode()  # None once presented
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        receiver = self._receiver
+        if len(receiver._connections) >= MAX_CONNECTIONS or receiver._pending >= MAX_PENDING:
+            logger.warning("stream channel: refusing a connection from %s (connection cap)",
+                           transport.get_extra_info("peername"))
+            transport.close()
+            self._hello = None  # never counted
+            return
+        receiver._pending += 1
+        receiver._connections.add(self)
+        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._refuse, "no hello in time")
+
+    def _refuse(self, why: str) -> None:
+        logger.warning("stream channel: closing a connection from %s: %s",
+                       self._transport.get_extra_info("peername") if self._transport else None, why)
+        self._buffer.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _check_hello(self) -> bool:
+        """Whether the connection has presented the secret; closes it if it presented
+        something else. Until the hello is whole, nothing else is read."""
+        assert self._hello is not None
+        if len(self._buffer) < len(self._hello):
+            if not self._hello.startswith(bytes(self._buffer)):
+                self._refuse("wrong hello")
+            return False
+        presented, rest = bytes(self._buffer[:len(self._hello)]), self._buffer[len(self._hello):]
+        if not hmac.compare_digest(presented, self._hello):
+            self._refuse("wrong hello")
+            return False
+        self._buffer = bytearray(rest)
+        self._hello = None
+        self._receiver._pending -= 1
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        return True
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
         self._buffer += data
+        if self._hello is not None and not self._check_hello():
+            return
         try:
             frames = decode_frames(self._buffer)
         except (ValueError, TypeError) as exc:
@@ -131,6 +192,12 @@ class _ReceiverProtocol(asyncio.Protocol):
             self._seen &= queues.keys()  # streams the router closed before their last chunk
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self in self._receiver._connections:
+            self._receiver._connections.discard(self)
+            if self._hello is not None:
+                self._receiver._pending -= 1
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         # Streams that were mid-way on this connection will get no more chunks.
         for request_id in self._seen:
             queue = self._receiver._queues.get(request_id)
@@ -158,7 +225,10 @@ class StreamReceiver:
         except OSError as exc:
             self._socket.close()
             raise OSError(f"stream channel cannot listen on {host}:{port} (router.stream_host): {exc}") from exc
-        self.address: Address = (host, self._socket.getsockname()[1])
+        self.secret = secrets.token_hex(16)
+        self.address: Address = (host, self._socket.getsockname()[1], self.secret)
+        self._connections: set[_ReceiverProtocol] = set()
+        self._pending = 0  # connections not yet past their hello
         self._server: asyncio.Server | None = None
         self._starting: asyncio.Lock | None = None
         self._queues: dict[str, asyncio.Queue[Any]] = {}
@@ -171,7 +241,7 @@ class StreamReceiver:
                 if self._server is None:
                     self._server = await asyncio.get_running_loop().create_server(
                         lambda: _ReceiverProtocol(self), sock=self._socket)
-                    logger.info("stream channel listening on %s:%d", *self.address)
+                    logger.info("stream channel listening on %s:%d", *self.address[:2])
         return self.address
 
     def open(self, request_id: str) -> asyncio.Queue[Any]:
@@ -222,8 +292,9 @@ class StreamSender:
         self._connecting: dict[Address, asyncio.Lock] = {}
 
     async def connection(self, address: Address) -> _Connection:
-        """The open connection to ``address``, opened (or reopened) on first use."""
-        address = (address[0], address[1])  # Ray may hand back a list
+        """The open connection to ``address``, opened (or reopened) on first use, its
+        first bytes the router's secret."""
+        address = (address[0], address[1], address[2])  # Ray may hand back a list
         conn = self._connections.get(address)
         if conn is not None and not conn.closed:
             return conn
@@ -235,7 +306,8 @@ class StreamSender:
                 for gone in [a for a, c in self._connections.items() if c.closed and a != address]:
                     if not self._connecting[gone].locked():
                         del self._connections[gone], self._connecting[gone]
-                _, writer = await asyncio.open_connection(*address)
+                _, writer = await asyncio.open_connection(address[0], address[1])
+                writer.write(HELLO + address[2].encode())
                 conn = self._connections[address] = _Connection(writer)
         return conn
 
@@ -319,6 +391,12 @@ class IncomingStream:
             if exc is not None:
                 raise exc
             self._expected = item.result()
+
+    async def call_settled(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the engine call itself to end, without cancelling
+        it. After a lost connection, the call's own failure is what tells Serve's request
+        router that the replica died, so a retry sent before it may go to the same replica."""
+        await asyncio.wait([self._call], timeout=timeout)
 
     def close(self) -> None:
         """Stop: drop later chunks, and cancel the engine call unless the stream is complete."""

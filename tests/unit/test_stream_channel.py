@@ -8,9 +8,11 @@ import struct
 
 import pytest
 
+from deployments import stream_channel
 from deployments.errors import APIError
 from deployments.generation import GenerationChunk, TokenLogprob
 from deployments.stream_channel import (
+    HELLO,
     MAX_FRAME_BYTES,
     ChannelClosed,
     IncomingStream,
@@ -161,8 +163,8 @@ def test_a_connection_lost_mid_stream_ends_that_stream_with_channel_closed():
 def test_bad_frames_close_only_their_connection_and_unknown_streams_are_dropped():
     async def main():
         receiver, sender, conn = await connected()
-        _, rogue = await asyncio.open_connection(*receiver.address)
-        rogue.write(struct.pack(">I", 5) + b"nope!")
+        _, rogue = await asyncio.open_connection(*receiver.address[:2])
+        rogue.write(HELLO + receiver.secret.encode() + struct.pack(">I", 5) + b"nope!")
         await rogue.drain()
 
         stream, call = incoming(receiver, "good")
@@ -188,7 +190,7 @@ def test_sending_to_a_router_that_is_gone_fails():
 def test_a_router_that_drops_the_connection_stops_the_generation():
     async def main():
         server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
-        address = server.sockets[0].getsockname()[:2]
+        address = (*server.sockets[0].getsockname()[:2], "secret")
         closed = asyncio.Event()
 
         async def endless_generation():
@@ -246,3 +248,52 @@ def test_streams_the_router_closed_early_are_not_remembered_forever():
         await receiver.stop()
 
     asyncio.run(main())
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """Whether the other end closed the connection (EOF within a few seconds)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except (ConnectionResetError, asyncio.TimeoutError):
+        return isinstance(reader.exception(), ConnectionResetError) if reader.exception() else False
+
+
+@pytest.mark.parametrize("opening", [b"", b"GLMSTREAM1" + b"0" * 32, b"HELLO? " * 10])
+def test_a_connection_without_the_secret_cannot_inject_a_chunk(opening):
+    async def main():
+        receiver, sender, conn = await connected()
+        stream, call = incoming(receiver, "live-request")
+        reader, rogue = await asyncio.open_connection(*receiver.address[:2])
+        # It knows the live request id, and sends a well-formed frame for it.
+        rogue.write(opening + encode_frame("live-request", GenerationChunk("INJECTED", 1, "stop")))
+        await rogue.drain()
+        assert await _closed_by_peer(reader), "a connection that does not open with the secret is closed"
+        assert await deliver(conn, "live-request", ["real"], stream, call) == ["real"]
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_a_silent_connection_is_closed_and_pending_connections_are_capped(monkeypatch):
+    monkeypatch.setattr(stream_channel, "HELLO_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(stream_channel, "MAX_PENDING", 2)
+
+    async def main():
+        receiver, sender, conn = await connected()
+        silent = [await asyncio.open_connection(*receiver.address[:2]) for _ in range(3)]
+        assert await _closed_by_peer(silent[2][0]), "past the pending cap, closed at once"
+        assert await _closed_by_peer(silent[0][0]), "no hello within the timeout: closed"
+        assert receiver._pending == 0
+        stream, call = incoming(receiver, "after")
+        assert await deliver(conn, "after", ["still", "works"], stream, call) == ["still", "works"]
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_each_router_replica_has_its_own_secret_in_its_address():
+    first, second = StreamReceiver("127.0.0.1"), StreamReceiver("127.0.0.1")
+    assert first.address[2] == first.secret and len(first.secret) == 32
+    assert first.secret != second.secret
