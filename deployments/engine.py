@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -132,9 +133,16 @@ def token_logprobs(token_ids: Any, candidates: Any, top: int) -> list[TokenLogpr
     return out
 
 
+def stalled(in_flight: int, quiet_s: float, timeout_s: float) -> bool:
+    """Whether an engine replica with ``in_flight`` generations whose engine has made no
+    output (and taken no new request) for ``quiet_s`` is stuck: a busy engine produces,
+    an idle one has nothing to do, a stuck one has work and makes nothing."""
+    return in_flight > 0 and quiet_s > timeout_s
+
+
 class _Held:
-    """What one choice has produced but not yet sent (a chunk still filling, or an
-    incomplete character)."""
+    """Text, tokens and logprobs of one choice gathered from vLLM's deltas: a chunk still
+    filling (or an incomplete character) when streaming, the whole reply otherwise."""
 
     __slots__ = ("text", "tokens", "logprobs")
 
@@ -146,7 +154,7 @@ class _Held:
 class EngineDeployment:
     """One vLLM engine. Serve places one replica per GPU (``num_gpus: 1``)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, stall_timeout_s: float = 120.0):
         import ray
 
         context = serve.get_replica_context()
@@ -182,6 +190,9 @@ class EngineDeployment:
         # ids are exactly that, so such requests keep only the configured stop ids.
         self._stop_token_ids_ignoring_eos = sorted(set(config.stop_token_ids))
         self._running = 0  # streams in flight on this replica (sets the chunk size)
+        self._in_flight = 0  # generations in vLLM, streamed or whole
+        self._last_progress = time.monotonic()
+        self._stall_timeout_s = stall_timeout_s
         self._sender = StreamSender()
         logger.info(
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
@@ -190,8 +201,15 @@ class EngineDeployment:
 
     # ---- what Serve calls -------------------------------------------------------
     async def check_health(self) -> None:
-        """Serve's periodic probe: raising marks the replica unhealthy and Serve replaces it."""
+        """Serve's periodic probe: raising marks the replica unhealthy and Serve replaces it.
+
+        It never waits behind generation: vLLM's own check reads the engine's state, and
+        the stall check compares two clocks."""
         await self._engine.check_health()
+        quiet_s = time.monotonic() - self._last_progress
+        if stalled(self._in_flight, quiet_s, self._stall_timeout_s):
+            raise RuntimeError(f"engine replica {self.replica_id}: {self._in_flight} requests and no output for "
+                               f"{quiet_s:.0f} s (stall_timeout_s {self._stall_timeout_s:g})")
 
     def __del__(self) -> None:
         sender = getattr(self, "_sender", None)
@@ -242,7 +260,7 @@ class EngineDeployment:
         streaming = self._config.streaming
         self._running += 1
         try:
-            async for output in self._outputs(prompt, params, request.request_id):
+            async for output in self._outputs(prompt, params, request):
                 for completion in output.outputs:
                     h = held.setdefault(completion.index, _Held())
                     h.text += completion.text
@@ -265,23 +283,28 @@ class EngineDeployment:
             self._running -= 1
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:
-        """Run a request to the end and return it whole (one Ray hop, no per-token traffic)."""
+        """Run a request to the end and return it whole (one Ray hop, no per-token traffic).
+
+        vLLM streams it to this replica in deltas (not only its final output), so the
+        first-token deadline can be kept: a final-only request shows nothing until the end."""
         from vllm.sampling_params import RequestOutputKind
 
-        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.FINAL_ONLY)
-        final = None
-        async for output in self._outputs(prompt, params, request.request_id):
-            final = output
-        assert final is not None, "vLLM finished a request without output"
+        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
+        held: dict[int, _Held] = {}
+        finish: dict[int, str | None] = {}
+        async for output in self._outputs(prompt, params, request):
+            for completion in output.outputs:
+                h = held.setdefault(completion.index, _Held())
+                h.text += completion.text
+                h.tokens += len(completion.token_ids)
+                if request.logprobs is not None:
+                    h.logprobs += token_logprobs(completion.token_ids, completion.logprobs, request.logprobs)
+                finish[completion.index] = completion.finish_reason
+        assert held, "vLLM finished a request without output"
         choices = [
-            Choice(
-                text=c.text,
-                completion_tokens=len(c.token_ids),
-                finish_reason=c.finish_reason,
-                logprobs=(token_logprobs(c.token_ids, c.logprobs, request.logprobs)
-                          if request.logprobs is not None else None),
-            )
-            for c in sorted(final.outputs, key=lambda c: c.index)
+            Choice(text=h.text, completion_tokens=h.tokens, finish_reason=finish[index],
+                   logprobs=h.logprobs if request.logprobs is not None else None)
+            for index, h in sorted(held.items())
         ]
         return GenerationResult(choices=choices, prompt_tokens=num_prompt, replica_id=self.replica_id)
 
@@ -291,20 +314,47 @@ class EngineDeployment:
         return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
     # ---- internals --------------------------------------------------------------
-    async def _outputs(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def _outputs(self, prompt: Any, params: Any, request: GenerationRequest) -> AsyncIterator[Any]:
         """vLLM's outputs for one request, with its failures in this module's two kinds:
-        the request's fault (:class:`APIError`) or the engine's (:class:`EngineUnavailable`)."""
+        the request's fault or a missed deadline (:class:`APIError`), or the engine's
+        (:class:`EngineUnavailable`). Leaving this generator early aborts the request in vLLM."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        self._last_progress = time.monotonic()
+        self._in_flight += 1
+        outputs = self._engine.generate(prompt, params, request.request_id)
         try:
-            async for output in self._engine.generate(prompt, params, request_id):
+            first = await self._first_output(outputs, request)
+            if first is None:
+                return
+            self._last_progress = time.monotonic()
+            yield first
+            async for output in outputs:
+                self._last_progress = time.monotonic()
                 yield output
         except EngineDeadError as exc:
             raise EngineUnavailable(f"the vLLM engine of replica {self.replica_id} died: {exc}") from None
         except (VLLMClientError, ValueError) as exc:  # vLLM refused the request's values
-            raise APIError(400, f"Invalid request: {exc}",
-                                 param=getattr(exc, "parameter", None)) from None
+            raise APIError(400, f"Invalid request: {exc}", param=getattr(exc, "parameter", None)) from None
+        finally:
+            self._in_flight -= 1
+            await outputs.aclose()
+
+    @staticmethod
+    async def _first_output(outputs: AsyncIterator[Any], request: GenerationRequest) -> Any:
+        """The first output, within the request's first-token deadline (its time in Serve's
+        queues counts: the router stamped the deadline when the request arrived)."""
+        if request.first_token_deadline is None:
+            return await anext(outputs, None)
+        remaining = request.first_token_deadline - time.time()
+        try:
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(anext(outputs, None), remaining)
+        except asyncio.TimeoutError:
+            raise APIError(504, "The request timed out waiting for its first token.", "timeout_error",
+                           code="timeout") from None
 
     def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]],
                  output_kind: Any) -> tuple[Any, Any, int]:

@@ -42,6 +42,10 @@ class GenerationRequest:
     """Top logprobs per token to return (0: only the chosen token's); None: no logprobs."""
     max_tokens: int | None = None
     """None: the configured default, else what is left of the context."""
+    first_token_deadline: float | None = None
+    """Wall-clock time (``time.time()``) by which the first output must exist, queues included."""
+    deadline: float | None = None
+    """Wall-clock time by which the whole request must be done."""
 
 
 @dataclass(slots=True)

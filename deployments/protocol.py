@@ -406,3 +406,34 @@ def model_list(model_id: str, max_model_len: int, created: int) -> dict[str, Any
             "max_model_len": max_model_len,
         }],
     }
+
+
+def openapi_document(model: str) -> dict[str, Any]:
+    """``GET /openapi.json``: the request bodies, generated from the models above, so the
+    document cannot drift from what the router accepts."""
+    schemas: dict[str, Any] = {}
+
+    def body(model_cls: type[BaseModel]) -> dict[str, Any]:
+        schema = model_cls.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model_cls.__name__] = schema
+        return {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model_cls.__name__}"}}}}
+
+    error = {"description": "An error in OpenAI's shape: {\"error\": {message, type, param, code}}"}
+    answer = {"200": {"description": "A JSON object, or server-sent events when stream is true"},
+              "400": error, "401": error, "404": error, "413": error, "503": error, "504": error}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "glm-serve", "version": "1", "description": f"OpenAI-compatible API serving `{model}`."},
+        "paths": {
+            "/v1/chat/completions": {"post": {"requestBody": body(ChatCompletionRequest), "responses": answer}},
+            "/v1/completions": {"post": {"requestBody": body(CompletionRequest), "responses": answer}},
+            "/tokenize": {"post": {"requestBody": body(TokenizeRequest), "responses": answer}},
+            "/v1/models": {"get": {"responses": {"200": {"description": "The served model"}}}},
+            "/health": {"get": {"responses": {"200": {"description": "An engine replica is running"},
+                                              "503": error}}},
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}},
+        },
+        "components": {"schemas": schemas},
+    }

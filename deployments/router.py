@@ -9,20 +9,24 @@ that served it in the ``x-glm-serve-replica`` header.
 
 Request life cycle::
 
-    read body (413) -> parse JSON (400) -> validate (400) -> model name (404)
-      -> engine.generate (chunks over the stream channel) / engine.complete
-      -> an APIError (the router's or an engine's refusal) -> its status, in __call__
+    API key (401) -> read body (413) -> parse JSON (400) -> validate (400) -> model name (404)
+      -> limits (400/413) -> engine.generate (chunks over the stream channel) / engine.complete
+         (retried once on another replica if the engine failed before any output)
+      -> an APIError (the router's or an engine's refusal, a deadline) -> its status, in __call__
       -> first chunk -> 200 + SSE stream
-      -> a failure after the first byte -> SSE error event, then [DONE]
+      -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
+      -> one access-log line and the metrics, once, when the request ends
 
-Future concerns have their place here: authentication and admission control belong
-in ``__call__`` before dispatch; replica choice (prefix/conversation affinity) belongs
-to the engine deployment's Serve request router, not to this class.
+Admission control is Serve's: the engine deployment's ``max_ongoing_requests`` and
+``max_queued_requests`` bound the work and the queue, and a request past them gets 503
+with Retry-After at once. Replica choice belongs to the engine deployment's Serve request
+router, not to this class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -39,10 +43,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from chat_formats import get_chat_format
-from deployments import protocol
+from deployments import access_log, protocol
+from deployments.access_log import RequestRecord
+from deployments.auth import check_bearer, load_api_keys
 from deployments.config import ModelConfig, RouterConfig
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationChunk, GenerationRequest, GenerationResult
+from deployments.limits import check_limits
 from deployments.metrics import RouterMetrics
 from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
 from deployments.stream_channel import ChannelClosed, IncomingStream, StreamReceiver
@@ -51,7 +58,15 @@ logger = logging.getLogger("glm_serve.router")
 
 REPLICA_HEADER = "x-glm-serve-replica"
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, RequestRecord], Awaitable[Response]]
+RETRY_SETTLE_S = 10.0
+"""Before retrying a stream whose connection was lost, wait this long at most for its
+engine call to fail too, so that Serve knows the replica is dead and routes elsewhere."""
+QUIET_ROUTES = frozenset({"/health", "/metrics"})
+"""Probes and scrapes that succeed are counted but not logged: they come every few seconds."""
+HEALTH_CACHE_S = 1.0
+"""GET /health reuses Serve's view of the engine replicas for this long: a load
+balancer's probes must not each become a call to Serve's controller."""
 
 
 def engine_failure(exc: BaseException) -> APIError:
@@ -73,25 +88,43 @@ def engine_failure(exc: BaseException) -> APIError:
     return APIError(500, f"Internal error in the engine: {type(exc).__name__}", "server_error")
 
 
+def retryable(exc: BaseException) -> bool:
+    """Whether a request whose engine call failed this way, before any output, may be sent
+    again: the replica or its engine died, or its stream was lost. A refusal is final."""
+    return isinstance(exc, (RayActorError, EngineUnavailable, ChannelClosed)) and not isinstance(exc, APIError)
+
+
+def _deadline_error(what: str, seconds: float) -> APIError:
+    return APIError(504, f"The request timed out: {what} took more than {seconds:g} s.", "timeout_error",
+                    code="timeout")
+
+
 def _node_ip() -> str:
     import ray
 
     return ray.util.get_node_ip_address()
 
 
-async def _first_chunk(stream: IncomingStream) -> GenerationChunk:
-    """The stream's first chunk; raises the APIError the client should get instead."""
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        raise APIError(500, "The engine ended the stream without output.", "server_error") from None
-    except Exception as exc:
-        raise engine_failure(exc) from None
-
-
-def _json(body: dict[str, Any], replica: str | None = None) -> JSONResponse:
-    headers = {REPLICA_HEADER: replica} if replica else None
+def _json(body: dict[str, Any], record: RequestRecord | None = None) -> JSONResponse:
+    headers = {REPLICA_HEADER: record.replica} if record is not None and record.replica else None
     return JSONResponse(body, headers=headers)
+
+
+async def _until(deadline: float, seconds: float, chunks: AsyncIterator[GenerationChunk]
+                 ) -> AsyncIterator[GenerationChunk]:
+    """``chunks`` until the monotonic ``deadline``; past it, a 504 (the caller then closes
+    the stream, which aborts the engine's work)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _deadline_error("the whole request", seconds)
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise _deadline_error("the whole request", seconds) from None
+        yield chunk
 
 
 @serve.deployment
@@ -106,17 +139,23 @@ class RouterDeployment:
         self._model_name = model.name
         self._format = get_chat_format(model.chat_format)
         self._config = config
+        self._api_keys = load_api_keys(config.api_keys_env, config.api_keys_file)
+        self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
         self._metrics = RouterMetrics()
+        access_log.setup()
         self._created = int(time.time())
         self._max_model_len: int | None = None
+        self._health: tuple[float, Response] | None = None
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("POST", "/v1/completions"): self._completions,
             ("GET", "/v1/models"): self._models,
             ("POST", "/tokenize"): self._tokenize,
-            ("GET", "/health"): self._health,
+            ("GET", "/health"): self._health_check,
             ("GET", "/metrics"): self._render_metrics,
+            ("GET", "/openapi.json"): self._openapi,
         }
+        self._openapi_body = protocol.openapi_document(self._model_name)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
@@ -124,30 +163,48 @@ class RouterDeployment:
         if root and path.startswith(root):
             path = path[len(root):] or "/"
         handler = self._routes.get((request.method, path))
-        start = time.perf_counter()
-        if handler is None:
-            if any(p == path for _, p in self._routes):
-                return self._error(path, APIError(405, f"Method {request.method} is not allowed on {path}."))
-            # Unknown paths share one metrics label: a scanner must not mint a series per URL.
-            return self._error("unmatched", APIError(404, f"No route {path}.", "not_found_error"))
+        # Unknown paths share one label: a scanner must not mint a metrics series per URL.
+        record = RequestRecord(route=path if handler else "unmatched", method=request.method)
         try:
-            response = await handler(request)
+            if self._api_keys and path not in self._open_paths:
+                check_bearer(request.headers.get("authorization"), self._api_keys)
+            if handler is None:
+                if any(p == path for _, p in self._routes):
+                    raise APIError(405, f"Method {request.method} is not allowed on {path}.")
+                raise APIError(404, f"No route {path}.", "not_found_error")
+            response = await handler(request, record)
         except APIError as exc:
-            return self._error(path, exc)
+            return self._error(record, exc)
         except ClientDisconnect:
+            record.status = 499
+            self._finish(record)
             return Response(status_code=499)
         except Exception as exc:  # never let one request take the replica's loop down
             logger.exception("unhandled error on %s", path)
-            return self._error(path, APIError(500, f"Internal error: {type(exc).__name__}", "server_error"))
-        if not isinstance(response, StreamingResponse):
-            self._metrics.requests.labels(path, str(response.status_code)).inc()
-            self._metrics.latency.labels(path).observe(time.perf_counter() - start)
+            return self._error(record, APIError(500, f"Internal error: {type(exc).__name__}", "server_error"))
+        if not isinstance(response, StreamingResponse):  # a stream's record ends in _relay
+            record.status = response.status_code
+            self._finish(record)
         return response
 
-    def _error(self, path: str, error: APIError) -> JSONResponse:
-        self._metrics.requests.labels(path, str(error.status)).inc()
-        headers = {"retry-after": "1"} if error.status == 503 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    def _error(self, record: RequestRecord, error: APIError) -> JSONResponse:
+        record.status, record.error_code = error.status, error.code or error.type
+        self._finish(record)
+        headers = {}
+        if error.status == 503:
+            headers["retry-after"] = "1"
+        elif error.status == 401:
+            headers["www-authenticate"] = "Bearer"
+        return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
+
+    def _finish(self, record: RequestRecord) -> None:
+        """The one place a request is counted and logged, when it ends."""
+        self._metrics.requests.labels(record.route, str(record.status)).inc()
+        self._metrics.latency.labels(record.route).observe(time.perf_counter() - record.start)
+        self._metrics.prompt_tokens.inc(record.prompt_tokens)
+        self._metrics.completion_tokens.inc(record.completion_tokens)
+        if record.status != 200 or record.route not in QUIET_ROUTES:
+            access_log.logger.info(record.line())
 
     # ---- input ------------------------------------------------------------------
     async def _read_json(self, request: Request) -> dict[str, Any]:
@@ -168,7 +225,7 @@ class RouterDeployment:
             raise APIError(400, "Request body must be a JSON object.")
         return data
 
-    def _validate(self, model_cls: type[protocol.SamplingFields], data: dict[str, Any]) -> Any:
+    def _validate(self, model_cls: type[Any], data: dict[str, Any]) -> Any:
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as exc:
@@ -180,14 +237,23 @@ class RouterDeployment:
             )
         return parsed
 
+    def _deadlines(self, generation: GenerationRequest) -> GenerationRequest:
+        """Stamp the request's deadlines (wall clock: the engine may run on another node)."""
+        now = time.time()
+        generation.first_token_deadline = now + self._config.first_token_timeout_s
+        generation.deadline = now + self._config.request_timeout_s
+        return generation
+
     # ---- endpoints --------------------------------------------------------------
-    async def _chat_completions(self, request: Request) -> Response:
-        start = time.perf_counter()
+    async def _chat_completions(self, request: Request, record: RequestRecord) -> Response:
         parsed: protocol.ChatCompletionRequest = self._validate(
             protocol.ChatCompletionRequest, await self._read_json(request)
         )
+        check_limits(self._config.limits, self._config.max_tokens_limit, messages=parsed.messages,
+                     tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
+                     max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens")
         tools = self._tools(parsed)
-        generation = GenerationRequest(
+        generation = self._deadlines(GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             messages=[m.as_template_message() for m in parsed.messages],
             tools=tools,
@@ -196,12 +262,15 @@ class RouterDeployment:
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs_count,
             max_tokens=parsed.output_limit,
-        )
+        ))
+        record.request_id = generation.request_id
+        if self._config.log_prompts:
+            record.text = {"messages": generation.messages}
         if parsed.stream:
             encoder = StreamEncoder("chat", generation.request_id, self._model_name)
-            return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start,
+            return await self._stream(record, generation, encoder, parsed.include_usage,
                                       lambda: self._format.stream_parser(tools))
-        result = await self._complete(generation)
+        result = await self._complete(record, generation)
         choices = []
         for index, choice in enumerate(result.choices):
             call = self._format.parse_reply(choice.text, tools)
@@ -211,7 +280,7 @@ class RouterDeployment:
             ))
         body = protocol.chat_completion(generation.request_id, self._model_name, choices,
                                         result.prompt_tokens, result.completion_tokens)
-        return _json(body, replica=result.replica_id)
+        return _json(body, record)
 
     def _tools(self, parsed: protocol.ChatCompletionRequest) -> list[dict[str, Any]] | None:
         """The tools to render, or a 400 when this model's chat format has no tool calls."""
@@ -223,26 +292,31 @@ class RouterDeployment:
             raise APIError(400, f"tools: the model `{self._model_name}` (chat_format "
                                 f"'{self._format.name}') does not support tool calls.", param="tools")
 
-    async def _completions(self, request: Request) -> Response:
-        start = time.perf_counter()
+    async def _completions(self, request: Request, record: RequestRecord) -> Response:
         parsed: protocol.CompletionRequest = self._validate(protocol.CompletionRequest, await self._read_json(request))
-        generation = GenerationRequest(
+        check_limits(self._config.limits, self._config.max_tokens_limit, prompt=parsed.prompt, stop=parsed.stop,
+                     max_tokens=parsed.max_tokens)
+        generation = self._deadlines(GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs,
             max_tokens=parsed.max_tokens,
-        )
+        ))
+        record.request_id = generation.request_id
+        if self._config.log_prompts:
+            record.text = {"prompt": generation.prompt}
         if parsed.stream:
             encoder = StreamEncoder("text", generation.request_id, self._model_name)
-            return await self._stream(request.url.path, generation, encoder, parsed.include_usage, start)
-        result = await self._complete(generation)
+            return await self._stream(record, generation, encoder, parsed.include_usage)
+        result = await self._complete(record, generation)
         body = protocol.text_completion(generation.request_id, self._model_name, result.choices,
                                         result.prompt_tokens)
-        return _json(body, replica=result.replica_id)
+        return _json(body, record)
 
-    async def _tokenize(self, request: Request) -> Response:
+    async def _tokenize(self, request: Request, record: RequestRecord) -> Response:
         parsed: protocol.TokenizeRequest = self._validate(protocol.TokenizeRequest, await self._read_json(request))
+        check_limits(self._config.limits, None, messages=parsed.messages, prompt=parsed.prompt, tools=parsed.tools)
         self._check_tool_support(parsed.tools)
         generation = GenerationRequest(
             request_id=f"tokenize-{uuid.uuid4().hex}",
@@ -250,93 +324,155 @@ class RouterDeployment:
             prompt=parsed.prompt,
             tools=[t.model_dump() for t in parsed.tools] if parsed.tools else None,
         )
+        record.request_id = generation.request_id
         try:
-            result = await self._engine.tokenize.remote(generation)
+            result = await asyncio.wait_for(self._engine.tokenize.remote(generation), self._config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise _deadline_error("tokenizing", self._config.request_timeout_s) from None
         except Exception as exc:
             raise engine_failure(exc) from None
+        record.prompt_tokens = result["count"]
         return _json({"model": self._model_name, **result})
 
-    async def _models(self, request: Request) -> Response:
+    async def _models(self, request: Request, record: RequestRecord) -> Response:
         if self._max_model_len is None:
-            info = await self._engine_info()
+            try:
+                info = await asyncio.wait_for(self._engine.model_info.remote(), self._config.health_timeout_s)
+            except asyncio.TimeoutError:
+                raise APIError(503, "No engine replica answered in time.", "service_unavailable") from None
+            except Exception as exc:
+                raise engine_failure(exc) from None
             self._max_model_len = info["max_model_len"]
         return _json(protocol.model_list(self._model_name, self._max_model_len, self._created))
 
-    async def _health(self, request: Request) -> Response:
-        try:
-            info = await self._engine_info()
-        except APIError as exc:
-            return self._error("/health", exc)
-        return _json({"status": "ok", "model": info["id"], "gpu_ids": info["gpu_ids"]}, replica=info["replica_id"])
+    async def _health_check(self, request: Request, record: RequestRecord) -> Response:
+        """200 while Serve has an engine replica running, else 503, from Serve's controller:
+        never a call into an engine, so it does not wait behind generation."""
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] > HEALTH_CACHE_S:
+            self._health = (now, await self._engine_health())
+        return self._health[1]
 
-    async def _render_metrics(self, request: Request) -> Response:
+    async def _engine_health(self) -> Response:
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), self._config.health_timeout_s)
+            deployment = status.applications[self._engine.app_name].deployments[self._engine.deployment_name]
+        except asyncio.TimeoutError:
+            error = APIError(503, "Serve's controller did not answer in time.", "service_unavailable")
+            return JSONResponse(error.body(), status_code=503, headers={"retry-after": "1"})
+        except Exception as exc:  # noqa: BLE001  (no status is no health)
+            error = APIError(503, f"Serve's status is unavailable: {type(exc).__name__}", "service_unavailable")
+            return JSONResponse(error.body(), status_code=503, headers={"retry-after": "1"})
+        running = int(deployment.replica_states.get("RUNNING", 0))
+        body = {"status": "ok" if running else "unavailable", "model": self._model_name,
+                "engine_replicas_running": running, "engine_status": str(deployment.status)}
+        if not running:
+            body["error"] = APIError(503, "No engine replica is running.", "service_unavailable").body()["error"]
+            return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
+        return JSONResponse(body)
+
+    async def _openapi(self, request: Request, record: RequestRecord) -> Response:
+        return JSONResponse(self._openapi_body)
+
+    async def _render_metrics(self, request: Request, record: RequestRecord) -> Response:
         return Response(self._metrics.render(), media_type=self._metrics.content_type)
 
-    async def _engine_info(self) -> dict[str, Any]:
-        try:
-            return await asyncio.wait_for(self._engine.model_info.remote(), self._config.health_timeout_s)
-        except asyncio.TimeoutError:
-            raise APIError(503, "No engine replica answered in time.", "service_unavailable") from None
-        except Exception as exc:
-            raise engine_failure(exc) from None
-
     # ---- generation -------------------------------------------------------------
-    async def _complete(self, generation: GenerationRequest) -> GenerationResult:
+    async def _complete(self, record: RequestRecord, generation: GenerationRequest) -> GenerationResult:
         self._metrics.in_flight.inc()
         try:
-            result = await self._engine.complete.remote(generation)
+            result = await self._complete_once(generation)
         except Exception as exc:
-            raise engine_failure(exc) from None
+            if not retryable(exc):
+                raise engine_failure(exc) from None
+            logger.warning("request %s: engine call failed before any output (%s); retrying once",
+                           generation.request_id, type(exc).__name__)
+            try:
+                result = await self._complete_once(dataclasses.replace(
+                    generation, request_id=generation.request_id + "-retry"))
+            except Exception as again:
+                logger.warning("request %s: the retry failed too: %r", generation.request_id, again)
+                raise engine_failure(again) from None
         finally:
             self._metrics.in_flight.dec()
-        self._metrics.prompt_tokens.inc(result.prompt_tokens)
-        self._metrics.completion_tokens.inc(result.completion_tokens)
+        record.replica = result.replica_id
+        record.prompt_tokens, record.completion_tokens = result.prompt_tokens, result.completion_tokens
+        if self._config.log_prompts and record.text is not None:
+            record.text["completion"] = [c.text for c in result.choices]
         return result
 
-    async def _stream(self, path: str, generation: GenerationRequest, encoder: StreamEncoder,
-                      include_usage: bool, start: float, new_parser: Callable[[], Any] = lambda: None) -> Response:
-        """Start the engine's generation and peek its first item to choose between an error
-        status and a 200 stream."""
-        address = await self._receiver.start()
-        call = self._engine.generate.remote(generation, address)
-        choices = generation.sampling.get("n", 1)
-        stream = IncomingStream(self._receiver, generation.request_id, call, call.cancel, choices)
+    async def _complete_once(self, generation: GenerationRequest) -> GenerationResult:
+        call = self._engine.complete.remote(generation)
         try:
-            first = await _first_chunk(stream)
-        except BaseException:  # a refusal, a failure, or the client gone: stop the engine's work
-            stream.close()
-            raise
-        self._metrics.ttft.observe(time.perf_counter() - start)
+            return await asyncio.wait_for(call, self._config.request_timeout_s)
+        except asyncio.TimeoutError:
+            call.cancel()  # out of Serve's queue, or aborted in vLLM
+            raise _deadline_error("the whole request", self._config.request_timeout_s) from None
+
+    async def _stream(self, record: RequestRecord, generation: GenerationRequest, encoder: StreamEncoder,
+                      include_usage: bool, new_parser: Callable[[], Any] = lambda: None) -> Response:
+        """Start the engine's generation and peek its first chunk to choose between an error
+        status and a 200 stream. A failed engine (not a refusal) before the first chunk is
+        retried once, under a new engine request id."""
+        choices = generation.sampling.get("n", 1)
+        for attempt in range(2):
+            address = await self._receiver.start()
+            call = self._engine.generate.remote(generation, address)
+            stream = IncomingStream(self._receiver, generation.request_id, call, call.cancel, choices)
+            try:
+                first = await asyncio.wait_for(stream.__anext__(), self._config.first_token_timeout_s)
+                break
+            except StopAsyncIteration:
+                stream.close()
+                raise APIError(500, "The engine ended the stream without output.", "server_error") from None
+            except asyncio.TimeoutError:
+                stream.close()  # cancels the engine call: out of Serve's queue, or aborted in vLLM
+                raise _deadline_error("waiting for the first token", self._config.first_token_timeout_s) from None
+            except Exception as exc:
+                if attempt == 1 or not retryable(exc):
+                    stream.close()
+                    if attempt == 1:
+                        logger.warning("stream %s: the retry failed too: %r", generation.request_id, exc)
+                    raise engine_failure(exc) from None
+                logger.warning("stream %s: engine call failed before its first chunk (%s); retrying once",
+                               generation.request_id, type(exc).__name__)
+                await stream.call_settled(RETRY_SETTLE_S)
+                stream.close()
+                generation = dataclasses.replace(generation, request_id=generation.request_id + "-retry")
+            except BaseException:  # the client gone: stop the engine's work
+                stream.close()
+                raise
+        record.ttft_s = time.perf_counter() - record.start
+        record.replica = first.replica_id
+        self._metrics.ttft.observe(record.ttft_s)
+        deadline = time.monotonic() + self._config.request_timeout_s - record.ttft_s
         return StreamingResponse(
-            self._relay(path, stream, first, encoder, include_usage, start, new_parser, choices),
+            self._relay(record, stream, first, encoder, include_usage, new_parser, choices, deadline),
             media_type="text/event-stream",
             headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
         )
 
-    async def _relay(self, path: str, chunks: IncomingStream, first: GenerationChunk,
-                     encoder: StreamEncoder, include_usage: bool, start: float,
-                     new_parser: Callable[[], Any], choices: int) -> AsyncIterator[bytes]:
+    async def _relay(self, record: RequestRecord, chunks: IncomingStream, first: GenerationChunk,
+                     encoder: StreamEncoder, include_usage: bool, new_parser: Callable[[], Any], choices: int,
+                     deadline: float) -> AsyncIterator[bytes]:
         """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
         self._metrics.in_flight.inc()
         counts = StreamCounts(first.prompt_tokens)
-        status = "200"
+        rest = _until(deadline, self._config.request_timeout_s, chunks)
         try:
-            async for event in events(first, chunks, encoder, counts, new_parser, choices, include_usage):
+            async for event in events(first, rest, encoder, counts, new_parser, choices, include_usage):
                 yield event
         except (asyncio.CancelledError, GeneratorExit, RequestCancelledError):
-            status = "499"  # the client went away; the finally below stops the engine's work
+            record.status = 499  # the client went away; the finally below stops the engine's work
             raise
         except Exception as exc:
             failure = engine_failure(exc)
             logger.warning("stream %s failed after it began: %s", encoder.request_id, exc)
-            status = str(failure.status)
+            record.status, record.error_code = failure.status, failure.code or failure.type
             yield error_event(failure.message, failure.type, failure.code)
             yield DONE
         finally:
             chunks.close()  # cancels the engine's generation if the stream did not finish
             self._metrics.in_flight.dec()
-            self._metrics.prompt_tokens.inc(first.prompt_tokens)
-            self._metrics.completion_tokens.inc(counts.completion_tokens)
-            self._metrics.requests.labels(path, status).inc()
-            self._metrics.latency.labels(path).observe(time.perf_counter() - start)
-
+            record.prompt_tokens, record.completion_tokens = first.prompt_tokens, counts.completion_tokens
+            self._finish(record)

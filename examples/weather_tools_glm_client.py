@@ -31,12 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--question", default="What is the weather like in Beijing today?")
+    parser.add_argument("--api-key", default=None, help="the service's API key, if it has keys")
     parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"],
                         help="'required' makes the first reply a call of get_weather")
     args = parser.parse_args()
 
     history = [Conversation(Role.USER, args.question)]
-    with ServeClient(args.base_url) as client:
+    with ServeClient(args.base_url, api_key=args.api_key) as client:
         for turn in range(4):
             response = None
             tool_choice = args.tool_choice if turn == 0 else "auto"

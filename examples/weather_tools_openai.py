@@ -30,11 +30,12 @@ def main() -> None:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default="glm-4-9b-chat")
     parser.add_argument("--question", default="What is the weather like in Beijing today?")
+    parser.add_argument("--api-key", default=None, help="the service's API key, if it has keys")
     parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"],
                         help="'required' makes the first reply a call of get_weather")
     args = parser.parse_args()
 
-    client = OpenAI(base_url=args.base_url, api_key="unused")
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key or "unused")
     messages = [{"role": "user", "content": args.question}]
     for turn in range(4):
         reply = client.chat.completions.create(model=args.model, messages=messages, tools=TOOLS, max_tokens=256,

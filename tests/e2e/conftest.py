@@ -30,6 +30,14 @@ MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 MODEL_NAME = "smollm2-135m-instruct"
 TINY_GLM_NAME = "tiny-glm4"
 TINY_GLM_PREFIX = "/tiny-glm"
+# The tiny GLM application takes API keys from this variable of the Ray nodes' environment
+# (the raylet passes it to every replica), the way an operator would provide them.
+API_KEYS_ENV = "GLM_TEST_API_KEYS"
+API_KEYS = ("key-one-for-tests", "key-two-for-tests")
+API_KEY = API_KEYS[1]
+TINY_REQUEST_TIMEOUT_S = 10
+ENGINE_MAX_ONGOING = 32
+ENGINE_MAX_QUEUED = 16
 START_TIMEOUT_S = 420
 
 
@@ -68,7 +76,10 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     args["model"]["model"] = str(MODEL_DIR)
     args["model"]["max_model_len"] = 512
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
-    args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
+    # Small bounds, so that a test can fill them: 2 x 32 requests run, 16 more queue in each
+    # router replica, the rest are refused at once.
+    args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
+                      "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED}
     args["router"] = {"max_request_body_bytes": 65536}
     # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer
     # has no merges (a token per byte), so a tool loop's second turn, with GLM-4's Chinese
@@ -82,6 +93,12 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                       "dtype": "float32", "max_model_len": 8192, "enforce_eager": True,
                       "cpu": {"kvcache_space_gib": 1}},
             "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+            # API keys, request caps and short deadlines, each for a test to hit.
+            "router": {"api_keys_env": API_KEYS_ENV, "max_tokens_limit": 7000,
+                       # a 3 MB prompt must reach the engine (test_huge_prompt_...)
+                       "limits": {"max_messages": 64, "max_stop_sequences": 4, "max_tools": 8,
+                                  "max_prompt_chars": 4_000_000},
+                       "request_timeout_s": TINY_REQUEST_TIMEOUT_S, "first_token_timeout_s": 8},
         },
     })
     path.write_text(yaml.safe_dump(config))
@@ -100,7 +117,7 @@ def server(tmp_path_factory):
     # A throw-away cluster on loopback: no auth token to distribute to the test's own
     # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS)}
     ray_port = _free_port()
     subprocess.run(
         [BIN / "ray", "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2",
@@ -178,7 +195,8 @@ def tokenizer():
 @pytest.fixture()
 def glm_http(base_url):
     """httpx against the tiny GLM-4 application (chat_format glm4)."""
-    with httpx.Client(base_url=base_url + TINY_GLM_PREFIX, timeout=120) as client:
+    with httpx.Client(base_url=base_url + TINY_GLM_PREFIX, timeout=120,
+                      headers={"authorization": f"Bearer {API_KEY}"}) as client:
         yield client
 
 
@@ -187,4 +205,4 @@ def glm_openai(base_url):
     """The openai SDK against the tiny GLM-4 application."""
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{base_url}{TINY_GLM_PREFIX}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{base_url}{TINY_GLM_PREFIX}/v1", api_key=API_KEY, max_retries=0, timeout=120)

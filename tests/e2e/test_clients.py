@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from glm_client import AsyncServeClient, Conversation, Role, ServeClient, VLLMClient, get_client
-from tests.e2e.conftest import TINY_GLM_PREFIX
+from tests.e2e.conftest import API_KEY, TINY_GLM_PREFIX
 
 WEATHER = {"name": "get_weather", "description": "城市天气",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -48,7 +48,7 @@ def vllm_client(server):
 
 
 def test_serve_client_and_vllm_client_yield_the_same_items(base_url, vllm_client):
-    with ServeClient(base_url + TINY_GLM_PREFIX) as serve_client:
+    with ServeClient(base_url + TINY_GLM_PREFIX, api_key=API_KEY) as serve_client:
         served = list(serve_client.generate_stream([WEATHER], HISTORY, max_new_tokens=16, temperature=0))
     local = list(vllm_client.generate_stream([WEATHER], HISTORY, max_new_tokens=16, temperature=0))
     # The rigged tiny model stops at once on a GLM-4 stop id: one empty reply from both.
@@ -73,7 +73,7 @@ def test_vllm_client_receives_the_same_forced_call(base_url, vllm_client):
     history = [Conversation(Role.USER, "北京天气如何？")]
     local = list(vllm_client.generate_stream([WEATHER], history, max_new_tokens=64, temperature=0,
                                              tool_choice="required"))
-    with ServeClient(base_url + TINY_GLM_PREFIX) as client:
+    with ServeClient(base_url + TINY_GLM_PREFIX, api_key=API_KEY) as client:
         served = list(client.generate_stream([WEATHER], history, max_new_tokens=64, temperature=0,
                                              tool_choice="required"))
     assert local[-1][0] == served[-1][0]
@@ -82,8 +82,9 @@ def test_vllm_client_receives_the_same_forced_call(base_url, vllm_client):
 
 
 @pytest.mark.parametrize("script,args", [
-    ("weather_tools_glm_client.py", ["--base-url", "{glm}", "--tool-choice", "required"]),
-    ("weather_tools_openai.py", ["--base-url", "{glm}/v1", "--model", "tiny-glm4", "--tool-choice", "required"]),
+    ("weather_tools_glm_client.py", ["--base-url", "{glm}", "--tool-choice", "required", "--api-key", API_KEY]),
+    ("weather_tools_openai.py", ["--base-url", "{glm}/v1", "--model", "tiny-glm4", "--tool-choice", "required",
+                                 "--api-key", API_KEY]),
 ])
 def test_examples_run_against_a_glm4_service(base_url, script, args):
     import subprocess

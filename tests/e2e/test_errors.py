@@ -94,7 +94,7 @@ def test_unknown_route_and_wrong_method(http):
     assert "error" in wrong.json()
 
 
-def test_huge_prompt_does_not_stall_its_engine_replica(http, base_url):
+def test_huge_prompt_does_not_stall_its_engine_replica(glm_http, base_url):
     """A prompt far over the context, just under the body limit, is refused, and while the
     engine replica tokenizes it (seconds) that replica keeps answering other requests:
     tokenizing runs beside its event loop, which also delivers every running stream."""
@@ -103,10 +103,11 @@ def test_huge_prompt_does_not_stall_its_engine_replica(http, base_url):
     small = {"model": TINY_GLM_NAME, "messages": [{"role": "user", "content": "Hi"}]}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
-        refused = pool.submit(lambda: (httpx.post(base_url + chat, json=huge, timeout=120), time.monotonic() - started))
+        refused = pool.submit(lambda: (httpx.post(base_url + chat, json=huge, timeout=120,
+                                                  headers=glm_http.headers), time.monotonic() - started))
         time.sleep(0.5)  # the huge request is in the engine replica's tokenizer by now
         before = time.monotonic()
-        answered = http.post(f"{TINY_GLM_PREFIX}/tokenize", json=small)
+        answered = glm_http.post("/tokenize", json=small)
         small_s, small_done = time.monotonic() - before, time.monotonic() - started
         response, huge_s = refused.result(timeout=120)
     assert answered.status_code == 200, answered.text

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from glm_client import Conversation, Role, ServeClient
-from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.e2e.conftest import API_KEY, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "城市天气",
@@ -113,7 +113,7 @@ def test_tool_choice_forces_a_glm4_call_streamed(glm_openai):
 
 
 def test_serve_client_receives_a_forced_call_streamed(base_url):
-    with ServeClient(base_url + TINY_GLM_PREFIX) as client:
+    with ServeClient(base_url + TINY_GLM_PREFIX, api_key=API_KEY) as client:
         items = list(client.generate_stream([WEATHER["function"]], [Conversation(Role.USER, "北京天气如何？")],
                                             max_new_tokens=64, temperature=0, tool_choice="required"))
     response, history = items[-1]

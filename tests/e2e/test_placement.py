@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 
 
-def test_each_engine_replica_holds_its_own_gpu(http):
-    seen: dict[str, list[str]] = {}
+def test_each_engine_replica_holds_its_own_gpu(server):
+    import ray
+    from ray import serve
 
-    def probe(_):
-        health = http.get("/health")
-        assert health.status_code == 200
-        return health.headers["x-glm-serve-replica"], health.json()["gpu_ids"]
+    ray.init(address=server["ray_address"], namespace="serve", log_to_driver=False)
+    try:
+        engine = serve.get_deployment_handle("GLMEngine", app_name="glm")
 
-    # Concurrent probes: Serve's router sends sequential ones on an idle cluster to
-    # whichever replica it likes; only load spreads them.
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for _ in range(10):
-            seen.update(pool.map(probe, range(16)))
-            if len(seen) == 2:
-                break
+        async def probe() -> dict[str, list[str]]:
+            # Concurrent calls: Serve's router sends sequential ones on an idle cluster to
+            # whichever replica it likes; only load spreads them.
+            seen: dict[str, list[str]] = {}
+            for _ in range(10):
+                infos = await asyncio.gather(*[engine.model_info.remote() for _ in range(16)])
+                seen.update({info["replica_id"]: info["gpu_ids"] for info in infos})
+                if len(seen) == 2:
+                    break
+            return seen
+
+        seen = asyncio.run(probe())
+    finally:
+        ray.shutdown()
     assert len(seen) == 2, f"only saw replicas {seen}"
     gpus = [tuple(ids) for ids in seen.values()]
     assert all(len(ids) == 1 for ids in gpus), gpus

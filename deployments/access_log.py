@@ -1,0 +1,61 @@
+"""One structured JSON line per request, written by the router when the request ends.
+
+The line holds what an operator needs to follow a request (id, route, status, engine
+replica, token counts, time to first token, duration) and never its text: prompts,
+completions and API keys stay out of every log unless ``router.log_prompts`` is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("glm_serve.access")
+
+
+def setup() -> None:
+    """Send access lines, bare, to this process's stderr (Ray keeps each replica's stderr
+    in its log files, and ``serve run`` prints it). Idempotent."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the router learns about one request while serving it."""
+
+    route: str
+    method: str
+    start: float = field(default_factory=time.perf_counter)
+    request_id: str | None = None
+    status: int = 200
+    replica: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    error_code: str | None = None
+    text: dict[str, Any] | None = None
+    """Prompt and completion text; only filled when ``router.log_prompts`` is on."""
+
+    def line(self) -> str:
+        """The access-log line of this record, as JSON."""
+        entry: dict[str, Any] = {
+            "event": "request", "request_id": self.request_id, "method": self.method, "route": self.route,
+            "status": self.status, "replica": self.replica, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 1),
+            "duration_ms": round((time.perf_counter() - self.start) * 1000, 1),
+        }
+        if self.error_code:
+            entry["error_code"] = self.error_code
+        if self.text is not None:
+            entry["text"] = self.text
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))

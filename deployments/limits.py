@@ -1,0 +1,59 @@
+"""Caps on what one request may ask for, checked in the router before anything is
+tokenized or sent to an engine. Each violation is a 400 (413 for the prompt's size)
+whose ``param`` names the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.config import RequestLimits
+from deployments.errors import APIError
+
+
+def prompt_chars(messages: list[Any] | None, prompt: Any) -> int:
+    """Characters of text the chat format and the tokenizer would have to go through."""
+    if messages is None:
+        return len(prompt) if isinstance(prompt, (str, list)) else 0
+    total = 0
+    for message in messages:
+        content = message.content
+        if isinstance(content, list):
+            total += sum(len(part.text) for part in content)
+        elif content:
+            total += len(content)
+        for call in message.tool_calls or ():
+            total += len(call.function.name) + len(call.function.arguments)
+    return total
+
+
+def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, messages: list[Any] | None = None,
+                 prompt: Any = None, tools: list[Any] | None = None, stop: Any = None,
+                 max_tokens: int | None = None, max_tokens_param: str = "max_tokens") -> None:
+    """Raise the APIError for the first cap a request goes over."""
+    param = "messages" if messages is not None else "prompt"
+    if messages is not None and len(messages) > limits.max_messages:
+        raise APIError(400, f"messages: {len(messages)} messages, more than the {limits.max_messages} allowed.",
+                       param="messages")
+    size = prompt_chars(messages, prompt)
+    if size > limits.max_prompt_chars:
+        raise APIError(413, f"{param}: {size} characters, more than the {limits.max_prompt_chars} allowed.",
+                       param=param, code="request_too_large")
+    if tools:
+        if len(tools) > limits.max_tools:
+            raise APIError(400, f"tools: {len(tools)} tools, more than the {limits.max_tools} allowed.",
+                           param="tools")
+        for i, tool in enumerate(tools):
+            chars = len(str(tool.function))
+            if chars > limits.max_tool_chars:
+                raise APIError(400, f"tools.{i}: {chars} characters, more than the {limits.max_tool_chars} "
+                                    "allowed per tool.", param=f"tools.{i}")
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
+    if len(stops) > limits.max_stop_sequences:
+        raise APIError(400, f"stop: {len(stops)} stop sequences, more than the {limits.max_stop_sequences} "
+                            "allowed.", param="stop")
+    if any(len(s) > limits.max_stop_chars for s in stops):
+        raise APIError(400, f"stop: a stop sequence is longer than {limits.max_stop_chars} characters.",
+                       param="stop")
+    if max_tokens_limit is not None and max_tokens is not None and max_tokens > max_tokens_limit:
+        raise APIError(400, f"{max_tokens_param}: {max_tokens} is more than this service's limit of "
+                            f"{max_tokens_limit}.", param=max_tokens_param)

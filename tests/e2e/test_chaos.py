@@ -1,0 +1,105 @@
+"""An engine replica SIGKILLed under load: every request is accounted for, and Serve
+brings the replica back.
+
+The kill is by PID, as the kernel's OOM killer or a crashed node would do it, not
+``ray.kill``: nothing in Ray or Serve is told beforehand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import psutil
+
+from tests.e2e.conftest import MODEL_NAME
+
+CHAT = "/v1/chat/completions"
+QUESTION = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
+
+
+def _engine_replicas() -> list[psutil.Process]:
+    """The main application's engine replica processes (Ray names them after the deployment)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::ServeReplica:glm:GLMEngine"):
+            found.append(proc)
+    return found
+
+
+async def _stream(client: httpx.AsyncClient) -> tuple[int, list[str], float]:
+    """(status, data lines (or the error body), when the stream ended)."""
+    body = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 400, "ignore_eos": True, "stream": True}
+    async with client.stream("POST", CHAT, json=body) as response:
+        if response.status_code != 200:
+            return response.status_code, [(await response.aread()).decode()], time.monotonic()
+        lines = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    return response.status_code, lines, time.monotonic()
+
+
+async def _whole(client: httpx.AsyncClient, max_tokens: int) -> httpx.Response:
+    body = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": max_tokens, "ignore_eos": True}
+    return await client.post(CHAT, json=body)
+
+
+def _running_engine_replicas(base_url: str) -> int:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=10).json().get("engine_replicas_running", 0)
+    except (httpx.HTTPError, ValueError):
+        return 0
+
+
+def test_an_engine_replica_killed_under_load(base_url):
+    replicas = _engine_replicas()
+    assert len(replicas) == 2, [p.pid for p in replicas]
+    victim = replicas[0]
+    victim_vllm = victim.children(recursive=True)
+    assert victim_vllm, "the replica owns vLLM processes"
+
+    async def run():
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=base_url, timeout=180, limits=limits) as client:
+            streams = [asyncio.create_task(_stream(client)) for _ in range(24)]
+            wholes = [asyncio.create_task(_whole(client, 200)) for _ in range(8)]
+            await asyncio.sleep(4)  # every stream has begun on one of the two replicas
+            killed_at = time.monotonic()
+            os.kill(victim.pid, signal.SIGKILL)
+            after = [await _whole(client, 8) for _ in range(16)]  # one after another, as apps retry
+            return killed_at, await asyncio.gather(*streams), await asyncio.gather(*wholes), after
+
+    killed_at, streams, wholes, after = asyncio.run(run())
+
+    # Streams: those on the killed replica end soon with an error event, the rest finish.
+    broken = 0
+    for status, lines, ended_at in streams:
+        assert status == 200 and lines[-1] == "data: [DONE]", (status, lines[-3:])
+        last = json.loads(lines[-2][5:])
+        if "error" in last:
+            broken += 1
+            assert last["error"]["type"] == "service_unavailable"
+            assert ended_at - killed_at < 10, f"a broken stream ended {ended_at - killed_at:.1f} s after the kill"
+    assert broken, "some streams ran on the killed replica"
+    # Whole requests: retried once on the other replica when their engine died, else 503.
+    for response in wholes:
+        assert response.status_code in (200, 503), response.text[:300]
+        if response.status_code == 503:
+            assert response.json()["error"]["type"] == "service_unavailable"
+    # Requests sent after the kill all succeed.
+    assert [r.status_code for r in after] == [200] * 16, [r.text[:200] for r in after if r.status_code != 200]
+
+    _, alive = psutil.wait_procs(victim_vllm, timeout=30)
+    assert not alive, f"vLLM processes of the killed replica remain: {[p.pid for p in alive]}"
+
+    deadline = killed_at + 180
+    while _running_engine_replicas(base_url) < 2:
+        assert time.monotonic() < deadline, "Serve did not bring the engine replica back within 180 s"
+        time.sleep(2)
+    print(f"\nFIGURE chaos: {broken} of 24 streams broke, {sum(r.status_code == 200 for r in wholes)} of 8 whole "
+          f"requests succeeded, 16 of 16 after; 2 replicas again {time.monotonic() - killed_at:.0f} s after")
+    replicas_now = _engine_replicas()
+    assert victim.pid not in [p.pid for p in replicas_now] and len(replicas_now) == 2

@@ -1,0 +1,213 @@
+"""Safe to share: API keys, request caps, deadlines, overload, health under load, and an
+access log without secrets, on the real stack.
+
+The tiny GLM application has API keys, caps and a 10 s request deadline; the SmolLM2
+application bounds its engine queue (tests/e2e/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from glm_client import APIStatusError, Conversation, Role, ServeClient
+from tests.e2e.conftest import (
+    API_KEYS,
+    ENGINE_MAX_ONGOING,
+    ENGINE_MAX_QUEUED,
+    MODEL_NAME,
+    TINY_GLM_NAME,
+    TINY_GLM_PREFIX,
+    TINY_REQUEST_TIMEOUT_S,
+)
+
+CHAT = "/v1/chat/completions"
+ASK = {"model": TINY_GLM_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
+# ---- API keys --------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic " + API_KEYS[0], "Bearer " + API_KEYS[0][:-1]])
+def test_a_missing_or_wrong_key_gets_401_in_openai_shape(base_url, header):
+    headers = {"authorization": header} if header else {}
+    response = httpx.post(f"{base_url}{TINY_GLM_PREFIX}{CHAT}", json=ASK, headers=headers, timeout=30)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
+    assert httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", headers=headers, timeout=30).status_code == 401
+
+
+def test_every_configured_key_works_and_health_needs_none(base_url):
+    for key in API_KEYS:
+        response = httpx.post(f"{base_url}{TINY_GLM_PREFIX}{CHAT}", json=ASK, timeout=30,
+                              headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 200, response.text
+    assert httpx.get(f"{base_url}{TINY_GLM_PREFIX}/health", timeout=30).status_code == 200
+
+
+def test_clients_pass_keys(base_url):
+    wrong = openai.OpenAI(base_url=f"{base_url}{TINY_GLM_PREFIX}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(**ASK)
+    with ServeClient(base_url + TINY_GLM_PREFIX, api_key="nope", model=TINY_GLM_NAME) as client, \
+            pytest.raises(APIStatusError) as info:
+        list(client.generate_stream([], [Conversation(Role.USER, "Hi")], max_new_tokens=4))
+    assert info.value.status == 401
+    with ServeClient(base_url + TINY_GLM_PREFIX, api_key=API_KEYS[0]) as client:
+        assert list(client.generate_stream([], [Conversation(Role.USER, "Hi")], max_new_tokens=4))
+
+
+# ---- caps -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,param", [
+    ({"messages": [{"role": "user", "content": "x"}] * 65}, "messages"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"max_tokens": 7001}, "max_tokens"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(9)]}, "tools"),
+])
+def test_each_cap_is_a_400_naming_its_field(glm_http, change, param):
+    response = glm_http.post(CHAT, json={**ASK, **change})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert glm_http.post(CHAT, json=ASK).status_code == 200
+
+
+# ---- deadlines ------------------------------------------------------------------------
+
+def test_past_the_request_deadline_a_whole_request_gets_504_and_a_stream_an_error_event(glm_http):
+    long = {**ASK, "max_tokens": 6900, "ignore_eos": True}
+
+    def whole():
+        started = time.monotonic()
+        response = glm_http.post(CHAT, json=long)
+        return response, time.monotonic() - started
+
+    def stream():
+        started = time.monotonic()
+        with glm_http.stream("POST", CHAT, json={**long, "stream": True}) as response:
+            status = response.status_code
+            lines = [line for line in response.iter_lines() if line.startswith("data:")]
+        return status, lines, time.monotonic() - started
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        whole_future, stream_future = pool.submit(whole), pool.submit(stream)
+        (response, whole_s), (status, lines, stream_s) = whole_future.result(60), stream_future.result(60)
+    assert response.status_code == 504, response.text[:300]
+    assert response.json()["error"]["type"] == "timeout_error"
+    assert status == 200 and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][5:])["error"]["code"] == "timeout"
+    for seconds in (whole_s, stream_s):
+        assert TINY_REQUEST_TIMEOUT_S - 1 < seconds < TINY_REQUEST_TIMEOUT_S + 5
+    # The engine's work was aborted: a short request is answered at once afterwards.
+    started = time.monotonic()
+    assert glm_http.post(CHAT, json=ASK).status_code == 200
+    assert time.monotonic() - started < 3
+
+
+# ---- overload and health --------------------------------------------------------------
+
+async def _stream_one(client: httpx.AsyncClient, max_tokens: int) -> tuple[int, float, str | None, bool]:
+    """(status, seconds to the answer's status line, retry-after header, stream ended with [DONE])."""
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to ten."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    started = time.monotonic()
+    async with client.stream("POST", CHAT, json=body) as response:
+        status_s = time.monotonic() - started
+        text = "".join([chunk async for chunk in response.aiter_text()])
+    return response.status_code, status_s, response.headers.get("retry-after"), text.endswith("data: [DONE]\n\n")
+
+
+def test_overload_is_refused_quickly_with_retry_after_and_everything_admitted_finishes(base_url):
+    total = 2 * (2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED)
+
+    async def run():
+        limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base_url, timeout=90, limits=limits) as client:
+            return await asyncio.gather(*[_stream_one(client, 16) for _ in range(total)])
+
+    started = time.monotonic()
+    results = asyncio.run(run())
+    elapsed = time.monotonic() - started
+    refused = [r for r in results if r[0] == 503]
+    served = [r for r in results if r[0] == 200]
+    assert len(refused) + len(served) == total, f"other statuses: {sorted({r[0] for r in results})}"
+    assert refused, "past the engine's queue bound, requests must be refused"
+    # Serve admits by its own count of queued requests, which lags the assignment of
+    # requests to replicas in a burst: at least a replica's worth is always served.
+    assert len(served) >= ENGINE_MAX_ONGOING, f"only {len(served)} served"
+    assert all(r[2] is not None for r in refused), "a refusal says when to retry"
+    assert statistics.median(r[1] for r in refused) < 2.0
+    assert all(r[3] for r in served), "every admitted stream ends with [DONE]"
+    assert elapsed < 60
+    print(f"\nFIGURE overload: {total} at once: {len(served)} served, {len(refused)} refused, refusal p50 "
+          f"{statistics.median(r[1] for r in refused) * 1000:.0f} ms, all done in {elapsed:.1f} s")
+
+
+def test_health_answers_fast_while_streams_run_and_queue(base_url):
+    streams = 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED // 2
+
+    async def run():
+        limits = httpx.Limits(max_connections=streams + 8)
+        async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+            load = [asyncio.create_task(_stream_one(client, 64)) for _ in range(streams)]
+            await asyncio.sleep(3)  # the streams are running and the rest are queued
+            timings = []
+            for _ in range(3):
+                started = time.monotonic()
+                response = await client.get("/health")
+                timings.append((response.status_code, time.monotonic() - started))
+                await asyncio.sleep(0.5)
+            running = sum(not task.done() for task in load)
+            results = await asyncio.gather(*load)
+            return timings, running, results
+
+    timings, running, results = asyncio.run(run())
+    assert running >= ENGINE_MAX_ONGOING, "the health checks ran while the load ran"
+    assert all(status == 200 for status, _ in timings)
+    assert max(seconds for _, seconds in timings) < 1.0, timings
+    print(f"\nFIGURE health: {running} streams running: /health in "
+          f"{', '.join(f'{s * 1000:.0f}' for _, s in timings)} ms")
+    assert all(r[0] in (200, 503) for r in results) and all(r[3] for r in results if r[0] == 200)
+
+
+# ---- access log -------------------------------------------------------------------------
+
+def _ray_logs() -> list[Path]:
+    logs = Path("/tmp/ray/session_latest/logs")
+    return [p for p in logs.rglob("*") if p.is_file() and p.suffix in (".err", ".out", ".log")]
+
+
+def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
+    secret = f"my-private-question-{uuid.uuid4().hex}"
+    response = glm_http.post(CHAT, json={**ASK, "messages": [{"role": "user", "content": secret}]})
+    assert response.status_code == 200
+    request_id = response.json()["id"]
+    deadline = time.monotonic() + 15
+    found: list[dict] = []
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for path in _ray_logs():
+            for line in path.read_text(errors="replace").splitlines():
+                if request_id in line and '"event":"request"' in line:
+                    found.append(json.loads(line[line.index("{"):]))
+    assert len(found) == 1, found
+    entry = found[0]
+    assert entry["route"] == CHAT and entry["status"] == 200 and entry["method"] == "POST"
+    assert entry["replica"] == response.headers["x-glm-serve-replica"]
+    assert entry["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]
+    assert entry["duration_ms"] > 0 and "text" not in entry
+    for path in _ray_logs():
+        text = path.read_text(errors="replace")
+        assert secret not in text, f"the prompt leaked into {path}"
+        assert not any(key in text for key in API_KEYS), f"an API key leaked into {path}"

@@ -1,0 +1,118 @@
+"""The router's guards as pure logic: API keys, request limits, the access log line, the
+engine's stall rule, and which failures are retried."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+from deployments.access_log import RequestRecord
+from deployments.auth import check_bearer, load_api_keys
+from deployments.config import RequestLimits, RouterConfig
+from deployments.engine import stalled
+from deployments.errors import APIError, EngineUnavailable
+from deployments.limits import check_limits
+from deployments.protocol import ChatCompletionRequest
+from deployments.router import retryable
+from deployments.stream_channel import ChannelClosed
+
+
+def test_keys_come_from_the_named_variable_and_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLM_KEYS", " k1 , k2,,")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# ops team\nk3\n\n")
+    assert load_api_keys("GLM_KEYS", str(keys_file)) == [b"k1", b"k2", b"k3"]
+    assert load_api_keys(None, None) == [], "no source configured: no auth"
+
+
+def test_a_configured_source_without_keys_fails_at_start(monkeypatch, tmp_path):
+    monkeypatch.delenv("GLM_KEYS", raising=False)
+    with pytest.raises(ValueError, match="GLM_KEYS is unset or empty"):
+        load_api_keys("GLM_KEYS", None)
+    empty = tmp_path / "keys"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        load_api_keys(None, str(empty))
+    with pytest.raises(ValueError, match="cannot read"):
+        load_api_keys(None, str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("header,message", [
+    (None, "Missing API key."), ("", "Missing API key."), ("Basic k1", "Missing API key."),
+    ("Bearer k", "Incorrect API key provided."), ("Bearer k1x", "Incorrect API key provided."),
+])
+def test_a_wrong_or_missing_key_is_a_401(header, message):
+    with pytest.raises(APIError) as info:
+        check_bearer(header, [b"k1", b"k2"])
+    assert (info.value.status, info.value.type, info.value.message) == (401, "authentication_error", message)
+
+
+def test_any_configured_key_is_accepted():
+    check_bearer("Bearer k2", [b"k1", b"k2"])
+    check_bearer("bearer  k1", [b"k1", b"k2"])
+
+
+def test_the_env_var_name_is_validated():
+    with pytest.raises(ValueError, match="api_keys_env"):
+        RouterConfig(api_keys_env="MY KEYS")
+    with pytest.raises(ValueError, match="first_token_timeout_s"):
+        RouterConfig(first_token_timeout_s=700, request_timeout_s=600)
+
+
+def _chat(**fields):
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                                 **fields})
+
+
+LIMITS = RequestLimits(max_messages=3, max_prompt_chars=100, max_tools=1, max_tool_chars=200,
+                       max_stop_sequences=2, max_stop_chars=5)
+
+
+@pytest.mark.parametrize("fields,status,param", [
+    ({"messages": [{"role": "user", "content": "x"}] * 4}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "x" * 101}]}, 413, "messages"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(2)]}, 400, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": "d" * 300}}]}, 400, "tools.0"),
+    ({"stop": ["a", "b", "c"]}, 400, "stop"),
+    ({"stop": "toolong"}, 400, "stop"),
+    ({"max_tokens": 11}, 400, "max_tokens"),
+])
+def test_each_cap_names_its_field(fields, status, param):
+    parsed = _chat(**fields)
+    with pytest.raises(APIError) as info:
+        check_limits(LIMITS, 10, messages=parsed.messages, tools=parsed.tools, stop=parsed.stop,
+                     max_tokens=parsed.output_limit)
+    assert (info.value.status, info.value.param) == (status, param)
+    assert param.split(".")[0] in info.value.message
+
+
+def test_a_request_within_the_caps_passes_and_prompts_are_measured_in_characters():
+    parsed = _chat(stop=["a", "b"], max_tokens=10)
+    check_limits(LIMITS, 10, messages=parsed.messages, tools=parsed.tools, stop=parsed.stop, max_tokens=10)
+    check_limits(LIMITS, None, prompt="y" * 100)
+    with pytest.raises(APIError, match="prompt: 101 characters"):
+        check_limits(LIMITS, None, prompt="y" * 101)
+
+
+def test_the_access_line_has_the_fields_and_no_text_unless_asked():
+    record = RequestRecord(route="/v1/chat/completions", method="POST", request_id="chatcmpl-1",
+                           replica="r1", prompt_tokens=5, completion_tokens=7, ttft_s=0.0123)
+    entry = json.loads(record.line())
+    assert {k: entry[k] for k in ("request_id", "route", "status", "replica", "prompt_tokens",
+                                  "completion_tokens", "ttft_ms")} == {
+        "request_id": "chatcmpl-1", "route": "/v1/chat/completions", "status": 200, "replica": "r1",
+        "prompt_tokens": 5, "completion_tokens": 7, "ttft_ms": 12.3}
+    assert entry["duration_ms"] >= 0 and "text" not in entry
+
+
+def test_only_an_engine_with_work_and_no_output_is_stalled():
+    assert stalled(in_flight=3, quiet_s=121, timeout_s=120)
+    assert not stalled(in_flight=3, quiet_s=5, timeout_s=120), "busy and producing"
+    assert not stalled(in_flight=0, quiet_s=10_000, timeout_s=120), "idle"
+
+
+def test_only_failures_of_the_engine_itself_are_retried():
+    assert retryable(ActorDiedError()) and retryable(EngineUnavailable("dead")) and retryable(ChannelClosed("x"))
+    assert not retryable(APIError(400, "too long")) and not retryable(RuntimeError("bug"))
