@@ -42,6 +42,9 @@ class RequestRecord:
     completion_tokens: int = 0
     ttft_s: float | None = None
     error_code: str | None = None
+    admitted: bool = False
+    """Counted against ``router.max_in_flight_requests`` until the request ends."""
+    finished: bool = False
     text: dict[str, Any] | None = None
     """Prompt and completion text; only filled when ``router.log_prompts`` is on."""
 

@@ -300,6 +300,12 @@ class RouterConfig(StrictModel):
         default=4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    max_in_flight_requests: int | None = Field(
+        default=None, ge=1,
+        description="Generation requests one router replica serves at once (streams and whole); past it, 503 "
+                    "with Retry-After before the body is even read. Size it to what the engines run and queue "
+                    "for this router replica. None: only the engine deployment's bounds apply.",
+    )
     max_tokens_limit: int | None = Field(
         default=None, ge=1,
         description="Largest max_tokens (or max_completion_tokens) a request may ask for; None: the context.",

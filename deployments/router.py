@@ -31,6 +31,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -62,6 +63,7 @@ Handler = Callable[[Request, RequestRecord], Awaitable[Response]]
 RETRY_SETTLE_S = 10.0
 """Before retrying a stream whose connection was lost, wait this long at most for its
 engine call to fail too, so that Serve knows the replica is dead and routes elsewhere."""
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 QUIET_ROUTES = frozenset({"/health", "/metrics"})
 """Probes and scrapes that succeed are counted but not logged: they come every few seconds."""
 HEALTH_CACHE_S = 1.0
@@ -146,6 +148,7 @@ class RouterDeployment:
         self._created = int(time.time())
         self._max_model_len: int | None = None
         self._health: tuple[float, Response] | None = None
+        self._generating = 0  # generation requests in this replica now (admission control)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat_completions,
             ("POST", "/v1/completions"): self._completions,
@@ -172,6 +175,8 @@ class RouterDeployment:
                 if any(p == path for _, p in self._routes):
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")
                 raise APIError(404, f"No route {path}.", "not_found_error")
+            if path in GENERATION_ROUTES:
+                self._admit(record)
             response = await handler(request, record)
         except APIError as exc:
             return self._error(record, exc)
@@ -187,6 +192,16 @@ class RouterDeployment:
             self._finish(record)
         return response
 
+    def _admit(self, record: RequestRecord) -> None:
+        """Refuse a generation request at once, before its body is read, when this replica
+        already serves ``router.max_in_flight_requests``: under a burst the cheapest answer
+        is the one that does no work. The count is released in :meth:`_finish`."""
+        cap = self._config.max_in_flight_requests
+        if cap is not None and self._generating >= cap:
+            raise APIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
+        self._generating += 1
+        record.admitted = True
+
     def _error(self, record: RequestRecord, error: APIError) -> JSONResponse:
         record.status, record.error_code = error.status, error.code or error.type
         self._finish(record)
@@ -197,8 +212,19 @@ class RouterDeployment:
             headers["www-authenticate"] = "Bearer"
         return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
+    def _abandon(self, record: RequestRecord, stream: IncomingStream) -> None:
+        if not record.finished:
+            stream.close()
+            record.status = 499
+            self._finish(record)
+
     def _finish(self, record: RequestRecord) -> None:
-        """The one place a request is counted and logged, when it ends."""
+        """The one place a request is counted and logged, when it ends (once)."""
+        if record.finished:
+            return
+        record.finished = True
+        if record.admitted:
+            self._generating -= 1
         self._metrics.requests.labels(record.route, str(record.status)).inc()
         self._metrics.latency.labels(record.route).observe(time.perf_counter() - record.start)
         self._metrics.prompt_tokens.inc(record.prompt_tokens)
@@ -446,8 +472,12 @@ class RouterDeployment:
         record.replica = first.replica_id
         self._metrics.ttft.observe(record.ttft_s)
         deadline = time.monotonic() + self._config.request_timeout_s - record.ttft_s
+        relay = self._relay(record, stream, first, encoder, include_usage, new_parser, choices, deadline)
+        # A response whose body is never iterated (the client left between the status line
+        # and the body) never runs the relay's finally: release the stream when it is dropped.
+        weakref.finalize(relay, self._abandon, record, stream)
         return StreamingResponse(
-            self._relay(record, stream, first, encoder, include_usage, new_parser, choices, deadline),
+            relay,
             media_type="text/event-stream",
             headers={REPLICA_HEADER: first.replica_id, "cache-control": "no-cache"},
         )

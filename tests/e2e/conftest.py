@@ -36,8 +36,9 @@ API_KEYS_ENV = "GLM_TEST_API_KEYS"
 API_KEYS = ("key-one-for-tests", "key-two-for-tests")
 API_KEY = API_KEYS[1]
 TINY_REQUEST_TIMEOUT_S = 10
-ENGINE_MAX_ONGOING = 32
+ENGINE_MAX_ONGOING = 40
 ENGINE_MAX_QUEUED = 16
+STALL_TIMEOUT_S = 15
 START_TIMEOUT_S = 420
 
 
@@ -76,11 +77,15 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     args["model"]["model"] = str(MODEL_DIR)
     args["model"]["max_model_len"] = 512
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
-    # Small bounds, so that a test can fill them: 2 x 32 requests run, 16 more queue in each
+    # Small bounds, so that a test can fill them: 2 x 40 requests run, 16 more queue in the
     # router replica, the rest are refused at once.
+    # A short stall timeout and frequent health checks, so a test can stall an engine.
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
-                      "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED}
-    args["router"] = {"max_request_body_bytes": 65536}
+                      "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED,
+                      "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2}
+    # The router refuses past what the engines run and queue, before reading the body.
+    args["router"] = {"max_request_body_bytes": 65536,
+                      "max_in_flight_requests": 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED}
     # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer
     # has no merges (a token per byte), so a tool loop's second turn, with GLM-4's Chinese
     # tool prompt, is ~3,600 tokens: hence the long context.
@@ -98,7 +103,9 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                        # a 3 MB prompt must reach the engine (test_huge_prompt_...)
                        "limits": {"max_messages": 64, "max_stop_sequences": 4, "max_tools": 8,
                                   "max_prompt_chars": 4_000_000},
-                       "request_timeout_s": TINY_REQUEST_TIMEOUT_S, "first_token_timeout_s": 8},
+                       "request_timeout_s": TINY_REQUEST_TIMEOUT_S, "first_token_timeout_s": 8,
+                       # two router replicas, so that a test can kill one
+                       "deployment": {"num_replicas": 2}},
         },
     })
     path.write_text(yaml.safe_dump(config))

@@ -8,15 +8,17 @@ The kill is by PID, as the kernel's OOM killer or a crashed node would do it, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME
 
 CHAT = "/v1/chat/completions"
 QUESTION = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
@@ -95,11 +97,84 @@ def test_an_engine_replica_killed_under_load(base_url):
     _, alive = psutil.wait_procs(victim_vllm, timeout=30)
     assert not alive, f"vLLM processes of the killed replica remain: {[p.pid for p in alive]}"
 
-    deadline = killed_at + 180
-    while _running_engine_replicas(base_url) < 2:
-        assert time.monotonic() < deadline, "Serve did not bring the engine replica back within 180 s"
-        time.sleep(2)
+    back = _wait_for_two_engine_replicas(base_url, killed_at)
     print(f"\nFIGURE chaos: {broken} of 24 streams broke, {sum(r.status_code == 200 for r in wholes)} of 8 whole "
-          f"requests succeeded, 16 of 16 after; 2 replicas again {time.monotonic() - killed_at:.0f} s after")
+          f"requests succeeded, 16 of 16 after; 2 replicas again {back:.0f} s after")
     replicas_now = _engine_replicas()
     assert victim.pid not in [p.pid for p in replicas_now] and len(replicas_now) == 2
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_for_two_engine_replicas(base_url: str, since: float) -> float:
+    while _running_engine_replicas(base_url) < 2 or len(_engine_replicas()) < 2:
+        assert time.monotonic() < since + 180, "Serve did not bring the engine replica back within 180 s"
+        time.sleep(2)
+    return time.monotonic() - since
+
+
+def test_a_stalled_engine_is_replaced_and_a_busy_one_is_not(base_url):
+    _wait_for_two_engine_replicas(base_url, time.monotonic())
+    victim, busy = _engine_replicas()
+    frozen = [p for p in victim.children(recursive=True) if p.name().startswith("VLLM")]
+    assert frozen, "the replica owns vLLM processes"
+
+    async def run():
+        async with httpx.AsyncClient(base_url=base_url, timeout=180) as client:
+            streams = [asyncio.create_task(_stream(client)) for _ in range(8)]
+            await asyncio.sleep(1)
+            for proc in frozen:  # the engine stops making progress; its replica still answers Ray
+                proc.send_signal(signal.SIGSTOP)
+            stalled_at = time.monotonic()
+            while _alive(victim):
+                assert time.monotonic() < stalled_at + STALL_TIMEOUT_S + 45, "the stalled replica was not replaced"
+                await asyncio.sleep(1)
+            return stalled_at, time.monotonic() - stalled_at, await asyncio.gather(*streams)
+
+    try:
+        stalled_at, replaced_after, streams = asyncio.run(run())
+    finally:
+        for proc in frozen:  # never leave a stopped process behind, whatever happened
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGCONT)
+    assert replaced_after > STALL_TIMEOUT_S - 1, "replaced before the stall timeout"
+    assert _alive(busy), "the busy engine replica was replaced too"
+    assert all(s[0] == 200 and s[1][-1] == "data: [DONE]" for s in streams), [s[1][-2:] for s in streams]
+    finished = [s for s in streams if "error" not in s[1][-2]]
+    broken = [s for s in streams if "error" in s[1][-2]]
+    assert finished, "streams on the busy replica finished"
+    _, alive = psutil.wait_procs(frozen, timeout=30)
+    assert not alive, f"vLLM processes of the replaced replica remain: {[p.pid for p in alive]}"
+    back = _wait_for_two_engine_replicas(base_url, stalled_at)
+    print(f"\nFIGURE stall: replaced {replaced_after:.0f} s after its engine stopped (stall_timeout_s "
+          f"{STALL_TIMEOUT_S}); {len(broken)} of 8 streams broke, {len(finished)} finished; 2 replicas in {back:.0f} s")
+
+
+def _router_replicas(app: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if " ".join(p.info["cmdline"] or []).startswith(f"ray::ServeReplica:{app}:GLMRouter")]
+
+
+def test_a_router_replica_killed_under_load_leaves_the_service_serving(glm_http):
+    routers = _router_replicas("tiny-glm")
+    assert len(routers) == 2, [p.pid for p in routers]
+    body = {"model": TINY_GLM_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 300,
+            "ignore_eos": True}
+    with ThreadPoolExecutor(8) as pool:
+        load = [pool.submit(glm_http.post, CHAT, json=body) for _ in range(8)]
+        time.sleep(0.5)
+        routers[0].send_signal(signal.SIGKILL)
+        after = [glm_http.post(CHAT, json={**body, "max_tokens": 4}) for _ in range(16)]
+        outcomes = []
+        for future in load:
+            try:
+                outcomes.append(future.result(60).status_code)
+            except httpx.HTTPError as exc:  # a request that was inside the killed router
+                outcomes.append(type(exc).__name__)
+    assert [r.status_code for r in after] == [200] * 16, [r.text[:200] for r in after if r.status_code != 200]
+    print(f"\nFIGURE router kill: 16 of 16 requests after the kill served; the 8 in flight: {outcomes}")
