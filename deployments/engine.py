@@ -149,6 +149,14 @@ class _Held:
     def __init__(self) -> None:
         self.text, self.tokens, self.logprobs = "", 0, []
 
+    def add(self, completion: Any, top_logprobs: int | None) -> _Held:
+        """Append one of vLLM's DELTA outputs for this choice."""
+        self.text += completion.text
+        self.tokens += len(completion.token_ids)
+        if top_logprobs is not None:
+            self.logprobs += token_logprobs(completion.token_ids, completion.logprobs, top_logprobs)
+        return self
+
 
 @serve.deployment
 class EngineDeployment:
@@ -262,11 +270,7 @@ class EngineDeployment:
         try:
             async for output in self._outputs(prompt, params, request):
                 for completion in output.outputs:
-                    h = held.setdefault(completion.index, _Held())
-                    h.text += completion.text
-                    h.tokens += len(completion.token_ids)
-                    if request.logprobs is not None:
-                        h.logprobs += token_logprobs(completion.token_ids, completion.logprobs, request.logprobs)
+                    h = held.setdefault(completion.index, _Held()).add(completion, request.logprobs)
                     if completion.finish_reason is None and not first and (
                         not h.text or h.tokens < streaming.chunk_tokens(self._running)
                     ):
@@ -294,11 +298,7 @@ class EngineDeployment:
         finish: dict[int, str | None] = {}
         async for output in self._outputs(prompt, params, request):
             for completion in output.outputs:
-                h = held.setdefault(completion.index, _Held())
-                h.text += completion.text
-                h.tokens += len(completion.token_ids)
-                if request.logprobs is not None:
-                    h.logprobs += token_logprobs(completion.token_ids, completion.logprobs, request.logprobs)
+                held.setdefault(completion.index, _Held()).add(completion, request.logprobs)
                 finish[completion.index] = completion.finish_reason
         assert held, "vLLM finished a request without output"
         choices = [
