@@ -14,6 +14,7 @@ from ray.serve import Application
 from deployments.config import AppConfig
 from deployments.engine import EngineDeployment, check_engine_kwargs
 from deployments.router import RouterDeployment
+from deployments.routing import request_router_config
 
 ENGINE_DEPLOYMENT = "GLMEngine"
 ROUTER_DEPLOYMENT = "GLMRouter"
@@ -24,9 +25,12 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args)
     if config.model.engine_kwargs:
         check_engine_kwargs(config.model)  # imports vLLM (seconds), so only when there is something to check
-    engine = EngineDeployment.options(
-        name=ENGINE_DEPLOYMENT, **config.engine.serve_options()
-    ).bind(config.model, config.engine.stall_timeout_s)
+    options = config.engine.serve_options()
+    routing = request_router_config(config.engine.routing)
+    if routing is not None:
+        options["request_router_config"] = routing
+    engine = EngineDeployment.options(name=ENGINE_DEPLOYMENT, **options).bind(
+        config.model, config.engine.stall_timeout_s)
     return RouterDeployment.options(
         name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
     ).bind(engine, config.model, config.router)

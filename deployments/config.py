@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deployments.routing import RoutingConfig
+
 _CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -263,8 +265,13 @@ class EngineDeploymentConfig(DeploymentOptions):
                     "itself unhealthy, and Serve replaces it. An engine that is busy producing is never stalled.",
     )
 
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="Which engine replica serves a request: Serve's load-only default, or prefix-cache affinity.",
+    )
+
     def serve_options(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude={"stall_timeout_s"})
+        return self.model_dump(exclude_none=True, exclude={"stall_timeout_s", "routing"})
 
 
 class RouterDeploymentOptions(DeploymentOptions):

@@ -42,6 +42,8 @@ class GenerationRequest:
     """Top logprobs per token to return (0: only the chosen token's); None: no logprobs."""
     max_tokens: int | None = None
     """None: the configured default, else what is left of the context."""
+    session_id: str | None = None
+    """An affinity hint for the engine deployment's request router (``x-session-id`` or ``user``)."""
     first_token_deadline: float | None = None
     """Wall-clock time (``time.time()``) by which the first output must exist, queues included."""
     deadline: float | None = None

@@ -9,7 +9,10 @@ once per stream, never per token.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from deployments.routing import process_decision_counts
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -44,6 +47,20 @@ class RouterMetrics:
             ["endpoint"], buckets=_BUCKETS, registry=self.registry,
         )
 
+        self.registry.register(_RoutingDecisions())
+
     def render(self) -> bytes:
         """Prometheus text exposition of everything above."""
         return generate_latest(self.registry)
+
+
+class _RoutingDecisions:
+    """How the prefix request router (which runs in this process, inside the handle to the
+    engine deployment) placed requests: affinity, spilled on load, new, hint."""
+
+    def collect(self):
+        family = CounterMetricFamily("glm_serve_routing_decisions", "Engine replica choices of the prefix router.",
+                                     labels=["decision"])
+        for label, count in sorted(process_decision_counts().items()):
+            family.add_metric([label], count)
+        yield family

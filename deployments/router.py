@@ -263,8 +263,10 @@ class RouterDeployment:
             )
         return parsed
 
-    def _deadlines(self, generation: GenerationRequest) -> GenerationRequest:
-        """Stamp the request's deadlines (wall clock: the engine may run on another node)."""
+    def _stamp(self, generation: GenerationRequest, request: Request, user: str | None) -> GenerationRequest:
+        """Stamp the request's affinity hint and deadlines (wall clock: the engine may run
+        on another node)."""
+        generation.session_id = request.headers.get("x-session-id") or user
         now = time.time()
         generation.first_token_deadline = now + self._config.first_token_timeout_s
         generation.deadline = now + self._config.request_timeout_s
@@ -279,7 +281,7 @@ class RouterDeployment:
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
                      max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens")
         tools = self._tools(parsed)
-        generation = self._deadlines(GenerationRequest(
+        generation = self._stamp(GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             messages=[m.as_template_message() for m in parsed.messages],
             tools=tools,
@@ -288,7 +290,7 @@ class RouterDeployment:
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs_count,
             max_tokens=parsed.output_limit,
-        ))
+        ), request, parsed.user)
         record.request_id = generation.request_id
         if self._config.log_prompts:
             record.text = {"messages": generation.messages}
@@ -322,13 +324,13 @@ class RouterDeployment:
         parsed: protocol.CompletionRequest = self._validate(protocol.CompletionRequest, await self._read_json(request))
         check_limits(self._config.limits, self._config.max_tokens_limit, prompt=parsed.prompt, stop=parsed.stop,
                      max_tokens=parsed.max_tokens)
-        generation = self._deadlines(GenerationRequest(
+        generation = self._stamp(GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs,
             max_tokens=parsed.max_tokens,
-        ))
+        ), request, parsed.user)
         record.request_id = generation.request_id
         if self._config.log_prompts:
             record.text = {"prompt": generation.prompt}

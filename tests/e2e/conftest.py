@@ -82,7 +82,8 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     # A short stall timeout and frequent health checks, so a test can stall an engine.
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
                       "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED,
-                      "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2}
+                      "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2,
+                      "routing": {"policy": "prefix"}}
     # The router refuses past what the engines run and queue, before reading the body.
     args["router"] = {"max_request_body_bytes": 65536,
                       "max_in_flight_requests": 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED}

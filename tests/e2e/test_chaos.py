@@ -21,7 +21,6 @@ import psutil
 from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME
 
 CHAT = "/v1/chat/completions"
-QUESTION = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
 
 
 def _engine_replicas() -> list[psutil.Process]:
@@ -34,9 +33,11 @@ def _engine_replicas() -> list[psutil.Process]:
     return found
 
 
-async def _stream(client: httpx.AsyncClient) -> tuple[int, list[str], float]:
-    """(status, data lines (or the error body), when the stream ended)."""
-    body = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 400, "ignore_eos": True, "stream": True}
+async def _stream(client: httpx.AsyncClient, n: int = 0) -> tuple[int, list[str], float]:
+    """(status, data lines (or the error body), when the stream ended). Each ``n`` is its
+    own conversation, so that the prefix router spreads them like independent users."""
+    messages = [{"role": "user", "content": f"Story {n}: tell me a long story about a lighthouse."}]
+    body = {"model": MODEL_NAME, "messages": messages, "max_tokens": 400, "ignore_eos": True, "stream": True}
     async with client.stream("POST", CHAT, json=body) as response:
         if response.status_code != 200:
             return response.status_code, [(await response.aread()).decode()], time.monotonic()
@@ -44,8 +45,9 @@ async def _stream(client: httpx.AsyncClient) -> tuple[int, list[str], float]:
     return response.status_code, lines, time.monotonic()
 
 
-async def _whole(client: httpx.AsyncClient, max_tokens: int) -> httpx.Response:
-    body = {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": max_tokens, "ignore_eos": True}
+async def _whole(client: httpx.AsyncClient, max_tokens: int, n: int = 0) -> httpx.Response:
+    messages = [{"role": "user", "content": f"Question {n}: tell me a long story about a lighthouse."}]
+    body = {"model": MODEL_NAME, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True}
     return await client.post(CHAT, json=body)
 
 
@@ -66,12 +68,12 @@ def test_an_engine_replica_killed_under_load(base_url):
     async def run():
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=base_url, timeout=180, limits=limits) as client:
-            streams = [asyncio.create_task(_stream(client)) for _ in range(24)]
-            wholes = [asyncio.create_task(_whole(client, 200)) for _ in range(8)]
+            streams = [asyncio.create_task(_stream(client, n)) for n in range(24)]
+            wholes = [asyncio.create_task(_whole(client, 200, n)) for n in range(8)]
             await asyncio.sleep(4)  # every stream has begun on one of the two replicas
             killed_at = time.monotonic()
             os.kill(victim.pid, signal.SIGKILL)
-            after = [await _whole(client, 8) for _ in range(16)]  # one after another, as apps retry
+            after = [await _whole(client, 8, 100 + n) for n in range(16)]  # one after another, as apps retry
             return killed_at, await asyncio.gather(*streams), await asyncio.gather(*wholes), after
 
     killed_at, streams, wholes, after = asyncio.run(run())
@@ -126,7 +128,7 @@ def test_a_stalled_engine_is_replaced_and_a_busy_one_is_not(base_url):
 
     async def run():
         async with httpx.AsyncClient(base_url=base_url, timeout=180) as client:
-            streams = [asyncio.create_task(_stream(client)) for _ in range(8)]
+            streams = [asyncio.create_task(_stream(client, n)) for n in range(8)]
             await asyncio.sleep(1)
             for proc in frozen:  # the engine stops making progress; its replica still answers Ray
                 proc.send_signal(signal.SIGSTOP)

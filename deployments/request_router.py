@@ -1,0 +1,159 @@
+"""Serve request router for the engine deployment: :class:`PrefixAffinityRouter`.
+
+It runs inside every process that holds a handle to the engine (the router
+deployment's replicas) and plugs :class:`deployments.routing.PrefixPolicy` into Serve
+2.60's ``RequestRouter`` interface. Enable it with
+``EngineDeployment.options(request_router_config=request_router_config(cfg))``
+(:func:`deployments.routing.request_router_config`); Serve passes the policy fields
+to :meth:`PrefixAffinityRouter.initialize_state`.
+
+Why no mixins
+-------------
+* ``FIFOMixin`` hands a replica that a routing task found to the *oldest* waiting
+  request, not to the request it was chosen for: that breaks affinity. Without it the
+  base class fulfils the request whose ``internal_request_id`` the task routed.
+* ``LocalityMixin`` / ``MultiplexMixin`` narrow the candidates by node or model id;
+  neither applies (one model, engines anywhere). ``LocalityMixin`` is also what sets
+  ``routing_context.should_backoff``: without it the base class retries a request
+  that every replica refused in a tight loop, so :meth:`choose_replicas` sets it.
+
+Ranks returned: ``[[chosen], [two least loaded others], [the rest]]``. Serve tries
+each rank in turn and takes the replica with the shortest queue within it; a replica
+whose queue is full refuses and the next rank is tried.
+
+Load is the base class's queue-length cache (what replicas reported with their last
+accept/refuse, plus what this router has sent since), falling back to this router's
+own count of requests in flight when an entry is missing or stale. Nothing here
+blocks or makes a remote call.
+
+Learning happens in :meth:`on_request_routed`, which Serve calls when a replica has
+accepted a request. (Serve only calls it under its rejection protocol, the default
+outside Ray Client; without it this router still places conversations by rendezvous
+hashing, only without the learned refinements.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from deployments.generation import GenerationRequest
+from deployments.routing import Decision, PrefixPolicy
+
+logger = logging.getLogger("ray.serve")
+
+ROUTED_METHODS = frozenset({"generate", "complete"})
+"""Engine methods routed by prefix; others (``tokenize``, ``model_info``) go to the least loaded."""
+
+_DECISION_ATTR = "_glm_prefix_decision"
+
+
+def _ranks(replicas: list[RunningReplica]) -> list[list[RunningReplica]]:
+    return [rank for rank in (replicas[:2], replicas[2:]) if rank]
+
+
+class PrefixAffinityRouter(RequestRouter):
+    """Sends a conversation's next turn to the engine replica holding its prefix."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._policy = PrefixPolicy()
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_by_request: dict[str, str] = {}
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        """Build the policy from ``request_router_kwargs`` (the fields of
+        :class:`~deployments.routing.RoutingConfig` but ``policy``); a wrong field fails here."""
+        self._policy = PrefixPolicy.from_kwargs(**kwargs)
+        self._policy.set_replicas([rid.unique_id for rid in self._replicas])
+
+    @property
+    def policy(self) -> PrefixPolicy:
+        return self._policy
+
+    def decision_counts(self) -> dict[str, int]:
+        """Requests routed by this router so far, by decision label."""
+        return dict(self._policy.counts)
+
+    # -- choosing ---------------------------------------------------------------------
+
+    def _load(self, replica: RunningReplica) -> int:
+        queue_len = self._replica_queue_len_cache.get(replica.replica_id)
+        if queue_len is not None:
+            return queue_len
+        return self._in_flight.get(replica.replica_id.unique_id, 0)
+
+    @staticmethod
+    def _routed_request(pending_request: PendingRequest | None) -> GenerationRequest | None:
+        if pending_request is None or not pending_request.args:
+            return None
+        if pending_request.metadata.call_method not in ROUTED_METHODS:
+            return None
+        request = pending_request.args[0]
+        return request if isinstance(request, GenerationRequest) else None
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            pending_request.routing_context.should_backoff = True
+        if not candidate_replicas:
+            return []
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        loads = {uid: self._load(r) for uid, r in by_id.items()}
+        request = self._routed_request(pending_request)
+        chosen = None
+        if request is not None:
+            try:
+                decision = self._policy.choose(request, loads)
+            except Exception:  # never let the policy break routing: fall back to load only
+                logger.exception("prefix routing failed; routing by load")
+            else:
+                setattr(pending_request, _DECISION_ATTR, decision)
+                chosen = by_id[decision.replica]
+        rest = sorted((r for r in candidate_replicas if r is not chosen),
+                      key=lambda r: loads[r.replica_id.unique_id])
+        return ([[chosen]] if chosen is not None else []) + _ranks(rest)
+
+    # -- learning ---------------------------------------------------------------------
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        uid = replica_id.unique_id
+        request_id = pending_request.metadata.internal_request_id
+        if request_id not in self._in_flight_by_request:
+            self._in_flight_by_request[request_id] = uid
+            self._in_flight[uid] = self._in_flight.get(uid, 0) + 1
+        try:
+            decision: Decision | None = getattr(pending_request, _DECISION_ATTR, None)
+            if decision is not None:
+                label = decision.label if decision.replica == uid else "spilled"
+                self._policy.record(decision.keys, uid, label)
+                return
+            request = self._routed_request(pending_request)
+            if request is not None:
+                self._policy.record(self._policy.keys(request), uid, "new")
+        except Exception:
+            logger.exception("recording a prefix-routing decision failed")
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        uid = self._in_flight_by_request.pop(internal_request_id, None)
+        if uid is not None and uid in self._in_flight:
+            self._in_flight[uid] = max(0, self._in_flight[uid] - 1)
+
+    # -- replicas ---------------------------------------------------------------------
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        live = {r.replica_id.unique_id for r in replicas}
+        self._policy.set_replicas(live)
+        for uid in [u for u in self._in_flight if u not in live]:
+            del self._in_flight[uid]
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._policy.remove_replica(replica_id.unique_id)
+        self._in_flight.pop(replica_id.unique_id, None)

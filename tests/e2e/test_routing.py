@@ -1,0 +1,76 @@
+"""Prefix-cache affinity on 2 engine replicas (routing.policy: prefix in the test config)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+import uuid
+
+import pytest
+
+from tests.e2e.conftest import MODEL_NAME
+
+CHAT = "/v1/chat/completions"
+SYSTEM = {"role": "system", "content": "You are a concise assistant for a travel agency."}
+
+
+@pytest.fixture(autouse=True)
+def two_engine_replicas(http):
+    """An earlier test may have killed a replica: wait until requests reach two again (the
+    controller may count a new replica as running before the router's handle knows it)."""
+    deadline = time.monotonic() + 180
+    while True:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seen = set(pool.map(lambda _: _turn(http, [{"role": "user", "content": uuid.uuid4().hex}],
+                                                max_tokens=1)[0], range(8)))
+        if len(seen) == 2:
+            return
+        assert time.monotonic() < deadline, "requests did not reach two engine replicas again"
+        time.sleep(2)
+
+
+def _turn(http, messages, **extra):
+    response = http.post(CHAT, json={"model": MODEL_NAME, "messages": messages, "max_tokens": 8,
+                                     "temperature": 0, **extra})
+    assert response.status_code == 200, response.text
+    return response.headers["x-glm-serve-replica"], response.json()["choices"][0]["message"]["content"]
+
+
+def test_a_conversations_turns_stay_on_one_engine_replica_and_conversations_spread(http):
+    homes = set()
+    for c in range(8):
+        messages = [SYSTEM, {"role": "user", "content": f"Trip {c} ({uuid.uuid4().hex[:6]}): plan a day in Rome."}]
+        seen = []
+        for turn in range(3):
+            replica, reply = _turn(http, messages)
+            seen.append(replica)
+            messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": f"And then {turn}?"}]
+        assert len(set(seen)) == 1, f"conversation {c} moved between replicas: {seen}"
+        homes.add(seen[0])
+    assert len(homes) == 2, "new conversations behind one system prompt spread over both replicas"
+
+
+def test_a_saturated_replica_spills_the_conversation(http):
+    messages = [SYSTEM, {"role": "user", "content": f"Spill test {uuid.uuid4().hex}: list ten cities."}]
+    home, _ = _turn(http, messages)
+    body = {"model": MODEL_NAME, "messages": messages, "max_tokens": 64, "ignore_eos": True}
+    # Sixteen of the same turn at once: the guard moves some off the busy home replica.
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        replicas = list(pool.map(lambda _: http.post(CHAT, json=body).headers["x-glm-serve-replica"], range(16)))
+    assert home in replicas and len(set(replicas)) == 2, replicas
+    metrics = http.get("/metrics").text
+    decisions = dict(re.findall(r'glm_serve_routing_decisions_total\{decision="(\w+)"\} (\S+)', metrics))
+    assert float(decisions["affinity"]) > 0 and float(decisions["spilled"]) > 0, decisions
+
+
+def test_completions_and_tokenize_work_under_prefix_routing(http):
+    prompt = f"Once upon a time {uuid.uuid4().hex} " * 8
+    first = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": 4})
+    again = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt + "and", "max_tokens": 4})
+    assert first.status_code == again.status_code == 200
+    assert first.headers["x-glm-serve-replica"] == again.headers["x-glm-serve-replica"]
+    ids = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": [1, 2, 3], "max_tokens": 2})
+    assert ids.status_code == 200
+    tokens = http.post("/tokenize", json={"model": MODEL_NAME, "messages": [SYSTEM]})
+    assert tokens.status_code == 200 and tokens.json()["count"] > 0
