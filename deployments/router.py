@@ -112,23 +112,6 @@ def _json(body: dict[str, Any], record: RequestRecord | None = None) -> JSONResp
     return JSONResponse(body, headers=headers)
 
 
-async def _until(deadline: float, seconds: float, chunks: AsyncIterator[GenerationChunk]
-                 ) -> AsyncIterator[GenerationChunk]:
-    """``chunks`` until the monotonic ``deadline``; past it, a 504 (the caller then closes
-    the stream, which aborts the engine's work)."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _deadline_error("the whole request", seconds)
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise _deadline_error("the whole request", seconds) from None
-        yield chunk
-
-
 @serve.deployment
 class RouterDeployment:
     """OpenAI-compatible HTTP API in front of the engine deployment."""
@@ -473,8 +456,8 @@ class RouterDeployment:
         record.ttft_s = time.perf_counter() - record.start
         record.replica = first.replica_id
         self._metrics.ttft.observe(record.ttft_s)
-        deadline = time.monotonic() + self._config.request_timeout_s - record.ttft_s
-        relay = self._relay(record, stream, first, encoder, include_usage, new_parser, choices, deadline)
+        remaining = self._config.request_timeout_s - record.ttft_s
+        relay = self._relay(record, stream, first, encoder, include_usage, new_parser, choices, remaining)
         # A response whose body is never iterated (the client left between the status line
         # and the body) never runs the relay's finally: release the stream when it is dropped.
         weakref.finalize(relay, self._abandon, record, stream)
@@ -486,13 +469,16 @@ class RouterDeployment:
 
     async def _relay(self, record: RequestRecord, chunks: IncomingStream, first: GenerationChunk,
                      encoder: StreamEncoder, include_usage: bool, new_parser: Callable[[], Any], choices: int,
-                     deadline: float) -> AsyncIterator[bytes]:
+                     remaining_s: float) -> AsyncIterator[bytes]:
         """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
         self._metrics.in_flight.inc()
         counts = StreamCounts(first.prompt_tokens)
-        rest = _until(deadline, self._config.request_timeout_s, chunks)
+        # One timer per stream, not a timeout per chunk: past the deadline the stream's
+        # reader gets a 504, the relay ends with an error event, and close() aborts the engine.
+        timer = asyncio.get_running_loop().call_later(
+            remaining_s, chunks.fail, _deadline_error("the whole request", self._config.request_timeout_s))
         try:
-            async for event in events(first, rest, encoder, counts, new_parser, choices, include_usage):
+            async for event in events(first, chunks, encoder, counts, new_parser, choices, include_usage):
                 yield event
         except (asyncio.CancelledError, GeneratorExit, RequestCancelledError):
             record.status = 499  # the client went away; the finally below stops the engine's work
@@ -504,6 +490,7 @@ class RouterDeployment:
             yield error_event(failure.message, failure.type, failure.code)
             yield DONE
         finally:
+            timer.cancel()
             chunks.close()  # cancels the engine's generation if the stream did not finish
             self._metrics.in_flight.dec()
             record.prompt_tokens, record.completion_tokens = first.prompt_tokens, counts.completion_tokens

@@ -392,6 +392,10 @@ class IncomingStream:
                 raise exc
             self._expected = item.result()
 
+    def fail(self, exc: BaseException) -> None:
+        """Make the reader raise ``exc`` (a deadline, say) after the chunks already queued."""
+        self._queue.put_nowait(exc)
+
     async def call_settled(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for the engine call itself to end, without cancelling
         it. After a lost connection, the call's own failure is what tells Serve's request

@@ -297,3 +297,19 @@ def test_each_router_replica_has_its_own_secret_in_its_address():
     first, second = StreamReceiver("127.0.0.1"), StreamReceiver("127.0.0.1")
     assert first.address[2] == first.secret and len(first.secret) == 32
     assert first.secret != second.secret
+
+
+def test_a_deadline_put_into_a_stream_ends_it_after_what_already_arrived():
+    async def main():
+        receiver, sender, conn = await connected()
+        stream, _call = incoming(receiver, "slow")
+        conn.send("slow", GenerationChunk("early", 1))
+        assert (await asyncio.wait_for(stream.__anext__(), 5)).text == "early"
+        stream.fail(APIError(504, "too late"))
+        with pytest.raises(APIError, match="too late"):
+            await asyncio.wait_for(stream.__anext__(), 5)
+        stream.close()
+        sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
