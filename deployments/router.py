@@ -167,6 +167,10 @@ class RouterDeployment:
             record.status = 499
             self._finish(record)
             return Response(status_code=499)
+        except asyncio.CancelledError:  # the client left while we waited: release its admission
+            record.status = 499
+            self._finish(record)
+            raise
         except Exception as exc:  # never let one request take the replica's loop down
             logger.exception("unhandled error on %s", path)
             return self._error(record, APIError(500, f"Internal error: {type(exc).__name__}", "server_error"))
