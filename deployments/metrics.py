@@ -32,6 +32,10 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "glm_serve_requests_in_flight", "Generation requests being served now.", registry=self.registry,
         )
+        self.admitted = Gauge(
+            "glm_serve_requests_admitted", "Generation requests counted against router.max_in_flight_requests.",
+            registry=self.registry,
+        )
         self.prompt_tokens = Counter(
             "glm_serve_prompt_tokens", "Prompt tokens of finished requests.", registry=self.registry,
         )

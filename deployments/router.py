@@ -187,6 +187,7 @@ class RouterDeployment:
         if cap is not None and self._generating >= cap:
             raise APIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
         self._generating += 1
+        self._metrics.admitted.set(self._generating)
         record.admitted = True
 
     def _error(self, record: RequestRecord, error: APIError) -> JSONResponse:
@@ -212,6 +213,7 @@ class RouterDeployment:
         record.finished = True
         if record.admitted:
             self._generating -= 1
+            self._metrics.admitted.set(self._generating)
         self._metrics.requests.labels(record.route, str(record.status)).inc()
         self._metrics.latency.labels(record.route).observe(time.perf_counter() - record.start)
         self._metrics.prompt_tokens.inc(record.prompt_tokens)

@@ -110,3 +110,24 @@ def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recov
             pass
         assert time.monotonic() < deadline, "service did not recover after a replica died"
         time.sleep(1)
+
+
+def _admitted(http) -> float:
+    match = re.search(r"^glm_serve_requests_admitted (\S+)$", http.get("/metrics").text, re.M)
+    assert match, "admission gauge missing from /metrics"
+    return float(match.group(1))
+
+
+def test_clients_that_leave_before_the_first_token_release_their_admission(http, base_url):
+    """A client that gives up while the router still waits for the first chunk cancels the
+    router's request; its place under router.max_in_flight_requests must come back."""
+    for _ in range(8):
+        try:
+            httpx.post(base_url + "/v1/chat/completions", json=LONG, timeout=httpx.Timeout(10, read=0.05))
+        except httpx.TimeoutException:
+            pass
+    deadline = time.monotonic() + 30
+    while _admitted(http) != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _admitted(http) == 0
+    assert http.post("/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 4}).status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 import uuid
@@ -160,6 +161,8 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(base_url):
     assert all(r[3] is not None for r in refused), "a refusal says when to retry"
     assert all(r[4] for r in served), "every admitted stream ends with [DONE]"
     assert max(r[2] for r in results) < 60, "no request waits past 60 s"
+    admitted = re.search(r"^glm_serve_requests_admitted (\S+)$", httpx.get(f"{base_url}/metrics").text, re.M)
+    assert admitted and float(admitted.group(1)) == 0, "every admitted request released its place"
     refusal_p50 = statistics.median(r[1] for r in refused)
     # 6.6 s measured here: both cores run the engines, and 2,048 requests pass one by one
     # through Serve's proxy and the router's admission check on what is left of them.
