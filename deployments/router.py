@@ -382,7 +382,8 @@ class RouterDeployment:
             return JSONResponse(error.body(), status_code=503, headers={"retry-after": "1"})
         running = int(deployment.replica_states.get("RUNNING", 0))
         body = {"status": "ok" if running else "unavailable", "model": self._model_name,
-                "engine_replicas_running": running, "engine_status": str(deployment.status)}
+                "engine_replicas_running": running,
+                "engine_status": getattr(deployment.status, "value", str(deployment.status))}
         if not running:
             body["error"] = APIError(503, "No engine replica is running.", "service_unavailable").body()["error"]
             return JSONResponse(body, status_code=503, headers={"retry-after": "1"})

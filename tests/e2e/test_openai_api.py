@@ -132,6 +132,7 @@ def test_health_and_metrics(http):
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     assert health.json()["engine_replicas_running"] == 2
+    assert health.json()["engine_status"] == "HEALTHY"
     metrics = http.get("/metrics")
     assert metrics.status_code == 200
     text = metrics.text
