@@ -39,6 +39,7 @@ class RequestRecord:
     status: int = 200
     replica: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None
     error_code: str | None = None
@@ -53,7 +54,7 @@ class RequestRecord:
         entry: dict[str, Any] = {
             "event": "request", "request_id": self.request_id, "method": self.method, "route": self.route,
             "status": self.status, "replica": self.replica, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens, "completion_tokens": self.completion_tokens,
             "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 1),
             "duration_ms": round((time.perf_counter() - self.start) * 1000, 1),
         }

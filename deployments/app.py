@@ -26,9 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
     if config.model.engine_kwargs:
         check_engine_kwargs(config.model)  # imports vLLM (seconds), so only when there is something to check
     options = config.engine.serve_options()
-    routing = request_router_config(config.engine.routing)
-    if routing is not None:
-        options["request_router_config"] = routing
+    options["request_router_config"] = request_router_config(config.engine.routing)
     engine = EngineDeployment.options(name=ENGINE_DEPLOYMENT, **options).bind(
         config.model, config.engine.stall_timeout_s)
     return RouterDeployment.options(

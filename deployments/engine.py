@@ -25,6 +25,7 @@ from ray import serve
 from chat_formats import get_chat_format
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
+from deployments.engine_stats import EngineStats
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import (
     Choice,
@@ -180,7 +181,9 @@ class EngineDeployment:
 
         self._config = config
         self._format = get_chat_format(config.chat_format)
-        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()))
+        self._stats = EngineStats()
+        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()),
+                                                       stat_loggers=[self._stats.logger_factory()])
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
         )
@@ -218,6 +221,12 @@ class EngineDeployment:
         if stalled(self._in_flight, quiet_s, self._stall_timeout_s):
             raise RuntimeError(f"engine replica {self.replica_id}: {self._in_flight} requests and no output for "
                                f"{quiet_s:.0f} s (stall_timeout_s {self._stall_timeout_s:g})")
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's routing-stats hook, polled by the controller every
+        ``engine.routing.stats_period_s``: vLLM's scheduler totals for the routers'
+        ``/metrics`` (deployments/engine_stats.py)."""
+        return self._stats.snapshot()
 
     def __del__(self) -> None:
         sender = getattr(self, "_sender", None)
@@ -280,6 +289,7 @@ class EngineDeployment:
                     held[completion.index] = _Held()
                     if first:
                         chunk.prompt_tokens = num_prompt
+                        chunk.cached_tokens = output.num_cached_tokens or 0
                         chunk.replica_id = self.replica_id
                         first = False
                     yield chunk
@@ -296,7 +306,9 @@ class EngineDeployment:
         prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
         held: dict[int, _Held] = {}
         finish: dict[int, str | None] = {}
+        cached = 0
         async for output in self._outputs(prompt, params, request):
+            cached = max(cached, output.num_cached_tokens or 0)
             for completion in output.outputs:
                 held.setdefault(completion.index, _Held()).add(completion, request.logprobs)
                 finish[completion.index] = completion.finish_reason
@@ -306,7 +318,8 @@ class EngineDeployment:
                    logprobs=h.logprobs if request.logprobs is not None else None)
             for index, h in sorted(held.items())
         ]
-        return GenerationResult(choices=choices, prompt_tokens=num_prompt, replica_id=self.replica_id)
+        return GenerationResult(choices=choices, prompt_tokens=num_prompt, replica_id=self.replica_id,
+                                cached_tokens=cached)
 
     async def tokenize(self, request: GenerationRequest) -> dict[str, Any]:
         """The prompt text and token ids exactly as :meth:`generate` would give them to vLLM."""

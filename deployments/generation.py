@@ -74,6 +74,8 @@ class GenerationChunk:
     """Which choice (0..n-1) this text belongs to."""
     logprobs: list[TokenLogprob] | None = None
     """Per token of ``text``, when the request asked for logprobs."""
+    cached_tokens: int = 0
+    """Set on the request's first chunk only: prompt tokens vLLM's prefix cache supplied."""
 
 
 @dataclass(slots=True)
@@ -93,6 +95,8 @@ class GenerationResult:
     choices: list[Choice]
     prompt_tokens: int
     replica_id: str
+    cached_tokens: int = 0
+    """Prompt tokens vLLM's prefix cache supplied."""
 
     @property
     def completion_tokens(self) -> int:

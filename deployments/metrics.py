@@ -9,9 +9,10 @@ once per stream, never per token.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from deployments.engine_stats import engine_replica_stats
 from deployments.routing import process_decision_counts
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
@@ -52,6 +53,7 @@ class RouterMetrics:
         )
 
         self.registry.register(_RoutingDecisions())
+        self.registry.register(_EngineReplicas())
 
     def render(self) -> bytes:
         """Prometheus text exposition of everything above."""
@@ -68,3 +70,36 @@ class _RoutingDecisions:
         for label, count in sorted(process_decision_counts().items()):
             family.add_metric([label], count)
         yield family
+
+
+# (name, help, kind, EngineStats field): vLLM's own scheduler counters per engine replica.
+_ENGINE_SERIES = (
+    ("glm_serve_engine_prefix_cache_queries", "Prompt tokens looked up in the engine's prefix cache.",
+     "counter", "prefix_cache_queries"),
+    ("glm_serve_engine_prefix_cache_hits", "Prompt tokens found in the engine's prefix cache.",
+     "counter", "prefix_cache_hits"),
+    ("glm_serve_engine_prompt_tokens_computed", "Prompt tokens the engine prefilled.",
+     "counter", "prompt_tokens_computed"),
+    ("glm_serve_engine_generation_tokens", "Tokens the engine generated.", "counter", "generation_tokens"),
+    ("glm_serve_engine_preemptions", "Requests the engine preempted (KV cache full).", "counter", "preemptions"),
+    ("glm_serve_engine_requests_running", "Requests in the engine's running batch.", "gauge", "running"),
+    ("glm_serve_engine_requests_waiting", "Requests waiting in the engine's scheduler.", "gauge", "waiting"),
+    ("glm_serve_engine_kv_cache_usage", "Fraction of the engine's KV cache in use (0-1).", "gauge",
+     "kv_cache_usage"),
+)
+
+
+class _EngineReplicas:
+    """Each engine replica's vLLM statistics, labelled by replica, as Serve last collected
+    them (every ``engine.routing.stats_period_s``; deployments/engine_stats.py). Every
+    router replica sees every engine replica, so one scrape of one router covers them all."""
+
+    def collect(self):
+        stats = engine_replica_stats()
+        for name, help_text, kind, field in _ENGINE_SERIES:
+            family_cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = family_cls(name, help_text, labels=["replica"])
+            for replica, values in sorted(stats.items()):
+                if field in values:
+                    family.add_metric([replica], values[field])
+            yield family

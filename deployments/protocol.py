@@ -320,11 +320,14 @@ class TokenizeRequest(WireModel):
         return self
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's ``usage`` object; ``prompt_tokens_details.cached_tokens`` counts the prompt
+    tokens that vLLM's prefix cache supplied (no prefill was spent on them)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -353,7 +356,7 @@ def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str
 
 
 def chat_completion(request_id: str, model: str, choices: list[dict[str, Any]],
-                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+                    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     """A whole ``chat.completion`` object; ``choices`` from :func:`chat_choice`."""
     return {
         "id": request_id,
@@ -361,7 +364,7 @@ def chat_completion(request_id: str, model: str, choices: list[dict[str, Any]],
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -377,7 +380,8 @@ def chat_choice(index: int, text: str | None, finish_reason: str | None,
             "finish_reason": finish_reason}
 
 
-def text_completion(request_id: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
+def text_completion(request_id: str, model: str, choices: list[Choice], prompt_tokens: int,
+                    cached_tokens: int = 0) -> dict[str, Any]:
     """A whole ``text_completion`` object."""
     return {
         "id": request_id,
@@ -390,7 +394,7 @@ def text_completion(request_id: str, model: str, choices: list[Choice], prompt_t
              "finish_reason": c.finish_reason}
             for i, c in enumerate(choices)
         ],
-        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
+        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices), cached_tokens),
     }
 
 

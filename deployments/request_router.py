@@ -1,7 +1,15 @@
-"""Serve request router for the engine deployment: :class:`PrefixAffinityRouter`.
+"""Serve request routers for the engine deployment: :class:`PrefixAffinityRouter`
+(``routing.policy: prefix``) and :class:`PowerOfTwoRouter` (``pow2``, Serve's default).
 
-It runs inside every process that holds a handle to the engine (the router
-deployment's replicas) and plugs :class:`deployments.routing.PrefixPolicy` into Serve
+They run inside every process that holds a handle to the engine (the router
+deployment's replicas). Both register themselves so that ``/metrics`` can read the
+engine statistics Serve hands to every request router
+(:func:`deployments.engine_stats.engine_replica_stats`).
+
+Serve pickles this module *by value* into each process that routes: module-level state
+here would be a private copy per class, which is why the registry lives in
+:mod:`deployments.engine_stats` (imported by reference).
+:class:`PrefixAffinityRouter` plugs :class:`deployments.routing.PrefixPolicy` into Serve
 2.60's ``RequestRouter`` interface. Enable it with
 ``EngineDeployment.options(request_router_config=request_router_config(cfg))``
 (:func:`deployments.routing.request_router_config`); Serve passes the policy fields
@@ -37,8 +45,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+# Serve 2.60 exports its base class but not its default router: PowerOfTwoRouter below
+# subclasses it unchanged (the import is checked by tests/unit/test_routing.py).
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from deployments.engine_stats import register_router
 from deployments.generation import GenerationRequest
 from deployments.routing import Decision, PrefixPolicy
 
@@ -50,6 +62,15 @@ ROUTED_METHODS = frozenset({"generate", "complete"})
 _DECISION_ATTR = "_glm_prefix_decision"
 
 
+class PowerOfTwoRouter(PowerOfTwoChoicesRequestRouter):
+    """Serve's default power-of-two-choices router, unchanged but for registering itself
+    (:func:`deployments.engine_stats.register_router`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        register_router(self)
+
+
 def _ranks(replicas: list[RunningReplica]) -> list[list[RunningReplica]]:
     return [rank for rank in (replicas[:2], replicas[2:]) if rank]
 
@@ -59,6 +80,7 @@ class PrefixAffinityRouter(RequestRouter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        register_router(self)
         self._policy = PrefixPolicy()
         self._in_flight: dict[str, int] = {}
         self._in_flight_by_request: dict[str, str] = {}

@@ -296,7 +296,7 @@ class RouterDeployment:
                 tool_calls=[call.openai()] if call else None, logprobs=choice.logprobs,
             ))
         body = protocol.chat_completion(generation.request_id, self._model_name, choices,
-                                        result.prompt_tokens, result.completion_tokens)
+                                        result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         return _json(body, record)
 
     def _tools(self, parsed: protocol.ChatCompletionRequest) -> list[dict[str, Any]] | None:
@@ -328,7 +328,7 @@ class RouterDeployment:
             return await self._stream(record, generation, encoder, parsed.include_usage)
         result = await self._complete(record, generation)
         body = protocol.text_completion(generation.request_id, self._model_name, result.choices,
-                                        result.prompt_tokens)
+                                        result.prompt_tokens, result.cached_tokens)
         return _json(body, record)
 
     async def _tokenize(self, request: Request, record: RequestRecord) -> Response:
@@ -415,6 +415,7 @@ class RouterDeployment:
             self._metrics.in_flight.dec()
         record.replica = result.replica_id
         record.prompt_tokens, record.completion_tokens = result.prompt_tokens, result.completion_tokens
+        record.cached_tokens = result.cached_tokens
         if self._config.log_prompts and record.text is not None:
             record.text["completion"] = [c.text for c in result.choices]
         return result
@@ -479,7 +480,7 @@ class RouterDeployment:
                      remaining_s: float) -> AsyncIterator[bytes]:
         """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
         self._metrics.in_flight.inc()
-        counts = StreamCounts(first.prompt_tokens)
+        counts = StreamCounts(first.prompt_tokens, first.cached_tokens)
         # One timer per stream, not a timeout per chunk: past the deadline the stream's
         # reader gets a 504, the relay ends with an error event, and close() aborts the engine.
         timer = asyncio.get_running_loop().call_later(
@@ -501,4 +502,5 @@ class RouterDeployment:
             chunks.close()  # cancels the engine's generation if the stream did not finish
             self._metrics.in_flight.dec()
             record.prompt_tokens, record.completion_tokens = first.prompt_tokens, counts.completion_tokens
+            record.cached_tokens = first.cached_tokens
             self._finish(record)

@@ -99,7 +99,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ROUTER_CLASS = "deployments.request_router.PrefixAffinityRouter"
+ROUTER_CLASSES = {
+    "pow2": "deployments.request_router.PowerOfTwoRouter",
+    "prefix": "deployments.request_router.PrefixAffinityRouter",
+}
 LABELS = ("affinity", "spilled", "new", "hint")
 
 _MESSAGE_BASE = ("role", "content")
@@ -162,19 +165,25 @@ class RoutingConfig(BaseModel):
         default=None, gt=0,
         description="Ignore a record older than this (vLLM has probably evicted it). None: no age limit.",
     )
+    stats_period_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="How often Serve's controller collects each engine replica's vLLM statistics (load, KV cache, "
+                    "prefix-cache hits) for the routers' /metrics. Each collection is one small call per replica.",
+    )
 
     def policy_kwargs(self) -> dict[str, Any]:
-        """``request_router_kwargs``: every field but ``policy`` (all JSON values)."""
-        return self.model_dump(exclude={"policy"})
+        """``request_router_kwargs`` of the prefix policy: its own fields (all JSON values)."""
+        return self.model_dump(exclude={"policy", "stats_period_s"})
 
 
-def request_router_config(cfg: RoutingConfig) -> dict[str, Any] | None:
-    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``; None keeps
-    Serve's default router. (``DeploymentConfig`` validates on assignment, so the dict
-    becomes a ``RequestRouterConfig``.)"""
-    if cfg.policy == "pow2":
-        return None
-    return {"request_router_class": ROUTER_CLASS, "request_router_kwargs": cfg.policy_kwargs()}
+def request_router_config(cfg: RoutingConfig) -> dict[str, Any]:
+    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``.
+    (``DeploymentConfig`` validates on assignment, so the dict becomes a
+    ``RequestRouterConfig``.) Both policies get a router class of glm-serve's, so that
+    ``/metrics`` can read the engine statistics Serve hands to request routers."""
+    kwargs = cfg.policy_kwargs() if cfg.policy == "prefix" else {}
+    return {"request_router_class": ROUTER_CLASSES[cfg.policy], "request_router_kwargs": kwargs,
+            "request_routing_stats_period_s": cfg.stats_period_s}
 
 
 # --- keys ------------------------------------------------------------------------------

@@ -71,9 +71,9 @@ class StreamEncoder:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return (self._head + ',"choices":[' + json.dumps(choice, ensure_ascii=False) + "]}\n\n").encode()
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> bytes:
         """The closing usage event of ``stream_options.include_usage``: ``choices`` is empty."""
-        payload = json.dumps(usage(prompt_tokens, completion_tokens), separators=(",", ":"))
+        payload = json.dumps(usage(prompt_tokens, completion_tokens, cached_tokens), separators=(",", ":"))
         return (self._head + ',"choices":[],"usage":' + payload + "}\n\n").encode()
 
 
@@ -85,8 +85,9 @@ def error_event(message: str, type: str = "server_error", code: str | None = Non
 class StreamCounts:
     """Token counts of a stream, readable by the caller after (or during) iteration."""
 
-    def __init__(self, prompt_tokens: int = 0) -> None:
+    def __init__(self, prompt_tokens: int = 0, cached_tokens: int = 0) -> None:
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = cached_tokens
         self.completion_tokens = 0
 
 
@@ -138,5 +139,5 @@ async def events(first: GenerationChunk, rest: AsyncIterator[GenerationChunk], e
                     yield event
             break
     if include_usage:
-        yield encoder.usage(counts.prompt_tokens, counts.completion_tokens)
+        yield encoder.usage(counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens)
     yield DONE

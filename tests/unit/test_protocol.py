@@ -127,7 +127,8 @@ def test_whole_responses_have_openai_shape():
     chat = protocol.chat_completion("id1", "m", [protocol.chat_choice(0, "hello", "stop")], 5, 2)
     assert chat["object"] == "chat.completion"
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
-    assert chat["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert chat["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     choices = [Choice("x", 1, "length"), Choice("yz", 2, "stop", [TokenLogprob("y", -1.0), TokenLogprob("z", -2.0)])]
     text = protocol.text_completion("id2", "m", choices, 1)
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"

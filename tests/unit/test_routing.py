@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from deployments.generation import GenerationRequest
 from deployments.routing import (
-    ROUTER_CLASS,
+    ROUTER_CLASSES,
     PrefixPolicy,
     RoutingConfig,
     process_decision_counts,
@@ -416,12 +416,25 @@ def test_choose_is_well_under_a_millisecond_with_64_replicas_and_a_full_table():
 
 
 def test_routing_config_is_strict_and_maps_to_serve_options():
-    assert request_router_config(RoutingConfig()) is None, "pow2 keeps Serve's default router"
+    from ray.serve._private.config import DeploymentConfig
+    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+
+    pow2 = request_router_config(RoutingConfig(stats_period_s=3))
+    assert pow2["request_router_kwargs"] == {} and pow2["request_routing_stats_period_s"] == 3
     cfg = RoutingConfig(policy="prefix", max_load_gap=4)
     options = request_router_config(cfg)
-    assert options is not None and options["request_router_class"] == ROUTER_CLASS
+    assert options["request_router_class"] == ROUTER_CLASSES["prefix"]
     assert options["request_router_kwargs"]["max_load_gap"] == 4 and "policy" not in options["request_router_kwargs"]
+    assert "stats_period_s" not in options["request_router_kwargs"]
     assert PrefixPolicy.from_kwargs(**options["request_router_kwargs"]).config == cfg
+    # Serve takes both as it takes them from `.options()`, and imports the classes by path.
+    for policy in ("pow2", "prefix"):
+        config = DeploymentConfig()
+        config.request_router_config = request_router_config(RoutingConfig(policy=policy))
+        router_class = config.request_router_config.get_request_router_class()
+        assert router_class.__name__ == ROUTER_CLASSES[policy].rsplit(".", 1)[1]
+    from deployments.request_router import PowerOfTwoRouter
+    assert issubclass(PowerOfTwoRouter, PowerOfTwoChoicesRequestRouter), "pow2 is Serve's default router"
     with pytest.raises(ValidationError):
         RoutingConfig(policy="prefix", max_load_gapp=4)
     with pytest.raises(ValidationError):

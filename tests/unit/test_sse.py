@@ -33,9 +33,10 @@ def test_text_completion_chunks():
 
 
 def test_usage_event_has_empty_choices():
-    event = _payload(StreamEncoder("chat", "c", "m").usage(7, 3))
+    event = _payload(StreamEncoder("chat", "c", "m").usage(7, 3, cached_tokens=4))
     assert event["choices"] == []
-    assert event["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert event["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
+                              "prompt_tokens_details": {"cached_tokens": 4}}
 
 
 def test_error_event_and_done():
@@ -82,7 +83,8 @@ def test_events_stream_text_and_usage():
     payloads, counts = _run([GenerationChunk("Hel", 1), GenerationChunk("lo", 2), GenerationChunk("", 1, "stop")])
     assert _text(payloads) == "Hello"
     assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
-    assert payloads[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    assert payloads[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+                                     "prompt_tokens_details": {"cached_tokens": 0}}
     assert counts.completion_tokens == 4
 
 

@@ -36,7 +36,7 @@ async def agen(items):
 
 
 def test_frames_round_trip_and_a_partial_frame_waits_for_the_rest():
-    first = GenerationChunk("Bonjour, 世界 🌍", 3, None, 12, "r1")
+    first = GenerationChunk("Bonjour, 世界 🌍", 3, None, 12, "r1", cached_tokens=8)
     last = GenerationChunk("", 1, "length", index=2,
                            logprobs=[TokenLogprob("é", -0.5, [("é", -0.5), ("e", -1.25)])])
     wire = encode_frame("id-1", first) + encode_frame("id-2", last)

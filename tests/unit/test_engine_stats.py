@@ -1,0 +1,52 @@
+"""EngineStats: vLLM's scheduler statistics folded into per-replica totals."""
+
+from __future__ import annotations
+
+from vllm.v1.metrics.loggers import StatLoggerBase
+from vllm.v1.metrics.stats import IterationStats, PrefixCacheStats, SchedulerStats
+
+from deployments.engine_stats import EngineStats, engine_replica_stats, register_router
+
+
+def _step(queries: int, hits: int, running: int, waiting: int, usage: float) -> SchedulerStats:
+    return SchedulerStats(num_running_reqs=running, num_waiting_reqs=waiting, kv_cache_usage=usage,
+                          prefix_cache_stats=PrefixCacheStats(requests=1, queries=queries, hits=hits))
+
+
+def test_counters_add_up_and_gauges_take_the_latest_step():
+    stats = EngineStats()
+    iteration = IterationStats()
+    iteration.num_generation_tokens = 3
+    iteration.prompt_token_stats.computed = 40
+    stats.record(_step(100, 60, running=2, waiting=1, usage=0.25), iteration)
+    stats.record(_step(50, 50, running=1, waiting=0, usage=0.5), None)
+    stats.record(None, None)
+    snap = stats.snapshot()
+    assert snap["prefix_cache_queries"] == 150 and snap["prefix_cache_hits"] == 110
+    assert snap["generation_tokens"] == 3 and snap["prompt_tokens_computed"] == 40
+    assert (snap["running"], snap["waiting"], snap["kv_cache_usage"]) == (1, 0, 0.5)
+
+
+def test_the_logger_factory_makes_a_vllm_stat_logger_that_records_here():
+    stats = EngineStats()
+    factory = stats.logger_factory()
+    recorder = factory(None, 0)  # vLLM calls a per-engine factory with (vllm_config, engine_index)
+    assert isinstance(recorder, StatLoggerBase)
+    recorder.record(_step(8, 8, 1, 0, 0.1), None, None, 0)
+    recorder.log_engine_initialized()
+    assert stats.prefix_cache_hits == 8
+
+
+def test_routers_report_what_serve_collected_from_each_replica():
+    class _Replica:
+        def __init__(self, uid, stats):
+            self.replica_id = type("Id", (), {"unique_id": uid})()
+            self.routing_stats = stats
+
+    class _Router:
+        curr_replicas = {1: _Replica("a", {"running": 2}), 2: _Replica("b", None)}
+
+    router = _Router()
+    register_router(router)
+    assert engine_replica_stats()["a"] == {"running": 2}
+    assert engine_replica_stats()["b"] == {}, "a replica not yet polled reports nothing"
