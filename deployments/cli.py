@@ -66,18 +66,41 @@ def _unknown_keys(model: type[BaseModel], data: Any, loc: tuple = ()) -> Iterato
                 yield from _unknown_keys(sub, item, (*loc, key) if i is None else (*loc, key, i))
 
 
-def check_file(path: str) -> tuple[list[str], list[str], int]:
-    """Validate a Serve config file with Serve's schema, and our apps' ``args`` with AppConfig.
-    Returns (error lines, warning lines, number of applications), lines without the file name."""
-    from ray.serve.schema import ServeDeploySchema  # here, so `--help` stays instant; starts no Ray
-
+def _load_yaml(text: str) -> tuple[Any, str | None]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        return [f"cannot read it: {e.strerror}"], [], 0
+        return yaml.safe_load(text), None
     except yaml.YAMLError as e:  # not str(e): it spans lines and quotes the source
         mark = getattr(e, "problem_mark", None)
-        return [f"invalid YAML{f' at line {mark.line + 1}' if mark else ''}: {getattr(e, 'problem', None) or e}"], [], 0
+        return None, f"invalid YAML{f' at line {mark.line + 1}' if mark else ''}: {getattr(e, 'problem', None) or e}"
+
+
+def check_file(path: str) -> tuple[list[str], list[str], int]:
+    """Validate a Serve config file with Serve's schema, and our apps' ``args`` with AppConfig.
+    A KubeRay ``RayService`` manifest is checked by its ``spec.serveConfigV2``.
+    Returns (error lines, warning lines, number of applications), lines without the file name."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        return [f"cannot read it: {e.strerror}"], [], 0
+    data, error = _load_yaml(text)
+    if error:
+        return [error], [], 0
+    if isinstance(data, dict) and data.get("kind") == "RayService":
+        serve_config = (data.get("spec") or {}).get("serveConfigV2")
+        if not isinstance(serve_config, str):
+            return ["spec.serveConfigV2: a RayService needs its Serve config here, as a string"], [], 0
+        data, error = _load_yaml(serve_config)
+        if error:
+            return [f"spec.serveConfigV2: {error}"], [], 0
+        errors, warnings, apps = check_config(data)
+        return [f"spec.serveConfigV2: {e}" for e in errors], warnings, apps
+    return check_config(data)
+
+
+def check_config(data: Any) -> tuple[list[str], list[str], int]:
+    """:func:`check_file` for a Serve config already read into ``data``."""
+    from ray.serve.schema import ServeDeploySchema  # here, so `--help` stays instant; starts no Ray
+
     if not isinstance(data, dict):
         return ["not a Serve config: the file must be a mapping with `applications`"], [], 0
     errors: list[str] = []

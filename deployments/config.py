@@ -236,6 +236,20 @@ class DeploymentOptions(StrictModel):
             raise ValueError(f"unknown ray_actor_options {unknown}; allowed: {sorted(allowed)}")
         return value
 
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _serve_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Serve's own model ignores a misspelt field (it would silently keep the default).
+        if value is None:
+            return None
+        from ray.serve.config import AutoscalingConfig
+
+        unknown = sorted(set(value) - set(AutoscalingConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown autoscaling_config fields {unknown}")
+        AutoscalingConfig.model_validate(value)
+        return value
+
     @model_validator(mode="after")
     def _auto_needs_autoscaling(self) -> DeploymentOptions:
         if self.num_replicas == "auto" and self.autoscaling_config is None:

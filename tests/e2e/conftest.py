@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 
+from benchmarks.servers import deploy_failed
 from tests.e2e import tiny_glm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,8 @@ MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 MODEL_NAME = "smollm2-135m-instruct"
 TINY_GLM_NAME = "tiny-glm4"
 TINY_GLM_PREFIX = "/tiny-glm"
+AUTOSCALE_PREFIX = "/autoscale"
+AUTOSCALE_MAX_MODEL_LEN = 512
 # The tiny GLM application takes API keys from this variable of the Ray nodes' environment
 # (the raylet passes it to every replica), the way an operator would provide them.
 API_KEYS_ENV = "GLM_TEST_API_KEYS"
@@ -62,6 +65,13 @@ def _tail(path: Path, lines: int = 80) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _failure_lines(path: Path, lines: int = 60) -> str:
+    """The log's error lines (a start-up failure is buried under health-check noise)."""
+    found = [line for line in path.read_text(errors="replace").splitlines()
+             if any(mark in line for mark in ("ERROR", "Error", "error:", "failed"))]
+    return "\n".join(found[-lines:])
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
@@ -83,7 +93,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
                       "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED,
                       "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2,
-                      "routing": {"policy": "prefix"}}
+                      "routing": {"policy": "prefix", "stats_period_s": 1}}
     # The router refuses past what the engines run and queue, before reading the body.
     args["router"] = {"max_request_body_bytes": 65536,
                       "max_in_flight_requests": 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED}
@@ -107,6 +117,25 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                        "request_timeout_s": TINY_REQUEST_TIMEOUT_S, "first_token_timeout_s": 8,
                        # two router replicas, so that a test can kill one
                        "deployment": {"num_replicas": 2}},
+        },
+    })
+    # A third: SmolLM2 engines that Serve autoscales from 1 to 2 and back within seconds
+    # (tests/e2e/test_autoscaling.py); on CPU, beside the GPU-pinned ones.
+    config["applications"].append({
+        "name": "autoscale",
+        "route_prefix": AUTOSCALE_PREFIX,
+        "import_path": "deployments.app:build_app",
+        "args": {
+            "model": {"model": str(MODEL_DIR), "served_model_name": MODEL_NAME, "dtype": "float32",
+                      "max_model_len": AUTOSCALE_MAX_MODEL_LEN, "enforce_eager": True,
+                      "cpu": {"kvcache_space_gib": 1}},
+            "engine": {"num_replicas": "auto", "ray_actor_options": {"num_cpus": 0},
+                       "max_ongoing_requests": 8, "graceful_shutdown_timeout_s": 60,
+                       "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
+                                              "target_ongoing_requests": 2, "metrics_interval_s": 1,
+                                              "look_back_period_s": 2, "upscale_delay_s": 1,
+                                              "downscale_delay_s": 8}},
+            "router": {"max_request_body_bytes": 65536},
         },
     })
     path.write_text(yaml.safe_dump(config))
@@ -149,12 +178,15 @@ def server(tmp_path_factory):
                 raise RuntimeError(f"serve run exited with {proc.returncode}:\n{_tail(tmp / 'serve.log')}")
             if time.monotonic() - started > START_TIMEOUT_S:
                 raise RuntimeError(f"glm-serve not healthy after {START_TIMEOUT_S} s:\n{_tail(tmp / 'serve.log')}")
-            # Both applications: on a slow machine the tiny GLM's engine can still be
+            # Every application: on a slow machine the tiny GLM's engine can still be
             # starting (three vLLM engines share two cores) when the main app is up.
             try:
-                if all(httpx.get(f"{base}{prefix}/health", timeout=5).status_code == 200
-                       for prefix in ("", TINY_GLM_PREFIX)):
+                answers = [httpx.get(f"{base}{prefix}/health", timeout=5)
+                           for prefix in ("", TINY_GLM_PREFIX, AUTOSCALE_PREFIX)]
+                if all(a.status_code == 200 for a in answers):
                     break
+                if any(deploy_failed(a) for a in answers):
+                    raise RuntimeError(f"an engine deployment failed to start:\n{_failure_lines(tmp / 'serve.log')}")
             except httpx.HTTPError:
                 pass
             time.sleep(2)

@@ -86,6 +86,24 @@ def test_autoscaling_needs_auto_replicas_and_back():
     assert auto.engine.serve_options()["autoscaling_config"] == {"max_replicas": 4}
 
 
+def test_autoscaling_fields_are_checked_against_serves_own():
+    # Serve's AutoscalingConfig ignores a misspelt field; here it is an error naming it.
+    engine = {"num_replicas": "auto", "autoscaling_config": {"max_replicas": 4, "target_ongoing_request": 64}}
+    assert "target_ongoing_request" in _error({"model": {"model": "m"}, "engine": engine})
+    engine = {"num_replicas": "auto", "autoscaling_config": {"min_replicas": 5, "max_replicas": 4}}
+    assert "min_replicas" in _error({"model": {"model": "m"}, "engine": engine})
+
+
+def test_gpu_config_autoscales_engines_for_vllm_and_routes_by_prefix():
+    config = AppConfig.model_validate(_args("config/serve.yaml"))
+    engine = config.engine
+    assert engine.routing.policy == "prefix" and config.model.enable_prefix_caching
+    scaling = engine.autoscaling_config
+    assert engine.num_replicas == "auto" and scaling["min_replicas"] >= 1
+    # Serve's default target (2 ongoing) would add a GPU for every third request.
+    assert scaling["target_ongoing_requests"] >= 32 and scaling["target_ongoing_requests"] < engine.max_ongoing_requests
+
+
 def test_engine_kwargs_may_not_shadow_typed_fields():
     assert "max_model_len" in _error({"model": {"model": "m", "engine_kwargs": {"max_model_len": 5}}})
 

@@ -1,0 +1,80 @@
+"""The container image and the KubeRay manifest agree with the configs they ship."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from deployments.cli import check_file, main
+from deployments.config import AppConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
+
+
+def _manifest() -> dict:
+    return yaml.safe_load(MANIFEST.read_text())
+
+
+def _ray_pin() -> str:
+    return re.search(r'"ray\[serve\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+
+
+def test_the_rayservice_carries_config_serve_yaml_and_passes_both_schemas():
+    manifest = _manifest()
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert serve_config == yaml.safe_load((ROOT / "config" / "serve.yaml").read_text()), \
+        "serveConfigV2 must be config/serve.yaml: change both together"
+    assert check_file(str(MANIFEST)) == ([], [], 1)
+    assert main(["check", str(MANIFEST)]) == 0
+
+
+def test_a_broken_serve_config_inside_a_manifest_is_named(tmp_path, capsys):
+    manifest = _manifest()
+    manifest["spec"]["serveConfigV2"] = manifest["spec"]["serveConfigV2"].replace("max_model_len:", "max_model_lenn:")
+    bad = tmp_path / "rayservice.yaml"
+    bad.write_text(yaml.safe_dump(manifest))
+    assert main(["check", str(bad)]) == 2
+    assert "spec.serveConfigV2: applications[0].args.model.max_model_lenn" in capsys.readouterr().err
+
+
+def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == _ray_pin()
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    assert not any("nvidia.com/gpu" in str(c.get("resources")) for c in head["template"]["spec"]["containers"])
+    [workers] = cluster["workerGroupSpecs"]
+    [container] = workers["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    app = AppConfig.model_validate(yaml.safe_load(_manifest()["spec"]["serveConfigV2"])["applications"][0]["args"])
+    assert app.engine.ray_actor_options["num_gpus"] == 1
+    # No path that exists only where `serve run` started: an absolute path on a volume
+    # that every GPU pod mounts.
+    assert Path(app.model.model).is_absolute()
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert any(Path(app.model.model).is_relative_to(m) for m in mounts), (app.model.model, mounts)
+    # The autoscaler may add pods up to what Serve's autoscaling may ask for.
+    assert workers["maxReplicas"] >= app.engine.autoscaling_config["max_replicas"]
+    assert workers["minReplicas"] <= app.engine.autoscaling_config["min_replicas"]
+    # API keys from a Secret, on every node a router replica may run on.
+    for spec in (head["template"]["spec"], workers["template"]["spec"]):
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert "secretKeyRef" in env[app.router.api_keys_env]["valueFrom"]
+
+
+def test_the_image_is_rays_own_at_the_pinned_version_with_the_gpu_extra():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(_ray_pin())}-py311-gpu$", dockerfile, re.M)
+    assert "pip install --no-cache-dir '.[gpu]'" in dockerfile
+    image = _manifest()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert image == f"glm-serve:{version}"
+    # Every package pyproject.toml installs is copied into the image.
+    packages = re.search(r"packages = \[([^\]]+)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    for package in re.findall(r'"(\w+)"', packages):
+        assert f"COPY --chown=ray:users {package} ./{package}" in dockerfile, package
