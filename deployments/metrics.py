@@ -3,7 +3,10 @@
 Each router replica counts what passed through it, in a registry of its own (so two
 replicas in one process never share counters). Scrape every router replica, or sum
 over them, for the whole service. Everything here is updated once per request or
-once per stream, never per token.
+once per stream, never per token. The ``glm_serve_engine_*`` series are different:
+every router replica shows every engine replica's vLLM counters, as Serve last
+collected them (take ``max by (replica)`` across router replicas, not a sum);
+deploy/grafana/glm-serve.json queries both kinds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from deployments.routing import process_decision_counts
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Inter-token latency: a GPU engine's ~10-50 ms to a loaded CPU engine's ~1 s.
+_ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 
 class RouterMetrics:
@@ -46,6 +51,11 @@ class RouterMetrics:
         self.ttft = Histogram(
             "glm_serve_time_to_first_token_seconds", "Request arrival to first streamed token.",
             buckets=_BUCKETS, registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            "glm_serve_time_per_output_token_seconds",
+            "A finished stream's mean time between tokens after the first (inter-token latency).",
+            buckets=_ITL_BUCKETS, registry=self.registry,
         )
         self.latency = Histogram(
             "glm_serve_request_latency_seconds", "Request arrival to last byte, by endpoint.",

@@ -214,8 +214,13 @@ class RouterDeployment:
         if record.admitted:
             self._generating -= 1
             self._metrics.admitted.set(self._generating)
+        duration_s = time.perf_counter() - record.start
         self._metrics.requests.labels(record.route, str(record.status)).inc()
-        self._metrics.latency.labels(record.route).observe(time.perf_counter() - record.start)
+        self._metrics.latency.labels(record.route).observe(duration_s)
+        if record.status == 200 and record.ttft_s is not None and record.completion_tokens > 1:
+            # A stream's mean inter-token latency, once per stream, never per token.
+            self._metrics.time_per_output_token.observe(
+                (duration_s - record.ttft_s) / (record.completion_tokens - 1))
         self._metrics.prompt_tokens.inc(record.prompt_tokens)
         self._metrics.completion_tokens.inc(record.completion_tokens)
         if record.status != 200 or record.route not in QUIET_ROUTES:

@@ -78,3 +78,18 @@ def test_the_image_is_rays_own_at_the_pinned_version_with_the_gpu_extra():
     packages = re.search(r"packages = \[([^\]]+)\]", (ROOT / "pyproject.toml").read_text()).group(1)
     for package in re.findall(r'"(\w+)"', packages):
         assert f"COPY --chown=ray:users {package} ./{package}" in dockerfile, package
+
+
+def test_the_grafana_dashboard_covers_the_operators_questions_with_series_glm_serve_defines():
+    import json
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "glm-serve.json").read_text())
+    titles = " / ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("requests per second", "errors", "time to first token", "inter-token", "running and waiting",
+                  "kv cache", "prefix-cache hit rate", "routing decisions"):
+        assert topic in titles, topic
+    source = (ROOT / "deployments" / "metrics.py").read_text()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for name in {n for e in exprs for n in re.findall(r"\b(glm_serve_[a-z_]+)", e)}:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert f'"{base}"' in source, f"{name}: not a series deployments/metrics.py defines"

@@ -1,0 +1,42 @@
+"""The Grafana dashboard (deploy/grafana/glm-serve.json) queries only metrics that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import MODEL_NAME, ROOT
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "glm-serve.json"
+
+
+def _queried_series(path: Path) -> set[str]:
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return {name for e in exprs for name in re.findall(r"\b(glm_serve_[a-z_]+)", e)}
+
+
+def test_every_series_the_dashboard_queries_is_on_metrics(http):
+    queried = _queried_series(DASHBOARD)
+    assert {"glm_serve_time_to_first_token_seconds_bucket", "glm_serve_time_per_output_token_seconds_bucket",
+            "glm_serve_engine_kv_cache_usage", "glm_serve_engine_prefix_cache_hits_total",
+            "glm_serve_routing_decisions_total"} <= queried
+    # A stream of several tokens and a refused request, so every kind of series has samples.
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 8,
+            "ignore_eos": True, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        response.read()
+    assert http.post("/v1/chat/completions", json={"model": MODEL_NAME}).status_code == 400
+
+    deadline = time.monotonic() + 20  # engine series arrive with Serve's next stats poll (1 s here)
+    while True:
+        text = http.get("/metrics").text
+        present = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+        missing = sorted(queried - present)
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"the dashboard queries series /metrics does not have: {missing}"
+        time.sleep(1)
