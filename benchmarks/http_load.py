@@ -10,11 +10,23 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
 from benchmarks.workload import RequestRecord, prompts, run_level
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict]:
+    """The JSON events of an OpenAI SSE stream, up to ``[DONE]``."""
+    async for raw in response.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        yield json.loads(payload)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestRecord:
@@ -26,14 +38,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestR
             if response.status != 200:
                 return RequestRecord(0.0, time.perf_counter() - start, 0,
                                      f"HTTP {response.status}: {(await response.text())[:200]}")
-            async for raw in response.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                event = json.loads(payload)
+            async for event in sse_events(response):
                 if "error" in event:
                     return RequestRecord(0.0, time.perf_counter() - start, 0, f"stream error: {event['error']}")
                 if ttft is None and event.get("choices") and event["choices"][0].get("delta", {}).get("content"):

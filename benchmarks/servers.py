@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import httpx
@@ -64,6 +65,26 @@ def competing_processes() -> list[str]:
     own = os.getpid()
     return [f"{pid} {name}" for pid, name, _, _ in process_stats()
             if pid != own and name.startswith(COMPETING_PREFIXES)]
+
+
+def machine_is_quiet(strict: bool) -> bool:
+    """False (after saying why on stderr) when a Ray cluster or vLLM engine already runs
+    here and ``strict``; without ``strict`` only a warning."""
+    busy = competing_processes()
+    if busy:
+        print(f"{'error' if strict else 'warning'}: a Ray cluster or vLLM engine is already running here "
+              f"({', '.join(busy[:6])}{', ...' if len(busy) > 6 else ''}); it would share the CPU with the "
+              "systems measured. Stop it first (`ray stop`, or end its `serve run`).", file=sys.stderr)
+    return not (busy and strict)
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of those of ``packages`` that are installed."""
+    found = {}
+    for package in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
 
 
 def free_port() -> int:
