@@ -112,6 +112,17 @@ def _json(body: dict[str, Any], record: RequestRecord | None = None) -> JSONResp
     return JSONResponse(body, headers=headers)
 
 
+def _error_response(error: APIError, body: dict[str, Any] | None = None) -> JSONResponse:
+    """``error`` as an HTTP response (its OpenAI body, or ``body``), with the headers its
+    status calls for: Retry-After on 503, WWW-Authenticate on 401."""
+    headers = {}
+    if error.status == 503:
+        headers["retry-after"] = "1"
+    elif error.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    return JSONResponse(error.body() if body is None else body, status_code=error.status, headers=headers or None)
+
+
 @serve.deployment
 class RouterDeployment:
     """OpenAI-compatible HTTP API in front of the engine deployment."""
@@ -193,12 +204,7 @@ class RouterDeployment:
     def _error(self, record: RequestRecord, error: APIError) -> JSONResponse:
         record.status, record.error_code = error.status, error.code or error.type
         self._finish(record)
-        headers = {}
-        if error.status == 503:
-            headers["retry-after"] = "1"
-        elif error.status == 401:
-            headers["www-authenticate"] = "Bearer"
-        return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
+        return _error_response(error)
 
     def _abandon(self, record: RequestRecord, stream: IncomingStream) -> None:
         if not record.finished:
@@ -380,18 +386,17 @@ class RouterDeployment:
             status = await asyncio.wait_for(asyncio.to_thread(serve.status), self._config.health_timeout_s)
             deployment = status.applications[self._engine.app_name].deployments[self._engine.deployment_name]
         except asyncio.TimeoutError:
-            error = APIError(503, "Serve's controller did not answer in time.", "service_unavailable")
-            return JSONResponse(error.body(), status_code=503, headers={"retry-after": "1"})
+            return _error_response(APIError(503, "Serve's controller did not answer in time.", "service_unavailable"))
         except Exception as exc:  # noqa: BLE001  (no status is no health)
-            error = APIError(503, f"Serve's status is unavailable: {type(exc).__name__}", "service_unavailable")
-            return JSONResponse(error.body(), status_code=503, headers={"retry-after": "1"})
+            return _error_response(APIError(503, f"Serve's status is unavailable: {type(exc).__name__}",
+                                            "service_unavailable"))
         running = int(deployment.replica_states.get("RUNNING", 0))
         body = {"status": "ok" if running else "unavailable", "model": self._model_name,
                 "engine_replicas_running": running,
                 "engine_status": getattr(deployment.status, "value", str(deployment.status))}
         if not running:
-            body["error"] = APIError(503, "No engine replica is running.", "service_unavailable").body()["error"]
-            return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
+            error = APIError(503, "No engine replica is running.", "service_unavailable")
+            return _error_response(error, {**body, "error": error.body()["error"]})
         return JSONResponse(body)
 
     async def _openapi(self, request: Request, record: RequestRecord) -> Response:
