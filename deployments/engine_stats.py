@@ -84,12 +84,17 @@ def register_router(router: Any) -> None:
     _ROUTERS.add(router)
 
 
+def request_routers() -> list[Any]:
+    """glm-serve's request routers in this process."""
+    return list(_ROUTERS)
+
+
 def engine_replica_stats() -> dict[str, dict[str, Any]]:
     """The latest statistics of every engine replica the request routers in this process
     know, by replica id: what each replica's ``record_routing_stats`` returned when Serve's
     controller last polled it (``{}`` until the first poll)."""
     stats: dict[str, dict[str, Any]] = {}
-    for router in list(_ROUTERS):
+    for router in request_routers():
         for replica in list(router.curr_replicas.values()):
             stats[replica.replica_id.unique_id] = dict(replica.routing_stats or {})
     return stats

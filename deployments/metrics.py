@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from deployments.engine_stats import engine_replica_stats
+from deployments.engine_stats import engine_replica_stats, request_routers
 from deployments.routing import process_decision_counts
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
@@ -72,13 +72,25 @@ class RouterMetrics:
 
 class _RoutingDecisions:
     """How the prefix request router (which runs in this process, inside the handle to the
-    engine deployment) placed requests: affinity, spilled on load, new, hint."""
+    engine deployment) placed requests: affinity, spilled on load, new, hint; and how its
+    lookups in the shared placement table went."""
 
     def collect(self):
         family = CounterMetricFamily("glm_serve_routing_decisions", "Engine replica choices of the prefix router.",
                                      labels=["decision"])
         for label, count in sorted(process_decision_counts().items()):
             family.add_metric([label], count)
+        yield family
+        lookups: dict[str, int] = {}
+        for router in request_routers():
+            for result, count in getattr(router, "directory_counts", dict)().items():
+                lookups[result] = lookups.get(result, 0) + count
+        family = CounterMetricFamily(
+            "glm_serve_routing_directory_lookups",
+            "Lookups of the prefix router in the shared placement table: hit (known conversation), placed "
+            "(placed now), timeout or unavailable (placed by rendezvous hashing instead).", labels=["result"])
+        for result, count in sorted(lookups.items()):
+            family.add_metric([result], count)
         yield family
 
 

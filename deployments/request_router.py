@@ -31,8 +31,12 @@ whose queue is full refuses and the next rank is tried.
 
 Load is the base class's queue-length cache (what replicas reported with their last
 accept/refuse, plus what this router has sent since), falling back to this router's
-own count of requests in flight when an entry is missing or stale. Nothing here
-blocks or makes a remote call.
+own count of requests in flight when an entry is missing or stale.
+
+The one remote call: a request whose conversation this router has not routed before
+(a new conversation, or turns another router replica routed so far) asks the shared
+placement table (:mod:`deployments.routing_directory`) where it lives, awaited with a
+timeout on Serve's routing loop, never blocking it.
 
 Learning happens in :meth:`on_request_routed`, which Serve calls when a replica has
 accepted a request. (Serve only calls it under its rejection protocol, the default
@@ -53,6 +57,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 from deployments.engine_stats import register_router
 from deployments.generation import GenerationRequest
 from deployments.routing import Decision, PrefixPolicy
+from deployments.routing_directory import DirectoryClient, directory_name
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +65,7 @@ ROUTED_METHODS = frozenset({"generate", "complete"})
 """Engine methods routed by prefix; others (``tokenize``, ``model_info``) go to the least loaded."""
 
 _DECISION_ATTR = "_glm_prefix_decision"
+_PLACED_ATTR = "_glm_placed"
 
 
 class PowerOfTwoRouter(PowerOfTwoChoicesRequestRouter):
@@ -82,6 +88,7 @@ class PrefixAffinityRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         register_router(self)
         self._policy = PrefixPolicy()
+        self._directory: DirectoryClient | None = None
         self._in_flight: dict[str, int] = {}
         self._in_flight_by_request: dict[str, str] = {}
 
@@ -90,6 +97,15 @@ class PrefixAffinityRouter(RequestRouter):
         :class:`~deployments.routing.RoutingConfig` but ``policy``); a wrong field fails here."""
         self._policy = PrefixPolicy.from_kwargs(**kwargs)
         self._policy.set_replicas([rid.unique_id for rid in self._replicas])
+        cfg = self._policy.config
+        if cfg.directory:
+            self._directory = DirectoryClient(
+                directory_name(self._deployment_id.app_name, self._deployment_id.name),
+                cfg.max_entries, cfg.directory_timeout_s)
+            try:
+                self._directory.start()
+            except RuntimeError:  # no running loop yet: the first request connects
+                pass
 
     @property
     def policy(self) -> PrefixPolicy:
@@ -98,6 +114,10 @@ class PrefixAffinityRouter(RequestRouter):
     def decision_counts(self) -> dict[str, int]:
         """Requests routed by this router so far, by decision label."""
         return dict(self._policy.counts)
+
+    def directory_counts(self) -> dict[str, int]:
+        """This router's lookups in the shared placement table, by outcome."""
+        return dict(self._directory.counts) if self._directory is not None else {}
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -131,7 +151,7 @@ class PrefixAffinityRouter(RequestRouter):
         chosen = None
         if request is not None:
             try:
-                decision = self._policy.choose(request, loads)
+                decision = await self._decide(request, loads, pending_request)
             except Exception:  # never let the policy break routing: fall back to load only
                 logger.exception("prefix routing failed; routing by load")
             else:
@@ -140,6 +160,20 @@ class PrefixAffinityRouter(RequestRouter):
         rest = sorted((r for r in candidate_replicas if r is not chosen),
                       key=lambda r: loads[r.replica_id.unique_id])
         return ([[chosen]] if chosen is not None else []) + _ranks(rest)
+
+    async def _decide(self, request: GenerationRequest, loads: dict[str, int],
+                      pending_request: PendingRequest) -> Decision:
+        policy = self._policy
+        keys = policy.keys(request)
+        placed = getattr(pending_request, _PLACED_ATTR, None)
+        if placed is None and self._directory is not None:
+            # Serve calls choose_replicas again when every replica refused: ask once.
+            key = policy.placement_key(request, loads, keys)
+            if key is not None:
+                placed = await self._directory.resolve(key, loads)
+                if placed is not None:
+                    setattr(pending_request, _PLACED_ATTR, placed)
+        return policy.choose(request, loads, keys, placed)
 
     # -- learning ---------------------------------------------------------------------
 
@@ -152,8 +186,10 @@ class PrefixAffinityRouter(RequestRouter):
         try:
             decision: Decision | None = getattr(pending_request, _DECISION_ATTR, None)
             if decision is not None:
-                label = decision.label if decision.replica == uid else "spilled"
-                self._policy.record(decision.keys, uid, label)
+                moved = decision.replica != uid  # the chosen replica refused: Serve took another
+                self._policy.record(decision.keys, uid, "spilled" if moved else decision.label)
+                if (decision.publish or moved) and decision.key is not None and self._directory is not None:
+                    self._directory.assign(decision.key, uid)
                 return
             request = self._routed_request(pending_request)
             if request is not None:

@@ -43,28 +43,38 @@ Only a prefix that identifies one conversation may attract traffic. The rule:
   anchor (empty, system-only, shorter than one whole chunk, or nothing but shared
   prefixes) has no affinity: it goes to the least-loaded replica.
 
-Agreement across router replicas (no shared state)
---------------------------------------------------
+Agreement across router replicas: a shared placement table
+-------------------------------------------------------------
 Each router replica has its own policy instance and sees only the requests it
-routes, while a client's turns land on router replicas at random. The target for a
-conversation is therefore a pure function of data every router has: rendezvous
-(highest-random-weight) hashing of the anchor hash over the live replica ids (or of
-the request's ``session_id`` when it has one: the hint replaces the anchor as the
-rendezvous key; learned matches still come first). Every router picks the same replica
-for the same conversation, without talking to the others, from its first turn on
-(which is why a new conversation is placed by rendezvous, not by whichever replica
-is least loaded at that instant: rendezvous is uniform, so new conversations still
-spread evenly, and the load guard bounds any imbalance). Rendezvous hashing moves
-only the conversations of a replica that leaves, and about 1/n of them to a replica
-that joins. A central table (an actor, as Ray's own prefix router uses) would cost a
-remote call per request and be one more thing to fail.
+routes, while a client's turns land on router replicas at random. Where a
+conversation lives is therefore shared: one :class:`PlacementTable` per engine
+deployment, held by a small Ray actor (:mod:`deployments.routing_directory`), maps a
+conversation's key (its anchor hash, or the request's ``session_id``) to its replica.
+A router asks it only when its own learned table (below) has no match for the
+request: a new conversation, or a turn whose earlier turns another router replica
+routed. The table places a new conversation on the least-loaded replica, breaking
+ties by the fewest conversations held, then by rendezvous hashing of the key, and
+answers every router the same for the same key until that replica leaves.
+
+Why a shared table and not a pure function of the key: rendezvous hashing (every
+router computes the same replica from the key alone, which this module did first)
+spreads conversations only as evenly as chance does, and with a few dozen
+conversations per replica one replica got 17 of 24 new conversations while the
+other had 7 (docs/routing.md). A placement that looks at load cannot be recomputed
+by another router later, so it has to be remembered where every router can read it.
+The cost is one remote call (about a millisecond) per new conversation and per
+first turn a router sees of a conversation, never per request of a conversation it
+already routes, and none on Serve's hot path when the actor is slow: past
+``directory_timeout_s``, or while the actor is down, the router falls back to
+rendezvous hashing, which every router still agrees on.
 
 The learned table refines this. Per prefix hash it keeps the replica(s) that most
 recently served that exact prefix, and when (LRU, at most ``max_entries`` entries,
 the anchor candidates' conversation counts included). A match that covers the anchor,
-on a live replica, wins over rendezvous: it is evidence of where the cache is after a spill or when a
-new replica joined (so rendezvous would move the conversation). Such refinements are
-per router; agreement only degrades for conversations that were spilled.
+on a live replica, wins: it is where the cache is. A conversation spilled by the
+load guard moves, and the router that moved it updates the shared table; a router
+that routed its earlier turns keeps sending it where those turns are cached (still
+subject to the load guard) until it routes a later turn of it elsewhere.
 
 Load guard
 ----------
@@ -80,7 +90,8 @@ Decision labels (for metrics)
 of a conversation with history) the request's specific prefix. ``hint``: placed by
 the request's session id. ``spilled``: the affine or hinted replica was overloaded
 (or refused the request), so another one was taken. ``new``: no useful prefix (a new
-conversation, a shared or empty prompt).
+conversation, a shared or empty prompt), or a conversation the shared table had not
+seen (placed now).
 """
 
 from __future__ import annotations
@@ -164,6 +175,17 @@ class RoutingConfig(BaseModel):
     max_age_s: float | None = Field(
         default=None, gt=0,
         description="Ignore a record older than this (vLLM has probably evicted it). None: no age limit.",
+    )
+    directory: bool = Field(
+        default=True,
+        description="Share where each conversation lives between router replicas through one small Ray actor per "
+                    "engine deployment, which places a new conversation on the least-loaded replica. False: "
+                    "each router places it by rendezvous hashing of its prefix, with no shared state.",
+    )
+    directory_timeout_s: float = Field(
+        default=0.1, gt=0, le=10,
+        description="How long a router waits for the shared placement table before placing the conversation "
+                    "by rendezvous hashing instead.",
     )
     stats_period_s: float = Field(
         default=10.0, gt=0, le=3600,
@@ -297,6 +319,89 @@ def prefix_keys(request: Any, cfg: RoutingConfig) -> PrefixKeys:
     return _EMPTY
 
 
+def rendezvous(key: int, replicas: Mapping[str, Any] | Sequence[str], seeds: dict[str, int]) -> str:
+    """Highest-random-weight choice of ``key`` among ``replicas``: the same in every
+    process for the same key and replica set. The weight of a replica is splitmix64's
+    finalizer of ``key ^ seed(replica)``, inlined (this loop runs per replica);
+    ``seeds`` caches each replica's seed."""
+    best, best_weight = "", -1
+    for replica in replicas:
+        seed = seeds.get(replica)
+        if seed is None:
+            seed = seeds[replica] = stable_hash(b"glm-replica", replica)
+        x = key ^ seed
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+        if x > best_weight:
+            best, best_weight = replica, x
+    return best
+
+
+# --- the shared placement table ----------------------------------------------------------
+
+
+class PlacementTable:
+    """Where each conversation lives, shared by every router replica of one engine
+    deployment (held by :class:`deployments.routing_directory.RoutingDirectory`).
+
+    Keys are conversation keys (:attr:`Decision.key`); at most ``max_entries`` of them
+    are kept, least recently used first out. It counts the conversations it holds per
+    replica, which breaks ties between equally loaded replicas."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._homes: OrderedDict[int, str] = OrderedDict()
+        self._held: dict[str, int] = {}
+        self._seeds: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+    def held(self, replica: str) -> int:
+        """Conversations the table places on ``replica``."""
+        return self._held.get(replica, 0)
+
+    def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
+        """The replica of conversation ``key`` among the live replicas in ``loads``, and
+        whether it was placed just now: a key the table does not have, or whose replica
+        left, goes to the least-loaded replica, then the one holding the fewest
+        conversations, then the rendezvous choice."""
+        if not loads:
+            raise ValueError("no replica to choose from")
+        home = self._homes.get(key)
+        if home is not None and home in loads:
+            self._homes.move_to_end(key)
+            return home, False
+        least = min(loads.values())
+        idle = [replica for replica, load in loads.items() if load == least]
+        if len(idle) > 1:
+            fewest = min(self.held(replica) for replica in idle)
+            idle = [replica for replica in idle if self.held(replica) == fewest]
+        target = idle[0] if len(idle) == 1 else rendezvous(key, idle, self._seeds)
+        self.assign(key, target)
+        return target, True
+
+    def assign(self, key: int, replica: str) -> None:
+        """Conversation ``key`` lives on ``replica`` from now on."""
+        old = self._homes.pop(key, None)
+        if old is not None:
+            self._release(old)
+        self._homes[key] = replica
+        self._held[replica] = self._held.get(replica, 0) + 1
+        while len(self._homes) > self.max_entries:
+            _, evicted = self._homes.popitem(last=False)
+            self._release(evicted)
+
+    def _release(self, replica: str) -> None:
+        count = self._held.get(replica, 0) - 1
+        if count > 0:
+            self._held[replica] = count
+        else:
+            self._held.pop(replica, None)
+            self._seeds.pop(replica, None)
+
+
 # --- policy ----------------------------------------------------------------------------
 
 
@@ -328,6 +433,10 @@ class Decision:
     anchor_blocks: int
     """Length of the request's specific prefix in blocks (0: none)."""
     keys: PrefixKeys
+    key: int | None = None
+    """The conversation's key in the shared placement table (session or anchor hash)."""
+    publish: bool = False
+    """The conversation moved (spilled): the shared table should learn where it went."""
 
 
 _POLICIES: weakref.WeakSet[PrefixPolicy] = weakref.WeakSet()
@@ -374,9 +483,13 @@ class PrefixPolicy:
 
     # -- choosing ---------------------------------------------------------------------
 
-    def choose(self, request: Any, loads: Mapping[str, int], keys: PrefixKeys | None = None) -> Decision:
+    def choose(self, request: Any, loads: Mapping[str, int], keys: PrefixKeys | None = None,
+               placed: tuple[str, bool] | None = None) -> Decision:
         """The replica for ``request`` among the live replicas ``loads`` names (replica id
-        to ongoing requests)."""
+        to ongoing requests). ``placed``: what the shared placement table answered for
+        :meth:`placement_key` (the replica, and whether it placed the conversation just
+        now); without it a conversation the learned table does not know is placed by
+        rendezvous hashing."""
         if not loads:
             raise ValueError("no replica to choose from")
         if keys is None:
@@ -389,40 +502,65 @@ class PrefixPolicy:
             load = loads[replica]
             return load - least > gap and load > factor * least
 
-        hashes = keys.hashes
         anchor = self._anchor(keys)
         anchor_blocks = 0 if anchor is None else anchor + 1
         spilled = False
         if anchor is not None:
             # Learned: the deepest prefix (at least the anchor) a live replica served.
-            table = self._table
-            max_age = cfg.max_age_s
-            now = self._clock() if max_age else 0.0
-            for i in range(len(hashes) - 1, anchor - 1, -1):
-                entry = table.get(hashes[i])
-                if entry is None or not entry.replicas or (max_age and now - entry.stamp > max_age):
+            for i, replica in self._holders(keys, anchor, loads):
+                if overloaded(replica):
+                    spilled = True
                     continue
-                for replica in entry.replicas:
-                    if replica not in loads:
-                        continue
-                    if overloaded(replica):
-                        spilled = True
-                        continue
-                    return Decision(replica, "spilled" if spilled else "affinity", i + 1, anchor_blocks, keys)
+                return Decision(replica, "spilled" if spilled else "affinity", i + 1, anchor_blocks, keys)
 
+        key, label = self._conversation_key(request, keys, anchor)
+        if key is not None:
+            if placed is not None and placed[0] in loads:
+                target = placed[0]
+                if label != "hint":
+                    label = "new" if placed[1] else "affinity"
+            else:
+                target = self.rendezvous(key, loads)
+            if not overloaded(target):
+                return Decision(target, "spilled" if spilled else label, 0, anchor_blocks, keys, key)
+            spilled = spilled or label != "new"
+        return Decision(self._least_loaded(loads, least), "spilled" if spilled else "new", 0, anchor_blocks, keys,
+                        key, publish=spilled and key is not None)
+
+    def placement_key(self, request: Any, loads: Mapping[str, int], keys: PrefixKeys) -> int | None:
+        """The key to ask the shared placement table about, or None when the table is not
+        needed: the learned table already knows a live replica holding the request's
+        specific prefix, or the request has no specific prefix and no session."""
+        anchor = self._anchor(keys)
+        if anchor is not None and next(self._holders(keys, anchor, loads), None) is not None:
+            return None
+        return self._conversation_key(request, keys, anchor)[0]
+
+    def _holders(self, keys: PrefixKeys, anchor: int, loads: Mapping[str, int]):
+        """(block index, replica) of every live replica that served a prefix of ``keys``
+        covering the anchor, deepest prefix first, most recent replica first."""
+        table = self._table
+        max_age = self.config.max_age_s
+        now = self._clock() if max_age else 0.0
+        hashes = keys.hashes
+        for i in range(len(hashes) - 1, anchor - 1, -1):
+            entry = table.get(hashes[i])
+            if entry is None or not entry.replicas or (max_age and now - entry.stamp > max_age):
+                continue
+            for replica in entry.replicas:
+                if replica in loads:
+                    yield i, replica
+
+    @staticmethod
+    def _conversation_key(request: Any, keys: PrefixKeys, anchor: int | None) -> tuple[int | None, str]:
+        """The conversation's key (its session id's hash, else its anchor's) and the label
+        a placement by it gets."""
         session = getattr(request, "session_id", None) if request is not None else None
         if session:
-            key, label = stable_hash(b"glm-session", str(session)), "hint"
-        elif anchor is not None:
-            key, label = hashes[anchor], ("affinity" if anchor < len(hashes) - 1 else "new")
-        else:
-            key, label = None, "new"
-        if key is not None:
-            target = self.rendezvous(key, loads)
-            if not overloaded(target):
-                return Decision(target, "spilled" if spilled else label, 0, anchor_blocks, keys)
-            spilled = spilled or label != "new"
-        return Decision(self._least_loaded(loads, least), "spilled" if spilled else "new", 0, anchor_blocks, keys)
+            return stable_hash(b"glm-session", str(session)), "hint"
+        if anchor is not None:
+            return keys.hashes[anchor], ("affinity" if anchor < len(keys.hashes) - 1 else "new")
+        return None, "new"
 
     def _anchor(self, keys: PrefixKeys) -> int | None:
         """The block index of the request's specific prefix, if it has one."""
@@ -435,22 +573,8 @@ class PrefixPolicy:
         return None
 
     def rendezvous(self, key: int, replicas: Mapping[str, Any] | Sequence[str]) -> str:
-        """Highest-random-weight choice of ``key`` among ``replicas``: the same in every
-        process for the same key and replica set. The weight of a replica is splitmix64's
-        finalizer of ``key ^ seed(replica)``, inlined (this loop runs per replica)."""
-        seeds = self._seeds
-        best, best_weight = "", -1
-        for replica in replicas:
-            seed = seeds.get(replica)
-            if seed is None:
-                seed = seeds[replica] = stable_hash(b"glm-replica", replica)
-            x = key ^ seed
-            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-            x ^= x >> 31
-            if x > best_weight:
-                best, best_weight = replica, x
-        return best
+        """Highest-random-weight choice of ``key`` among ``replicas`` (:func:`rendezvous`)."""
+        return rendezvous(key, replicas, self._seeds)
 
     def _least_loaded(self, loads: Mapping[str, int], least: int) -> str:
         idle = [replica for replica, load in loads.items() if load == least]

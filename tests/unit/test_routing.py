@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from deployments.generation import GenerationRequest
 from deployments.routing import (
     ROUTER_CLASSES,
+    PlacementTable,
     PrefixPolicy,
     RoutingConfig,
     process_decision_counts,
@@ -354,6 +355,92 @@ def test_a_session_hint_is_sticky_and_agreed():
     request = Hinted(messages=[{"role": "user", "content": "x"}], session_id="session-1")
     busy = {**idle(ids), placed["session-1"]: 50}
     assert a.choose(request, busy).label == "spilled"
+
+
+# --- the shared placement table --------------------------------------------------------
+
+
+def test_the_placement_table_places_by_load_then_conversations_held_and_remembers():
+    table = PlacementTable(max_entries=1000)
+    ids = replicas(3)
+    assert table.resolve(1, {"replica-00": 5, "replica-01": 2, "replica-02": 9}) == ("replica-01", True)
+    assert table.resolve(1, idle(ids)) == ("replica-01", False), "a known conversation stays put"
+    # Equal loads: the replicas holding fewer conversations first, so idle replicas fill evenly.
+    homes = Counter(table.resolve(key, idle(ids))[0] for key in range(2, 32))
+    assert sorted(homes.values()) == [10, 10, 10] and table.held("replica-01") == 11
+    # Its replica left: placed again among the live ones.
+    replica, placed = table.resolve(1, idle([ids[0], ids[2]]))
+    assert placed and replica != "replica-01"
+    table.assign(1, "replica-02")
+    assert table.resolve(1, idle(ids)) == ("replica-02", False)
+    with pytest.raises(ValueError):
+        table.resolve(1, {})
+
+
+def test_the_placement_table_stays_under_its_cap_and_its_counts_stay_true():
+    table = PlacementTable(max_entries=50)
+    ids = replicas(4)
+    rng = random.Random(5)
+    for key in range(500):
+        table.resolve(key, {i: rng.randint(0, 3) for i in ids})
+        if key % 7 == 0:
+            table.assign(rng.randrange(key + 1), rng.choice(ids))
+    assert len(table) == 50
+    assert sum(table.held(i) for i in ids) == 50
+    assert table.resolve(499, idle(ids))[1] is False and table.resolve(0, idle(ids))[1] is True
+
+
+def shared_serve(p: PrefixPolicy, table: PlacementTable, request: Any, loads: dict[str, int]) -> str:
+    """Route like PrefixAffinityRouter with a shared table: ask it only when needed."""
+    keys = p.keys(request)
+    key = p.placement_key(request, loads, keys)
+    decision = p.choose(request, loads, keys, table.resolve(key, loads) if key is not None else None)
+    p.record(decision.keys, decision.replica, decision.label)
+    if decision.publish:
+        table.assign(decision.key, decision.replica)
+    return decision.replica
+
+
+def test_routers_sharing_the_placement_table_agree_and_spread_new_conversations_evenly():
+    """Four router replicas; every turn lands on one at random. With the shared table each
+    conversation stays on one replica, and conversations spread by load, not by chance."""
+    ids = replicas(2)
+    table = PlacementTable()
+    routers = [policy() for _ in range(4)]
+    rng = random.Random(11)
+    homes: dict[int, set[str]] = {}
+    pending_turns = {c: turns(c, 4) for c in range(24)}
+    while pending_turns:
+        c = rng.choice(list(pending_turns))
+        request = pending_turns[c].pop(0)
+        if not pending_turns[c]:
+            del pending_turns[c]
+        loads = {i: rng.randint(0, 1) for i in ids}  # noisy, well inside the load guard
+        homes.setdefault(c, set()).add(shared_serve(rng.choice(routers), table, request, loads))
+    assert all(len(h) == 1 for h in homes.values()), "every conversation's turns reached one replica"
+    split = Counter(next(iter(h)) for h in homes.values())
+    assert max(split.values()) <= 14, split  # rendezvous alone: 17/7 in a benchmark run
+
+
+def test_a_hot_system_prompt_splits_evenly_across_idle_replicas_with_the_table():
+    ids = replicas(2)
+    table = PlacementTable()
+    a, b = policy(), policy()
+    split = Counter(shared_serve((a, b)[u % 2], table, turns(u, 1)[0], idle(ids)) for u in range(24))
+    assert sorted(split.values()) == [12, 12]
+
+
+def test_a_conversation_the_table_placed_spills_and_the_table_follows():
+    ids = replicas(2)
+    table = PlacementTable()
+    a, b = policy(max_load_gap=2), policy(max_load_gap=2)
+    first, second, third = turns(0, 3)
+    home = shared_serve(a, table, first, idle(ids))
+    other = next(i for i in ids if i != home)
+    moved = shared_serve(b, table, second, {home: 20, other: 0})
+    assert moved == other and b.counts["spilled"] == 1
+    # A third router replica that never saw it asks the table: it went where the spill took it.
+    assert shared_serve(policy(), table, third, idle(ids)) == other
 
 
 # --- cost ------------------------------------------------------------------------------

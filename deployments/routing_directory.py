@@ -1,0 +1,154 @@
+"""The shared placement table of the prefix router: one small Ray actor per engine
+deployment, and each router replica's client of it.
+
+Why it exists and what it decides: :class:`deployments.routing.PlacementTable` (the
+pure logic) and the module docstring of :mod:`deployments.routing`.
+
+Lifetime. The first router replica that needs the table creates the actor by name
+(``get_if_exists``), so every router replica of the deployment finds the same one. It
+is not detached: it dies with the router replica that created it, with the
+application. A router that finds it gone creates it again (at most once every
+``_RETRY_S``), and meanwhile places conversations by rendezvous hashing. Losing the
+table loses only placements: conversations that go on are placed again, and their
+next turns may miss the prefix cache once.
+
+Nothing here blocks Serve's routing loop: the actor is created in a thread, a lookup
+is awaited with a timeout, and placements that moved (spills) are sent in the
+background and never awaited by a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+
+from deployments.routing import PlacementTable
+
+logger = logging.getLogger("ray.serve")
+
+_RETRY_S = 5.0
+"""Least time between two attempts to reach (or create) the actor."""
+
+
+class RoutingDirectory:
+    """The actor: a :class:`~deployments.routing.PlacementTable` behind async methods
+    (one event loop, so calls never interleave inside the table)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._table = PlacementTable(max_entries)
+
+    async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
+        """:meth:`PlacementTable.resolve`."""
+        return self._table.resolve(key, loads)
+
+    async def assign(self, moves: list[tuple[int, str]]) -> None:
+        """:meth:`PlacementTable.assign` for each (key, replica)."""
+        for key, replica in moves:
+            self._table.assign(key, replica)
+
+    async def size(self) -> int:
+        return len(self._table)
+
+
+def directory_name(app_name: str, deployment_name: str) -> str:
+    """The actor's name: one table per engine deployment of an application."""
+    return f"glm-serve-routing:{app_name}:{deployment_name}"
+
+
+class DirectoryClient:
+    """One router replica's access to the table. ``counts`` has each lookup's outcome
+    (``hit``, ``placed``, ``timeout``, ``unavailable``) for ``/metrics``."""
+
+    def __init__(self, name: str, max_entries: int, timeout_s: float) -> None:
+        self.name = name
+        self.max_entries = max_entries
+        self.timeout_s = timeout_s
+        self.counts: dict[str, int] = dict.fromkeys(("hit", "placed", "timeout", "unavailable"), 0)
+        self._actor: Any = None
+        self._connecting: asyncio.Task | None = None
+        self._last_attempt = float("-inf")
+        self._moves: list[tuple[int, str]] = []
+        self._flushing: asyncio.Task | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._actor is not None
+
+    async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool] | None:
+        """Where conversation ``key`` lives (placing it if new), or None if the table
+        cannot answer within ``timeout_s``."""
+        if self._actor is None:
+            self._connect_soon()
+            self.counts["unavailable"] += 1
+            return None
+        try:
+            replica, placed = await asyncio.wait_for(self._actor.resolve.remote(key, dict(loads)), self.timeout_s)
+        except asyncio.TimeoutError:
+            self.counts["timeout"] += 1
+            return None
+        except Exception as exc:  # the actor died (its creator left) or cannot be reached
+            self._lost(exc)
+            self.counts["unavailable"] += 1
+            return None
+        self.counts["placed" if placed else "hit"] += 1
+        return replica, placed
+
+    def assign(self, key: int, replica: str) -> None:
+        """Tell the table that conversation ``key`` moved to ``replica`` (sent in the background)."""
+        if self._actor is None:
+            return
+        self._moves.append((key, replica))
+        if self._flushing is None or self._flushing.done():
+            try:
+                self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            except RuntimeError:  # called off the routing loop: the next move on it sends this one
+                pass
+
+    async def _flush(self) -> None:
+        while self._moves and self._actor is not None:
+            moves, self._moves = self._moves, []
+            try:
+                await asyncio.wait_for(self._actor.assign.remote(moves), max(1.0, self.timeout_s))
+            except Exception as exc:
+                self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._actor is not None:
+            logger.warning("routing directory %s lost (%s); placing by rendezvous until it is back",
+                           self.name, type(exc).__name__)
+        self._actor = None
+
+    def _connect_soon(self) -> None:
+        now = time.monotonic()
+        if (self._connecting is not None and not self._connecting.done()) or now - self._last_attempt < _RETRY_S:
+            return
+        self._last_attempt = now
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            # Creating or looking up a named actor talks to the GCS synchronously.
+            actor = await asyncio.get_running_loop().run_in_executor(None, self._get_or_create)
+            await asyncio.wait_for(actor.size.remote(), 30.0)
+        except Exception as exc:
+            logger.warning("routing directory %s unavailable (%s: %s); placing by rendezvous",
+                           self.name, type(exc).__name__, exc)
+            return
+        self._actor = actor
+
+    def _get_or_create(self) -> Any:
+        if not ray.is_initialized():  # a router driven outside Ray (unit tests) must not start a cluster
+            raise RuntimeError("Ray is not initialized")
+        actor_class = ray.remote(RoutingDirectory)
+        return actor_class.options(
+            name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1000,
+        ).remote(self.max_entries)
+
+    def start(self) -> None:
+        """Begin connecting (on the running loop) so the first request finds the table."""
+        self._connect_soon()
