@@ -436,7 +436,8 @@ class Decision:
     key: int | None = None
     """The conversation's key in the shared placement table (session or anchor hash)."""
     publish: bool = False
-    """The conversation moved (spilled): the shared table should learn where it went."""
+    """The shared placement table did not choose this replica for the conversation (it was
+    spilled, or placed by rendezvous without the table): the table should learn it."""
 
 
 _POLICIES: weakref.WeakSet[PrefixPolicy] = weakref.WeakSet()
@@ -515,14 +516,16 @@ class PrefixPolicy:
 
         key, label = self._conversation_key(request, keys, anchor)
         if key is not None:
-            if placed is not None and placed[0] in loads:
+            confirmed = placed is not None and placed[0] in loads
+            if confirmed:
                 target = placed[0]
                 if label != "hint":
                     label = "new" if placed[1] else "affinity"
             else:
                 target = self.rendezvous(key, loads)
             if not overloaded(target):
-                return Decision(target, "spilled" if spilled else label, 0, anchor_blocks, keys, key)
+                return Decision(target, "spilled" if spilled else label, 0, anchor_blocks, keys, key,
+                                publish=spilled or not confirmed)
             spilled = spilled or label != "new"
         return Decision(self._least_loaded(loads, least), "spilled" if spilled else "new", 0, anchor_blocks, keys,
                         key, publish=spilled and key is not None)

@@ -13,8 +13,9 @@ table loses only placements: conversations that go on are placed again, and thei
 next turns may miss the prefix cache once.
 
 Nothing here blocks Serve's routing loop: the actor is created in a thread, a lookup
-is awaited with a timeout, and placements that moved (spills) are sent in the
-background and never awaited by a request.
+is awaited with a timeout, and placements the table did not make (spills, and
+rendezvous placements while it was slow or not yet reachable) are sent in the
+background, never awaited by a request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,7 @@ logger = logging.getLogger("ray.serve")
 
 _RETRY_S = 5.0
 """Least time between two attempts to reach (or create) the actor."""
+_MAX_PENDING_MOVES = 10_000
 
 
 class RoutingDirectory:
@@ -72,7 +75,8 @@ class DirectoryClient:
         self._actor: Any = None
         self._connecting: asyncio.Task | None = None
         self._last_attempt = float("-inf")
-        self._moves: list[tuple[int, str]] = []
+        # Placements the table did not make, waiting to be sent (also while it is unreachable).
+        self._moves: deque[tuple[int, str]] = deque(maxlen=_MAX_PENDING_MOVES)
         self._flushing: asyncio.Task | None = None
 
     @property
@@ -99,22 +103,28 @@ class DirectoryClient:
         return replica, placed
 
     def assign(self, key: int, replica: str) -> None:
-        """Tell the table that conversation ``key`` moved to ``replica`` (sent in the background)."""
-        if self._actor is None:
-            return
+        """Tell the table that conversation ``key`` lives on ``replica`` (a placement it did
+        not make: a spill, or rendezvous while it was slow or unreachable). Sent in the
+        background; kept until the table is reachable (the newest ``_MAX_PENDING_MOVES``)."""
         self._moves.append((key, replica))
-        if self._flushing is None or self._flushing.done():
-            try:
-                self._flushing = asyncio.get_running_loop().create_task(self._flush())
-            except RuntimeError:  # called off the routing loop: the next move on it sends this one
-                pass
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._actor is None or not self._moves or (self._flushing is not None and not self._flushing.done()):
+            return
+        try:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        except RuntimeError:  # called off the routing loop: the next move on it sends this one
+            pass
 
     async def _flush(self) -> None:
         while self._moves and self._actor is not None:
-            moves, self._moves = self._moves, []
+            moves = list(self._moves)
+            self._moves.clear()
             try:
                 await asyncio.wait_for(self._actor.assign.remote(moves), max(1.0, self.timeout_s))
             except Exception as exc:
+                self._moves.extendleft(reversed(moves))
                 self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
@@ -140,6 +150,7 @@ class DirectoryClient:
                            self.name, type(exc).__name__, exc)
             return
         self._actor = actor
+        self._flush_soon()
 
     def _get_or_create(self) -> Any:
         if not ray.is_initialized():  # a router driven outside Ray (unit tests) must not start a cluster

@@ -443,6 +443,21 @@ def test_a_conversation_the_table_placed_spills_and_the_table_follows():
     assert shared_serve(policy(), table, third, idle(ids)) == other
 
 
+def test_a_placement_made_without_the_table_is_published_so_the_others_agree():
+    """The table was slow or not yet reachable: the router placed the conversation by
+    rendezvous, and tells the table afterwards, so another router replica finds it."""
+    ids = replicas(4)
+    table = PlacementTable()
+    first, second = turns(0, 2)
+    a = policy()
+    decision = a.choose(first, idle(ids))  # no `placed`: the table did not answer
+    assert decision.publish and decision.key is not None
+    table.assign(decision.key, decision.replica)
+    assert shared_serve(policy(), table, second, {**idle(ids), decision.replica: 1}) == decision.replica
+    confirmed = a.choose(first, idle(ids), placed=(decision.replica, False))
+    assert not confirmed.publish
+
+
 # --- cost ------------------------------------------------------------------------------
 
 
