@@ -28,7 +28,7 @@ def build_app(args: dict[str, Any]) -> Application:
     options = config.engine.serve_options()
     options["request_router_config"] = request_router_config(config.engine.routing)
     engine = EngineDeployment.options(name=ENGINE_DEPLOYMENT, **options).bind(
-        config.model, config.engine.stall_timeout_s)
+        config.model, config.engine.stall_timeout_s, config.engine.export_ray_metrics)
     return RouterDeployment.options(
         name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
     ).bind(engine, config.model, config.router)

@@ -283,9 +283,15 @@ class EngineDeploymentConfig(DeploymentOptions):
         default_factory=RoutingConfig,
         description="Which engine replica serves a request: Serve's load-only default, or prefix-cache affinity.",
     )
+    export_ray_metrics: bool = Field(
+        default=True,
+        description="Export vLLM's engine metrics through Ray's metrics agent on each node (vLLM's "
+                    "RayPrometheusStatLogger: ray_vllm_*, tagged with the engine replica), the names Ray's Serve "
+                    "LLM dashboard queries.",
+    )
 
     def serve_options(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude={"stall_timeout_s", "routing"})
+        return self.model_dump(exclude_none=True, exclude={"stall_timeout_s", "routing", "export_ray_metrics"})
 
 
 class RouterDeploymentOptions(DeploymentOptions):
@@ -352,6 +358,11 @@ class RouterConfig(StrictModel):
     )
     metrics_without_key: bool = Field(
         default=False, description="Serve GET /metrics without an API key (for a scraper inside the network).",
+    )
+    export_ray_metrics: bool = Field(
+        default=True,
+        description="Also export the router's series through Ray's metrics agent on each node, as ray_glm_serve_* "
+                    "tagged with the router replica, so one scrape of a node covers every router replica on it.",
     )
     log_prompts: bool = Field(
         default=False, description="Put prompt and completion text in the access log. Off: never logged.",

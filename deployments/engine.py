@@ -25,7 +25,7 @@ from ray import serve
 from chat_formats import get_chat_format
 from deployments.config import CpuConfig, ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
-from deployments.engine_stats import EngineStats
+from deployments.engine_stats import EngineStats, ray_stat_logger
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import (
     Choice,
@@ -163,7 +163,7 @@ class _Held:
 class EngineDeployment:
     """One vLLM engine. Serve places one replica per GPU (``num_gpus: 1``)."""
 
-    def __init__(self, config: ModelConfig, stall_timeout_s: float = 120.0):
+    def __init__(self, config: ModelConfig, stall_timeout_s: float = 120.0, export_ray_metrics: bool = False):
         import ray
 
         context = serve.get_replica_context()
@@ -182,8 +182,11 @@ class EngineDeployment:
         self._config = config
         self._format = get_chat_format(config.chat_format)
         self._stats = EngineStats()
+        stat_loggers = [self._stats.logger_factory()]
+        if export_ray_metrics:
+            stat_loggers.append(ray_stat_logger())
         self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()),
-                                                       stat_loggers=[self._stats.logger_factory()])
+                                                       stat_loggers=stat_loggers)
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
         )

@@ -98,3 +98,13 @@ def engine_replica_stats() -> dict[str, dict[str, Any]]:
         for replica in list(router.curr_replicas.values()):
             stats[replica.replica_id.unique_id] = dict(replica.routing_stats or {})
     return stats
+
+
+def ray_stat_logger() -> Any:
+    """vLLM's own Prometheus metrics, recorded through Ray's metrics agent instead of a
+    per-process registry (``RayPrometheusStatLogger``, as Ray Serve LLM attaches it): they
+    appear on each node's metrics export as ``ray_vllm_*``, tagged ``ReplicaId`` with the
+    engine replica's id."""
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return RayPrometheusStatLogger

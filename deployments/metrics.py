@@ -11,6 +11,8 @@ deploy/grafana/glm-serve.json queries both kinds.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,46 +26,92 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 _ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 
+class _Series:
+    """One series in the router replica's own registry (``GET /metrics``) and, when
+    exported, the same through Ray's metrics agent (:mod:`ray.serve.metrics`, which tags
+    it with the application, deployment and replica): ``labels(...)``, ``inc``, ``dec``,
+    ``set`` and ``observe`` act on both."""
+
+    __slots__ = ("_local", "_ray", "_labelnames", "_tags", "_value")
+
+    def __init__(self, local: Any, exported: Any, labelnames: tuple[str, ...] = (),
+                 tags: dict[str, str] | None = None) -> None:
+        self._local, self._ray, self._labelnames, self._tags = local, exported, labelnames, tags
+        self._value = 0.0  # a gauge's value: Ray's gauges can only be set
+
+    def labels(self, *values: str) -> _Series:
+        tags = dict(zip(self._labelnames, values, strict=True)) if self._ray is not None else None
+        return _Series(self._local.labels(*values), self._ray, tags=tags)
+
+    def inc(self, amount: float = 1) -> None:
+        self._local.inc(amount)
+        if self._ray is not None:
+            if hasattr(self._ray, "set"):
+                self._value += amount
+                self._ray.set(self._value, self._tags)
+            elif amount > 0:  # Ray's counters refuse 0
+                self._ray.inc(amount, self._tags)
+
+    def dec(self, amount: float = 1) -> None:
+        self.inc(-amount)
+
+    def set(self, value: float) -> None:
+        self._local.set(value)
+        if self._ray is not None:
+            self._value = value
+            self._ray.set(value, self._tags)
+
+    def observe(self, value: float) -> None:
+        self._local.observe(value)
+        if self._ray is not None:
+            self._ray.observe(value, self._tags)
+
+
 class RouterMetrics:
-    """The counters and histograms the router keeps."""
+    """The counters and histograms the router keeps. ``export``: also through Ray's metrics
+    agent, as ``ray_glm_serve_*`` (``router.export_ray_metrics``)."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, export: bool = False) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "glm_serve_requests", "HTTP requests by endpoint and status code.",
-            ["endpoint", "status"], registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            "glm_serve_requests_in_flight", "Generation requests being served now.", registry=self.registry,
-        )
-        self.admitted = Gauge(
-            "glm_serve_requests_admitted", "Generation requests counted against router.max_in_flight_requests.",
-            registry=self.registry,
-        )
-        self.prompt_tokens = Counter(
-            "glm_serve_prompt_tokens", "Prompt tokens of finished requests.", registry=self.registry,
-        )
-        self.completion_tokens = Counter(
-            "glm_serve_completion_tokens", "Generated tokens of finished requests.", registry=self.registry,
-        )
-        self.ttft = Histogram(
-            "glm_serve_time_to_first_token_seconds", "Request arrival to first streamed token.",
-            buckets=_BUCKETS, registry=self.registry,
-        )
-        self.time_per_output_token = Histogram(
-            "glm_serve_time_per_output_token_seconds",
+        self._export = export
+        self.requests = self._series(Counter, "glm_serve_requests", "HTTP requests by endpoint and status code.",
+                                     ("endpoint", "status"))
+        self.in_flight = self._series(Gauge, "glm_serve_requests_in_flight", "Generation requests being served now.")
+        self.admitted = self._series(
+            Gauge, "glm_serve_requests_admitted",
+            "Generation requests counted against router.max_in_flight_requests.")
+        self.prompt_tokens = self._series(Counter, "glm_serve_prompt_tokens", "Prompt tokens of finished requests.")
+        self.completion_tokens = self._series(
+            Counter, "glm_serve_completion_tokens", "Generated tokens of finished requests.")
+        self.ttft = self._series(Histogram, "glm_serve_time_to_first_token_seconds",
+                                 "Request arrival to first streamed token.", buckets=_BUCKETS)
+        self.time_per_output_token = self._series(
+            Histogram, "glm_serve_time_per_output_token_seconds",
             "A finished stream's mean time between tokens after the first (inter-token latency).",
-            buckets=_ITL_BUCKETS, registry=self.registry,
-        )
-        self.latency = Histogram(
-            "glm_serve_request_latency_seconds", "Request arrival to last byte, by endpoint.",
-            ["endpoint"], buckets=_BUCKETS, registry=self.registry,
-        )
+            buckets=_ITL_BUCKETS)
+        self.latency = self._series(Histogram, "glm_serve_request_latency_seconds",
+                                    "Request arrival to last byte, by endpoint.", ("endpoint",), buckets=_BUCKETS)
 
         self.registry.register(_RoutingDecisions())
         self.registry.register(_EngineReplicas())
+
+    def _series(self, kind: type, name: str, help_text: str, labelnames: tuple[str, ...] = (),
+                buckets: tuple[float, ...] | None = None) -> _Series:
+        extra = {"buckets": buckets} if buckets is not None else {}
+        local = kind(name, help_text, list(labelnames), registry=self.registry, **extra)
+        exported = None
+        if self._export:
+            from ray.serve import metrics as serve_metrics
+
+            if kind is Histogram:
+                exported = serve_metrics.Histogram(name, help_text, boundaries=list(buckets or ()),
+                                                   tag_keys=labelnames or None)
+            else:
+                ray_kind = serve_metrics.Counter if kind is Counter else serve_metrics.Gauge
+                exported = ray_kind(name, help_text, tag_keys=labelnames or None)
+        return _Series(local, exported, labelnames)
 
     def render(self) -> bytes:
         """Prometheus text exposition of everything above."""

@@ -137,7 +137,7 @@ class RouterDeployment:
         self._config = config
         self._api_keys = load_api_keys(config.api_keys_env, config.api_keys_file)
         self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
-        self._metrics = RouterMetrics()
+        self._metrics = RouterMetrics(export=config.export_ray_metrics)
         access_log.setup()
         self._created = int(time.time())
         self._max_model_len: int | None = None
