@@ -101,7 +101,7 @@ class PrefixAffinityRouter(RequestRouter):
         if cfg.directory:
             self._directory = DirectoryClient(
                 directory_name(self._deployment_id.app_name, self._deployment_id.name),
-                cfg.max_entries, cfg.directory_timeout_s)
+                cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s)
             try:
                 self._directory.start()
             except RuntimeError:  # no running loop yet: the first request connects

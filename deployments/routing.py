@@ -53,7 +53,7 @@ conversation's key (its anchor hash, or the request's ``session_id``) to its rep
 A router asks it only when its own learned table (below) has no match for the
 request: a new conversation, or a turn whose earlier turns another router replica
 routed. The table places a new conversation on the least-loaded replica, breaking
-ties by the fewest conversations held, then by rendezvous hashing of the key, and
+ties by the fewest conversations placed lately, then by rendezvous hashing of the key, and
 answers every router the same for the same key until that replica leaves.
 
 Why a shared table and not a pure function of the key: rendezvous hashing (every
@@ -97,6 +97,7 @@ seen (placed now).
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 import time
@@ -181,6 +182,11 @@ class RoutingConfig(BaseModel):
         description="Share where each conversation lives between router replicas through one small Ray actor per "
                     "engine deployment, which places a new conversation on the least-loaded replica. False: "
                     "each router places it by rendezvous hashing of its prefix, with no shared state.",
+    )
+    placement_memory_s: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="Between equally loaded replicas, the shared placement table prefers the one given fewer new "
+                    "conversations lately; each counts with weight exp(-age / placement_memory_s).",
     )
     directory_timeout_s: float = Field(
         default=0.1, gt=0, le=10,
@@ -346,13 +352,19 @@ class PlacementTable:
     deployment (held by :class:`deployments.routing_directory.RoutingDirectory`).
 
     Keys are conversation keys (:attr:`Decision.key`); at most ``max_entries`` of them
-    are kept, least recently used first out. It counts the conversations it holds per
-    replica, which breaks ties between equally loaded replicas."""
+    are kept, least recently used first out. Between equally loaded replicas it prefers
+    the one given fewer conversations lately: a count per replica that decays with time
+    constant ``memory_s``, so that conversations that ended long ago (after a replica was
+    replaced, say) do not send every new one to the newcomer."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, memory_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
+        self.memory_s = memory_s
+        self._clock = clock
         self._homes: OrderedDict[int, str] = OrderedDict()
         self._held: dict[str, int] = {}
+        self._recent: dict[str, tuple[float, float]] = {}  # replica -> (decayed count, when)
         self._seeds: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -361,6 +373,14 @@ class PlacementTable:
     def held(self, replica: str) -> int:
         """Conversations the table places on ``replica``."""
         return self._held.get(replica, 0)
+
+    def recent(self, replica: str, now: float | None = None) -> float:
+        """Conversations given to ``replica`` lately, each weighing exp(-age / memory_s)."""
+        count, when = self._recent.get(replica, (0.0, 0.0))
+        if not count:
+            return 0.0
+        now = self._clock() if now is None else now
+        return count * math.exp(-max(0.0, now - when) / self.memory_s)
 
     def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
         """The replica of conversation ``key`` among the live replicas in ``loads``, and
@@ -376,8 +396,10 @@ class PlacementTable:
         least = min(loads.values())
         idle = [replica for replica, load in loads.items() if load == least]
         if len(idle) > 1:
-            fewest = min(self.held(replica) for replica in idle)
-            idle = [replica for replica in idle if self.held(replica) == fewest]
+            now = self._clock()
+            recent = {replica: self.recent(replica, now) for replica in idle}
+            fewest = min(recent.values())
+            idle = [replica for replica, count in recent.items() if count == fewest]
         target = idle[0] if len(idle) == 1 else rendezvous(key, idle, self._seeds)
         self.assign(key, target)
         return target, True
@@ -389,6 +411,8 @@ class PlacementTable:
             self._release(old)
         self._homes[key] = replica
         self._held[replica] = self._held.get(replica, 0) + 1
+        now = self._clock()
+        self._recent[replica] = (self.recent(replica, now) + 1.0, now)
         while len(self._homes) > self.max_entries:
             _, evicted = self._homes.popitem(last=False)
             self._release(evicted)
@@ -399,6 +423,7 @@ class PlacementTable:
             self._held[replica] = count
         else:
             self._held.pop(replica, None)
+            self._recent.pop(replica, None)
             self._seeds.pop(replica, None)
 
 

@@ -42,8 +42,8 @@ class RoutingDirectory:
     """The actor: a :class:`~deployments.routing.PlacementTable` behind async methods
     (one event loop, so calls never interleave inside the table)."""
 
-    def __init__(self, max_entries: int) -> None:
-        self._table = PlacementTable(max_entries)
+    def __init__(self, max_entries: int, memory_s: float) -> None:
+        self._table = PlacementTable(max_entries, memory_s)
 
     async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
         """:meth:`PlacementTable.resolve`."""
@@ -67,9 +67,10 @@ class DirectoryClient:
     """One router replica's access to the table. ``counts`` has each lookup's outcome
     (``hit``, ``placed``, ``timeout``, ``unavailable``) for ``/metrics``."""
 
-    def __init__(self, name: str, max_entries: int, timeout_s: float) -> None:
+    def __init__(self, name: str, max_entries: int, timeout_s: float, memory_s: float = 60.0) -> None:
         self.name = name
         self.max_entries = max_entries
+        self.memory_s = memory_s
         self.timeout_s = timeout_s
         self.counts: dict[str, int] = dict.fromkeys(("hit", "placed", "timeout", "unavailable"), 0)
         self._actor: Any = None
@@ -158,7 +159,7 @@ class DirectoryClient:
         actor_class = ray.remote(RoutingDirectory)
         return actor_class.options(
             name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1000,
-        ).remote(self.max_entries)
+        ).remote(self.max_entries, self.memory_s)
 
     def start(self) -> None:
         """Begin connecting (on the running loop) so the first request finds the table."""

@@ -360,12 +360,12 @@ def test_a_session_hint_is_sticky_and_agreed():
 # --- the shared placement table --------------------------------------------------------
 
 
-def test_the_placement_table_places_by_load_then_conversations_held_and_remembers():
+def test_the_placement_table_places_by_load_then_recent_placements_and_remembers():
     table = PlacementTable(max_entries=1000)
     ids = replicas(3)
     assert table.resolve(1, {"replica-00": 5, "replica-01": 2, "replica-02": 9}) == ("replica-01", True)
     assert table.resolve(1, idle(ids)) == ("replica-01", False), "a known conversation stays put"
-    # Equal loads: the replicas holding fewer conversations first, so idle replicas fill evenly.
+    # Equal loads: the replicas given fewer conversations lately first, so idle replicas fill evenly.
     homes = Counter(table.resolve(key, idle(ids))[0] for key in range(2, 32))
     assert sorted(homes.values()) == [10, 10, 10] and table.held("replica-01") == 11
     # Its replica left: placed again among the live ones.
@@ -375,6 +375,20 @@ def test_the_placement_table_places_by_load_then_conversations_held_and_remember
     assert table.resolve(1, idle(ids)) == ("replica-02", False)
     with pytest.raises(ValueError):
         table.resolve(1, {})
+
+
+def test_conversations_that_ended_long_ago_do_not_send_every_new_one_to_a_new_replica():
+    """A replica replaced after it served many conversations: its successor starts with
+    none. Counting every conversation ever held would send all new ones to the newcomer
+    (the e2e suite saw 8 of 8); counting recent ones spreads them at once."""
+    now = [0.0]
+    table = PlacementTable(memory_s=60, clock=lambda: now[0])
+    for key in range(200):
+        table.resolve(key, {"old": 0})
+    now[0] = 600.0  # ten minutes later a replacement joins
+    split = Counter(table.resolve(1000 + key, {"old": 0, "new": 0})[0] for key in range(8))
+    assert split == {"old": 4, "new": 4}, split
+    assert table.held("old") == 204 and 4 < table.recent("old") < 5
 
 
 def test_the_placement_table_stays_under_its_cap_and_its_counts_stay_true():
