@@ -178,10 +178,12 @@ class RoutingConfig(BaseModel):
         description="Ignore a record older than this (vLLM has probably evicted it). None: no age limit.",
     )
     directory: bool = Field(
-        default=True,
+        default=False,
         description="Share where each conversation lives between router replicas through one small Ray actor per "
                     "engine deployment, which places a new conversation on the least-loaded replica. False: "
-                    "each router places it by rendezvous hashing of its prefix, with no shared state.",
+                    "each router places it by rendezvous hashing of its prefix, with no shared state. Off by "
+                    "default: its lookup is awaited inside Serve's routing step, which holds a burst in the "
+                    "handle's queue (docs/routing.md).",
     )
     placement_memory_s: float = Field(
         default=60.0, gt=0, le=86_400,
