@@ -129,7 +129,8 @@ class _RoutingDecisions:
         for label, count in sorted(process_decision_counts().items()):
             family.add_metric([label], count)
         yield family
-        lookups: dict[str, int] = {}
+        # Every result from the start, so a dashboard's query has a series with the table off.
+        lookups = dict.fromkeys(("hit", "placed", "timeout", "unavailable"), 0)
         for router in request_routers():
             for result, count in getattr(router, "directory_counts", dict)().items():
                 lookups[result] = lookups.get(result, 0) + count
