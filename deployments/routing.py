@@ -43,11 +43,14 @@ Only a prefix that identifies one conversation may attract traffic. The rule:
   anchor (empty, system-only, shorter than one whole chunk, or nothing but shared
   prefixes) has no affinity: it goes to the least-loaded replica.
 
-Agreement across router replicas: a shared placement table
--------------------------------------------------------------
+Agreement across router replicas: rendezvous, or a shared placement table
+--------------------------------------------------------------------------
 Each router replica has its own policy instance and sees only the requests it
-routes, while a client's turns land on router replicas at random. Where a
-conversation lives is therefore shared: one :class:`PlacementTable` per engine
+routes, while a client's turns land on router replicas at random. By default a new
+conversation is placed by rendezvous hashing of its key, which every router computes
+alike. With ``directory`` on, where a conversation lives is shared instead (off by
+default: the lookup below is awaited inside Serve's routing step and, under a burst,
+holds requests in the handle's queue): one :class:`PlacementTable` per engine
 deployment, held by a small Ray actor (:mod:`deployments.routing_directory`), maps a
 conversation's key (its anchor hash, or the request's ``session_id``) to its replica.
 A router asks it only when its own learned table (below) has no match for the
