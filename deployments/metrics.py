@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from deployments.engine_stats import engine_replica_stats, request_routers
 from deployments.routing import process_decision_counts
+from deployments.routing_directory import LOOKUP_RESULTS
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -130,7 +131,7 @@ class _RoutingDecisions:
             family.add_metric([label], count)
         yield family
         # Every result from the start, so a dashboard's query has a series with the table off.
-        lookups = dict.fromkeys(("hit", "placed", "timeout", "unavailable"), 0)
+        lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
         for router in request_routers():
             for result, count in getattr(router, "directory_counts", dict)().items():
                 lookups[result] = lookups.get(result, 0) + count

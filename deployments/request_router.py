@@ -33,10 +33,10 @@ Load is the base class's queue-length cache (what replicas reported with their l
 accept/refuse, plus what this router has sent since), falling back to this router's
 own count of requests in flight when an entry is missing or stale.
 
-The one remote call: a request whose conversation this router has not routed before
-(a new conversation, or turns another router replica routed so far) asks the shared
-placement table (:mod:`deployments.routing_directory`) where it lives, awaited with a
-timeout on Serve's routing loop, never blocking it.
+The one remote call, only with ``routing.directory`` on: a request whose conversation
+this router has not routed before (a new conversation, or turns another router replica
+routed so far) asks the shared placement table (:mod:`deployments.routing_directory`)
+where it lives, awaited with a timeout on Serve's routing loop, never blocking it.
 
 Learning happens in :meth:`on_request_routed`, which Serve calls when a replica has
 accepted a request. (Serve only calls it under its rejection protocol, the default

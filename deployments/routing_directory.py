@@ -36,6 +36,8 @@ logger = logging.getLogger("ray.serve")
 _RETRY_S = 5.0
 """Least time between two attempts to reach (or create) the actor."""
 _MAX_PENDING_MOVES = 10_000
+LOOKUP_RESULTS = ("hit", "placed", "timeout", "unavailable")
+"""Outcomes of a router's lookup in the table, as ``/metrics`` labels them."""
 
 
 class RoutingDirectory:
@@ -72,7 +74,7 @@ class DirectoryClient:
         self.max_entries = max_entries
         self.memory_s = memory_s
         self.timeout_s = timeout_s
-        self.counts: dict[str, int] = dict.fromkeys(("hit", "placed", "timeout", "unavailable"), 0)
+        self.counts: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self._actor: Any = None
         self._connecting: asyncio.Task | None = None
         self._last_attempt = float("-inf")
