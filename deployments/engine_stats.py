@@ -89,6 +89,16 @@ def request_routers() -> list[Any]:
     return list(_ROUTERS)
 
 
+def request_router_for(app_name: str, deployment_name: str) -> Any | None:
+    """The request router routing to deployment ``deployment_name`` of application
+    ``app_name`` in this process, once the handle made it (its first request), else None."""
+    for router in request_routers():
+        deployment = getattr(router, "_deployment_id", None)
+        if deployment is not None and (deployment.app_name, deployment.name) == (app_name, deployment_name):
+            return router
+    return None
+
+
 def engine_replica_stats() -> dict[str, dict[str, Any]]:
     """The latest statistics of every engine replica the request routers in this process
     know, by replica id: what each replica's ``record_routing_stats`` returned when Serve's

@@ -44,6 +44,10 @@ class GenerationRequest:
     """None: the configured default, else what is left of the context."""
     session_id: str | None = None
     """An affinity hint for the engine deployment's request router (``x-session-id`` or ``user``)."""
+    placement: tuple[str, bool] | None = None
+    """Where the shared placement table keeps this request's conversation (engine replica id,
+    and whether it was placed just now), asked by the router deployment before the handle
+    call; read by the prefix request router. None: not asked, or no answer in time."""
     first_token_deadline: float | None = None
     """Wall-clock time (``time.time()``) by which the first output must exist, queues included."""
     deadline: float | None = None

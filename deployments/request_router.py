@@ -33,10 +33,16 @@ Load is the base class's queue-length cache (what replicas reported with their l
 accept/refuse, plus what this router has sent since), falling back to this router's
 own count of requests in flight when an entry is missing or stale.
 
-The one remote call, only with ``routing.directory`` on: a request whose conversation
-this router has not routed before (a new conversation, or turns another router replica
-routed so far) asks the shared placement table (:mod:`deployments.routing_directory`)
-where it lives, awaited with a timeout on Serve's routing loop, never blocking it.
+The shared placement table (``routing.directory``, :mod:`deployments.routing_directory`)
+is asked *before* a request enters the handle, not in :meth:`choose_replicas`: the
+router deployment awaits :meth:`PrefixAffinityRouter.place` on its own event loop, which
+stamps the answer on the request (``GenerationRequest.placement``), and
+:meth:`choose_replicas` only reads it. Awaited inside Serve's routing step, the lookup
+held every routing task, so a burst waited in the handle's bounded queue and overflowed
+it (a 503 in the chaos test); in the ingress each request waits for its own answer
+alone, at most ``routing.directory_timeout_s``. Only a request whose conversation this
+router has not routed before is looked up: a new conversation, or turns another router
+replica routed so far.
 
 Learning happens in :meth:`on_request_routed`, which Serve calls when a replica has
 accepted a request. (Serve only calls it under its rejection protocol, the default
@@ -65,7 +71,6 @@ ROUTED_METHODS = frozenset({"generate", "complete"})
 """Engine methods routed by prefix; others (``tokenize``, ``model_info``) go to the least loaded."""
 
 _DECISION_ATTR = "_glm_prefix_decision"
-_PLACED_ATTR = "_glm_placed"
 
 
 class PowerOfTwoRouter(PowerOfTwoChoicesRequestRouter):
@@ -88,7 +93,8 @@ class PrefixAffinityRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         register_router(self)
         self._policy = PrefixPolicy()
-        self._directory: DirectoryClient | None = None
+        self._directory: DirectoryClient | None = None  # placements to publish, from Serve's routing loop
+        self._lookups: DirectoryClient | None = None  # lookups, from the router deployment's loop (place)
         self._in_flight: dict[str, int] = {}
         self._in_flight_by_request: dict[str, str] = {}
 
@@ -99,9 +105,11 @@ class PrefixAffinityRouter(RequestRouter):
         self._policy.set_replicas([rid.unique_id for rid in self._replicas])
         cfg = self._policy.config
         if cfg.directory:
-            self._directory = DirectoryClient(
-                directory_name(self._deployment_id.app_name, self._deployment_id.name),
-                cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s)
+            # Two clients of the same actor, one per event loop that uses it: a client's
+            # background tasks (connecting, flushing) live on the loop that made them.
+            name = directory_name(self._deployment_id.app_name, self._deployment_id.name)
+            self._directory = DirectoryClient(name, cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s)
+            self._lookups = DirectoryClient(name, cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s)
             try:
                 self._directory.start()
             except RuntimeError:  # no running loop yet: the first request connects
@@ -117,7 +125,26 @@ class PrefixAffinityRouter(RequestRouter):
 
     def directory_counts(self) -> dict[str, int]:
         """This router's lookups in the shared placement table, by outcome."""
-        return dict(self._directory.counts) if self._directory is not None else {}
+        return dict(self._lookups.counts) if self._lookups is not None else {}
+
+    async def place(self, request: GenerationRequest) -> None:
+        """Ask the shared placement table where ``request``'s conversation lives and stamp the
+        answer on ``request.placement`` for :meth:`choose_replicas`; do nothing when the table
+        is off or this router already knows where the conversation's prefix is.
+
+        Called by the router deployment on its own event loop, before the handle call, and
+        only from that loop. It reads this router's state (written on Serve's routing loop)
+        without writing it: single dict lookups and copies, atomic under the GIL, and a
+        stale read costs at most a lookup the router did not need."""
+        if self._lookups is None:
+            return
+        loads = {r.replica_id.unique_id: self._load(r) for r in list(self._replicas.values())}
+        if not loads:
+            return
+        policy = self._policy
+        key = policy.placement_key(request, loads, policy.keys(request))
+        if key is not None:
+            request.placement = await self._lookups.resolve(key, loads)
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -151,7 +178,8 @@ class PrefixAffinityRouter(RequestRouter):
         chosen = None
         if request is not None:
             try:
-                decision = await self._decide(request, loads, pending_request)
+                # Never awaits: the table's answer, if any, came with the request (place).
+                decision = self._policy.choose(request, loads, None, request.placement)
             except Exception:  # never let the policy break routing: fall back to load only
                 logger.exception("prefix routing failed; routing by load")
             else:
@@ -160,20 +188,6 @@ class PrefixAffinityRouter(RequestRouter):
         rest = sorted((r for r in candidate_replicas if r is not chosen),
                       key=lambda r: loads[r.replica_id.unique_id])
         return ([[chosen]] if chosen is not None else []) + _ranks(rest)
-
-    async def _decide(self, request: GenerationRequest, loads: dict[str, int],
-                      pending_request: PendingRequest) -> Decision:
-        policy = self._policy
-        keys = policy.keys(request)
-        placed = getattr(pending_request, _PLACED_ATTR, None)
-        if placed is None and self._directory is not None:
-            # Serve calls choose_replicas again when every replica refused: ask once.
-            key = policy.placement_key(request, loads, keys)
-            if key is not None:
-                placed = await self._directory.resolve(key, loads)
-                if placed is not None:
-                    setattr(pending_request, _PLACED_ATTR, placed)
-        return policy.choose(request, loads, keys, placed)
 
     # -- learning ---------------------------------------------------------------------
 

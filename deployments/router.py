@@ -20,7 +20,8 @@ Request life cycle::
 Admission control is Serve's: the engine deployment's ``max_ongoing_requests`` and
 ``max_queued_requests`` bound the work and the queue, and a request past them gets 503
 with Retry-After at once. Replica choice belongs to the engine deployment's Serve request
-router, not to this class.
+router, not to this class; with the shared placement table on, this class awaits that
+router's lookup before the handle call (:meth:`RouterDeployment._place`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from deployments import access_log, protocol
 from deployments.access_log import RequestRecord
 from deployments.auth import check_bearer, load_api_keys
 from deployments.config import ModelConfig, RouterConfig
+from deployments.engine_stats import request_router_for
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationChunk, GenerationRequest, GenerationResult
 from deployments.limits import check_limits
@@ -406,9 +408,25 @@ class RouterDeployment:
         return Response(self._metrics.render(), media_type=self._metrics.content_type)
 
     # ---- generation -------------------------------------------------------------
+    async def _place(self, generation: GenerationRequest) -> None:
+        """Let the engine deployment's request router ask the shared placement table where
+        this request's conversation lives, here on this replica's loop and before the
+        handle call: inside Serve's routing step the wait held other requests in the
+        handle's bounded queue (deployments/request_router.py). At most
+        ``routing.directory_timeout_s``; a no-op for ``pow2`` or with the table off."""
+        router = request_router_for(self._engine.app_name, self._engine.deployment_name)
+        place = getattr(router, "place", None)
+        if place is None:  # pow2, or before the handle's first request made its router
+            return
+        try:
+            await place(generation)
+        except Exception:  # the table is an optimisation: route without its answer
+            logger.exception("request %s: placement lookup failed", generation.request_id)
+
     async def _complete(self, record: RequestRecord, generation: GenerationRequest) -> GenerationResult:
         self._metrics.in_flight.inc()
         try:
+            await self._place(generation)
             result = await self._complete_once(generation)
         except Exception as exc:
             if not retryable(exc):
@@ -444,6 +462,7 @@ class RouterDeployment:
         status and a 200 stream. A failed engine (not a refusal) before the first chunk is
         retried once, under a new engine request id."""
         choices = generation.sampling.get("n", 1)
+        await self._place(generation)
         for attempt in range(2):
             address = await self._receiver.start()
             call = self._engine.generate.remote(generation, address)

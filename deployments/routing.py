@@ -46,12 +46,9 @@ Only a prefix that identifies one conversation may attract traffic. The rule:
 Agreement across router replicas: rendezvous, or a shared placement table
 --------------------------------------------------------------------------
 Each router replica has its own policy instance and sees only the requests it
-routes, while a client's turns land on router replicas at random. By default a new
-conversation is placed by rendezvous hashing of its key, which every router computes
-alike. With ``directory`` on, where a conversation lives is shared instead (off by
-default: the lookup below is awaited inside Serve's routing step and, under a burst,
-holds requests in the handle's queue): one :class:`PlacementTable` per engine
-deployment, held by a small Ray actor (:mod:`deployments.routing_directory`), maps a
+routes, while a client's turns land on router replicas at random. With ``directory``
+on (the default), where a conversation lives is shared: one :class:`PlacementTable` per
+engine deployment, held by a small Ray actor (:mod:`deployments.routing_directory`), maps a
 conversation's key (its anchor hash, or the request's ``session_id``) to its replica.
 A router asks it only when its own learned table (below) has no match for the
 request: a new conversation, or a turn whose earlier turns another router replica
@@ -67,9 +64,11 @@ other had 7 (docs/routing.md). A placement that looks at load cannot be recomput
 by another router later, so it has to be remembered where every router can read it.
 The cost is one remote call (about a millisecond) per new conversation and per
 first turn a router sees of a conversation, never per request of a conversation it
-already routes, and none on Serve's hot path when the actor is slow: past
-``directory_timeout_s``, or while the actor is down, the router falls back to
-rendezvous hashing, which every router still agrees on.
+already routes. It is made by the router deployment before the request enters Serve's
+handle, never inside Serve's routing step (deployments/request_router.py says why), and
+is bounded: past ``directory_timeout_s``, or while the actor is down, the router falls
+back to rendezvous hashing, which every router still agrees on, and tells the table
+where it put the conversation.
 
 The learned table refines this. Per prefix hash it keeps the replica(s) that most
 recently served that exact prefix, and when (LRU, at most ``max_entries`` entries,
@@ -181,12 +180,10 @@ class RoutingConfig(BaseModel):
         description="Ignore a record older than this (vLLM has probably evicted it). None: no age limit.",
     )
     directory: bool = Field(
-        default=False,
+        default=True,
         description="Share where each conversation lives between router replicas through one small Ray actor per "
                     "engine deployment, which places a new conversation on the least-loaded replica. False: "
-                    "each router places it by rendezvous hashing of its prefix, with no shared state. Off by "
-                    "default: its lookup is awaited inside Serve's routing step, which holds a burst in the "
-                    "handle's queue (docs/routing.md).",
+                    "each router places it by rendezvous hashing of its prefix, with no shared state.",
     )
     placement_memory_s: float = Field(
         default=60.0, gt=0, le=86_400,

@@ -664,3 +664,71 @@ def test_the_serve_adapter_rejects_unknown_kwargs_and_resolves_its_class_path():
         make_router(max_load_gapp=3)
     config = RequestRouterConfig(**request_router_config(RoutingConfig(policy="prefix")))
     assert config.get_request_router_class().__name__ == PrefixAffinityRouter.__name__
+
+
+class TableStandIn:
+    """The lookup side of DirectoryClient over a PlacementTable in this process (the real
+    client talks to a Ray actor: tests/e2e/test_routing.py covers it end to end)."""
+
+    def __init__(self, table: PlacementTable, answer: bool = True) -> None:
+        self.table, self.answer = table, answer
+        self.asked: list[int] = []
+        self.counts: dict[str, int] = {}
+
+    async def resolve(self, key: int, loads: dict[str, int]) -> tuple[str, bool] | None:
+        self.asked.append(key)
+        return self.table.resolve(key, loads) if self.answer else None
+
+
+def test_the_serve_adapter_takes_the_tables_answer_from_the_request_without_awaiting():
+    """The router deployment calls place() before the handle call; choose_replicas reads
+    the stamped answer. A conversation this router has routed is not looked up again, and
+    a placement made without the table's answer is queued for publishing."""
+
+    async def scenario() -> None:
+        router, deployment_id = make_router(directory=True)
+        fakes = [FakeReplica(f"r{i}", deployment_id) for i in range(4)]
+        router.update_replicas(fakes)
+        await asyncio.sleep(0.05)
+        table = PlacementTable()
+        table.assign(0, "r0")  # make r3 the one given fewest conversations lately: not rendezvous luck
+        table.assign(1, "r1")
+        table.assign(2, "r2")
+        router._lookups = TableStandIn(table)
+
+        first, second = turns(5, 2)
+        await router.place(first)
+        assert first.placement == ("r3", True)
+        request = pending([first, ("127.0.0.1", 1)], "generate", "p1")
+        ranks = await router.choose_replicas(router._replicas_list, request)
+        assert ranks[0][0].replica_id.unique_id == "r3"
+        router.on_request_routed(request, ranks[0][0].replica_id, None)
+        assert not router._directory._moves, "the table placed it: nothing to publish"
+
+        await router.place(second)  # this router routed the first turn: no lookup
+        assert second.placement is None and len(router._lookups.asked) == 1
+        ranks = await router.choose_replicas(router._replicas_list, pending([second], "generate", "p2"))
+        assert ranks[0][0].replica_id.unique_id == "r3"
+
+        # The table did not answer in time: rendezvous placement, published afterwards.
+        router._lookups.answer = False
+        other = turns(6, 1)[0]
+        await router.place(other)
+        assert other.placement is None
+        request = pending([other], "generate", "p3")
+        ranks = await router.choose_replicas(router._replicas_list, request)
+        router.on_request_routed(request, ranks[0][0].replica_id, None)
+        assert [replica for _, replica in router._directory._moves] == [ranks[0][0].replica_id.unique_id]
+
+    asyncio.run(scenario())
+
+
+def test_place_is_a_no_op_without_the_table():
+    async def scenario() -> None:
+        router, deployment_id = make_router(directory=False)
+        router.update_replicas([FakeReplica("r0", deployment_id)])
+        request = turns(1, 1)[0]
+        await router.place(request)
+        assert request.placement is None and router.directory_counts() == {}
+
+    asyncio.run(scenario())
