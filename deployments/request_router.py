@@ -30,8 +30,12 @@ each rank in turn and takes the replica with the shortest queue within it; a rep
 whose queue is full refuses and the next rank is tried.
 
 Load is the base class's queue-length cache (what replicas reported with their last
-accept/refuse, plus what this router has sent since), falling back to this router's
-own count of requests in flight when an entry is missing or stale.
+accept/refuse or probe), falling back to this router's own count of requests in flight
+when an entry is missing or stale. Serve probes only the replicas of the rank it is
+trying, and this router's first rank is one replica, so the others' entries would go
+stale (10 s) and their load would be this router's share alone (half the picture with 2
+router replicas): :meth:`choose_replicas` probes stale candidates in the background, as
+Serve's own routers do for the candidates they look at.
 
 The shared placement table (``routing.directory``, :mod:`deployments.routing_directory`)
 is asked *before* a request enters the handle, not in :meth:`choose_replicas`: the
@@ -52,6 +56,7 @@ hashing, only without the learned refinements.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -97,6 +102,7 @@ class PrefixAffinityRouter(RequestRouter):
         self._lookups: DirectoryClient | None = None  # lookups, from the router deployment's loop (place)
         self._in_flight: dict[str, int] = {}
         self._in_flight_by_request: dict[str, str] = {}
+        self._probing: set[ReplicaID] = set()
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Build the policy from ``request_router_kwargs`` (the fields of
@@ -154,6 +160,18 @@ class PrefixAffinityRouter(RequestRouter):
             return queue_len
         return self._in_flight.get(replica.replica_id.unique_id, 0)
 
+    def _refresh_stale(self, replicas: list[RunningReplica]) -> None:
+        """Probe, in the background, each replica whose queue length is unknown or stale and
+        is not being probed already; the answers land in the cache for later decisions."""
+        stale = [r for r in replicas
+                 if r.replica_id not in self._probing and self._replica_queue_len_cache.get(r.replica_id) is None]
+        if not stale:
+            return
+        ids = {r.replica_id for r in stale}
+        self._probing |= ids
+        task = asyncio.get_running_loop().create_task(self._probe_queue_lens(stale, 0))
+        task.add_done_callback(lambda _: self._probing.difference_update(ids))
+
     @staticmethod
     def _routed_request(pending_request: PendingRequest | None) -> GenerationRequest | None:
         if pending_request is None or not pending_request.args:
@@ -174,6 +192,7 @@ class PrefixAffinityRouter(RequestRouter):
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         loads = {uid: self._load(r) for uid, r in by_id.items()}
+        self._refresh_stale(candidate_replicas)
         request = self._routed_request(pending_request)
         chosen = None
         if request is not None:

@@ -575,8 +575,13 @@ class FakeReplica:
         self.multiplexed_model_ids: set[str] = set()
         self.routing_stats: dict[str, Any] = {}
 
+        self.queue_len = 0
+        self.probes = 0
+
     async def get_queue_len(self, *, deadline_s: float) -> int:
-        return 0
+        self.probes += 1
+        await asyncio.sleep(0.01)
+        return self.queue_len
 
 
 def make_router(**kwargs: Any) -> Any:
@@ -730,5 +735,30 @@ def test_place_is_a_no_op_without_the_table():
         request = turns(1, 1)[0]
         await router.place(request)
         assert request.placement is None and router.directory_counts() == {}
+
+    asyncio.run(scenario())
+
+
+def test_the_serve_adapter_probes_replicas_whose_load_went_stale():
+    """Serve probes only the rank it tries, and the first rank is one replica: without its
+    own probes the others' load would go stale and fall back to this router's share."""
+
+    async def scenario() -> None:
+        router, deployment_id = make_router()
+        a, b = FakeReplica("a", deployment_id), FakeReplica("b", deployment_id)
+        router.update_replicas([a, b])
+        await asyncio.sleep(0.05)
+        cache = router.replica_queue_len_cache
+        b.queue_len = 7
+        cache.invalidate_key(b.replica_id)  # as if 10 s had passed without news from b
+        probes = b.probes
+        request = turns(1, 1)[0]
+        for n in range(3):  # one probe in flight at a time, however many requests come
+            await router.choose_replicas(router._replicas_list, pending([request], "generate", f"s{n}"))
+        await asyncio.sleep(0.05)
+        assert b.probes == probes + 1
+        assert cache.get(b.replica_id) == 7
+        ranks = await router.choose_replicas(router._replicas_list, pending([turns(2, 1)[0]], "generate", "s9"))
+        assert ranks[0][0] is a, "the new conversation goes to the replica that is really less loaded"
 
     asyncio.run(scenario())
