@@ -12,10 +12,12 @@ application. A router that finds it gone creates it again (at most once every
 table loses only placements: conversations that go on are placed again, and their
 next turns may miss the prefix cache once.
 
-Nothing here blocks Serve's routing loop: the actor is created in a thread, a lookup
-is awaited with a timeout, and placements the table did not make (spills, and
-rendezvous placements while it was slow or not yet reachable) are sent in the
-background, never awaited by a request.
+Nothing here blocks an event loop: the actor is created in a thread, a lookup is
+awaited with a timeout (by the router deployment, before the handle call, never inside
+Serve's routing step: deployments/request_router.py says why), and placements the table
+did not make (spills, and rendezvous placements while it was slow or not yet reachable)
+are sent in the background, never awaited by a request. A client's background tasks live
+on the loop that first used it, so each loop that uses the table has its own client.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ application bounds its engine queue (tests/e2e/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket
 import statistics
 import time
 import uuid
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from glm_client import APIStatusError, Conversation, Role, ServeClient
@@ -206,12 +209,9 @@ def _ray_logs() -> list[Path]:
     return [p for p in logs.rglob("*") if p.is_file() and p.suffix in (".err", ".out", ".log")]
 
 
-def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
-    secret = f"my-private-question-{uuid.uuid4().hex}"
-    response = glm_http.post(CHAT, json={**ASK, "messages": [{"role": "user", "content": secret}]})
-    assert response.status_code == 200
-    request_id = response.json()["id"]
-    deadline = time.monotonic() + 15
+def _access_lines(request_id: str, wait_s: float = 15) -> list[dict]:
+    """The access-log entries of ``request_id`` in Ray's logs, once there are any (or [])."""
+    deadline = time.monotonic() + wait_s
     found: list[dict] = []
     while not found and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -219,6 +219,15 @@ def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
             for line in path.read_text(errors="replace").splitlines():
                 if request_id in line and '"event":"request"' in line:
                     found.append(json.loads(line[line.index("{"):]))
+    return found
+
+
+def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
+    secret = f"my-private-question-{uuid.uuid4().hex}"
+    response = glm_http.post(CHAT, json={**ASK, "messages": [{"role": "user", "content": secret}]})
+    assert response.status_code == 200
+    request_id = response.json()["id"]
+    found = _access_lines(request_id)
     assert len(found) == 1, found
     entry = found[0]
     assert entry["route"] == CHAT and entry["status"] == 200 and entry["method"] == "POST"
@@ -229,3 +238,68 @@ def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
         text = path.read_text(errors="replace")
         assert secret not in text, f"the prompt leaked into {path}"
         assert not any(key in text for key in API_KEYS), f"an API key leaked into {path}"
+
+
+# ---- a client that stops reading -------------------------------------------------------
+
+def _processes(prefix: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(prefix)]
+
+
+def _rss_mb(processes: list[psutil.Process]) -> float:
+    return sum(p.memory_info().rss for p in processes) / 2**20
+
+
+def test_a_client_that_stops_reading_costs_the_router_nothing_and_other_streams_flow(base_url, http):
+    """A client asks for a long stream (480 tokens: the test app's context is 512), reads up
+    to its first event and then nothing, with a 4 KB receive buffer. The router replica's
+    memory stays flat and other streams are served meanwhile. Where the unread reply goes
+    instead is reported, not asserted: Serve's proxy takes it from the router as fast as it
+    comes (docs/operations.md)."""
+    routers = _processes("ray::ServeReplica:glm:GLMRouter")
+    proxies = _processes("ray::ProxyActor")
+    assert routers and proxies, ([p.pid for p in routers], [p.pid for p in proxies])
+    short = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 32,
+             "ignore_eos": True, "stream": True}
+    for _ in range(3):  # warm the router replicas, so that the baseline is not a first request
+        with http.stream("POST", CHAT, json=short) as response:
+            assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
+    routers_before, proxy_before = _rss_mb(routers), _rss_mb(proxies)
+
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL_NAME, "prompt": "Once upon a time, in a lighthouse by the sea,",
+                       "max_tokens": 480, "ignore_eos": True, "stream": True}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.settimeout(30)
+    stalled.connect((host, int(port)))
+    try:
+        stalled.sendall(head + body)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while (first := re.search(rb'"id": ?"([^"]+)"', received)) is None and len(received) < 8192:
+                received += stalled.recv(1024)
+        assert received.startswith(b"HTTP/1.1 200") and first is not None, received[:1000]
+        request_id = first.group(1).decode()
+        started = time.monotonic()
+
+        # The stalled stream is open: the others are served meanwhile.
+        for _ in range(8):
+            with http.stream("POST", CHAT, json=short) as response:
+                text = response.read().decode()
+            assert response.status_code == 200 and text.endswith("data: [DONE]\n\n"), text[-200:]
+        others_s = time.monotonic() - started
+        entries = _access_lines(request_id, wait_s=60)
+        routers_after, proxy_after = _rss_mb(routers), _rss_mb(proxies)
+        assert routers_after - routers_before < 32, (routers_before, routers_after)
+    finally:
+        stalled.close()
+    with http.stream("POST", CHAT, json=short) as response:
+        assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
+    ended = (f"the router logged it {entries[0]['status']} with {entries[0]['completion_tokens']} tokens "
+             f"after {entries[0]['duration_ms'] / 1000:.1f} s" if entries else "the router had not logged it")
+    print(f"\nFIGURE slow reader: client read {len(received)} B of a 480-token stream; {ended}; router "
+          f"replica RSS {routers_before:.0f} -> {routers_after:.0f} MB, proxy {proxy_before:.0f} -> "
+          f"{proxy_after:.0f} MB; 8 other streams served in {others_s:.1f} s meanwhile")
