@@ -52,8 +52,10 @@ engine deployment, held by a small Ray actor (:mod:`deployments.routing_director
 conversation's key (its anchor hash, or the request's ``session_id``) to its replica.
 A router asks it only when its own learned table (below) has no match for the
 request: a new conversation, or a turn whose earlier turns another router replica
-routed. The table places a new conversation on the least-loaded replica, breaking
-ties by the fewest conversations placed lately, then by rendezvous hashing of the key, and
+routed. The table places a new conversation on the replica of least expected load
+(its ongoing requests plus the conversations it was given lately, decaying with
+``placement_memory_s``: :class:`PlacementTable` says why), ties by rendezvous hashing of
+the key, and
 answers every router the same for the same key until that replica leaves.
 
 Why a shared table and not a pure function of the key: rendezvous hashing (every
@@ -182,13 +184,14 @@ class RoutingConfig(BaseModel):
     directory: bool = Field(
         default=True,
         description="Share where each conversation lives between router replicas through one small Ray actor per "
-                    "engine deployment, which places a new conversation on the least-loaded replica. False: "
+                    "engine deployment, which places a new conversation on the least-loaded replica (ongoing requests "
+                    "plus conversations placed lately). False: "
                     "each router places it by rendezvous hashing of its prefix, with no shared state.",
     )
     placement_memory_s: float = Field(
         default=60.0, gt=0, le=86_400,
-        description="Between equally loaded replicas, the shared placement table prefers the one given fewer new "
-                    "conversations lately; each counts with weight exp(-age / placement_memory_s).",
+        description="The shared placement table counts each conversation it gave a replica as load to come, "
+                    "with weight exp(-age / placement_memory_s), on top of the replica's ongoing requests.",
     )
     directory_timeout_s: float = Field(
         default=0.1, gt=0, le=10,
@@ -354,10 +357,16 @@ class PlacementTable:
     deployment (held by :class:`deployments.routing_directory.RoutingDirectory`).
 
     Keys are conversation keys (:attr:`Decision.key`); at most ``max_entries`` of them
-    are kept, least recently used first out. Between equally loaded replicas it prefers
-    the one given fewer conversations lately: a count per replica that decays with time
-    constant ``memory_s``, so that conversations that ended long ago (after a replica was
-    replaced, say) do not send every new one to the newcomer."""
+    are kept, least recently used first out.
+
+    A new conversation goes to the replica with the least *expected* load: its ongoing
+    requests (as the asking router sees them) plus the conversations it was given lately,
+    each weighing exp(-age / ``memory_s``). A conversation placed a moment ago is load to
+    come (its next turns are pinned there) and, within a burst, is not in the routers'
+    load yet: by current load alone a burst of new conversations that all saw one replica
+    a request lighter went to that replica, every one of them (the e2e suite saw 8 of 8).
+    Decayed, conversations that ended long ago (before a replica was replaced, say) do not
+    send every new one to the newcomer."""
 
     def __init__(self, max_entries: int = 100_000, memory_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -387,22 +396,20 @@ class PlacementTable:
     def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
         """The replica of conversation ``key`` among the live replicas in ``loads``, and
         whether it was placed just now: a key the table does not have, or whose replica
-        left, goes to the least-loaded replica, then the one holding the fewest
-        conversations, then the rendezvous choice."""
+        left, goes to the replica of least ongoing plus recent load (the class docstring),
+        ties to the rendezvous choice."""
         if not loads:
             raise ValueError("no replica to choose from")
         home = self._homes.get(key)
         if home is not None and home in loads:
             self._homes.move_to_end(key)
             return home, False
-        least = min(loads.values())
-        idle = [replica for replica, load in loads.items() if load == least]
-        if len(idle) > 1:
-            now = self._clock()
-            recent = {replica: self.recent(replica, now) for replica in idle}
-            fewest = min(recent.values())
-            idle = [replica for replica, count in recent.items() if count == fewest]
-        target = idle[0] if len(idle) == 1 else rendezvous(key, idle, self._seeds)
+        now = self._clock()
+        expected = {replica: load + self.recent(replica, now) for replica, load in loads.items()}
+        least = min(expected.values())
+        # Within a hair of the least: decayed counts are floats, and a tie must be a tie.
+        best = [replica for replica, value in expected.items() if value - least < 1e-6]
+        target = best[0] if len(best) == 1 else rendezvous(key, best, self._seeds)
         self.assign(key, target)
         return target, True
 
