@@ -97,6 +97,32 @@ class RouterMetrics:
 
         self.registry.register(_RoutingDecisions())
         self.registry.register(_EngineReplicas())
+        # The request router counts its decisions on Serve's routing loop; they reach Ray's
+        # metrics agent from here, by difference, when a request ends (export_routing).
+        self._routing_exported: dict[tuple[str, str], int] = {}
+        self._routing_counters: dict[str, Any] = {}
+        if export:
+            from ray.serve import metrics as serve_metrics
+
+            self._routing_counters = {
+                "decision": serve_metrics.Counter(
+                    _DECISIONS[0], _DECISIONS[1], tag_keys=("decision",)),
+                "result": serve_metrics.Counter(_LOOKUPS[0], _LOOKUPS[1], tag_keys=("result",)),
+            }
+
+    def export_routing(self) -> None:
+        """Bring the routing series exported through Ray's metrics agent
+        (``ray_glm_serve_routing_decisions_total``, ``..._directory_lookups_total``) up to the
+        totals ``/metrics`` shows. Cheap (two dicts of four numbers); a no-op without export."""
+        if not self._routing_counters:
+            return
+        for tag, totals in (("decision", process_decision_counts()), ("result", directory_lookup_counts())):
+            counter = self._routing_counters[tag]
+            for value, total in totals.items():
+                delta = total - self._routing_exported.get((tag, value), 0)
+                if delta > 0:
+                    counter.inc(delta, {tag: value})
+                    self._routing_exported[tag, value] = total
 
     def _series(self, kind: type, name: str, help_text: str, labelnames: tuple[str, ...] = (),
                 buckets: tuple[float, ...] | None = None) -> _Series:
@@ -119,29 +145,34 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
 
+_DECISIONS = ("glm_serve_routing_decisions", "Engine replica choices of the prefix router.")
+_LOOKUPS = ("glm_serve_routing_directory_lookups",
+            "Lookups of the prefix router in the shared placement table: hit (known conversation), placed "
+            "(placed now), timeout or unavailable (placed by rendezvous hashing instead).")
+
+
+def directory_lookup_counts() -> dict[str, int]:
+    """The placement-table lookups of the request routers in this process, by outcome;
+    every outcome from the start, so a dashboard's query has a series with the table off."""
+    lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
+    for router in request_routers():
+        for result, count in getattr(router, "directory_counts", dict)().items():
+            lookups[result] = lookups.get(result, 0) + count
+    return lookups
+
+
 class _RoutingDecisions:
     """How the prefix request router (which runs in this process, inside the handle to the
     engine deployment) placed requests: affinity, spilled on load, new, hint; and how its
     lookups in the shared placement table went."""
 
     def collect(self):
-        family = CounterMetricFamily("glm_serve_routing_decisions", "Engine replica choices of the prefix router.",
-                                     labels=["decision"])
-        for label, count in sorted(process_decision_counts().items()):
-            family.add_metric([label], count)
-        yield family
-        # Every result from the start, so a dashboard's query has a series with the table off.
-        lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
-        for router in request_routers():
-            for result, count in getattr(router, "directory_counts", dict)().items():
-                lookups[result] = lookups.get(result, 0) + count
-        family = CounterMetricFamily(
-            "glm_serve_routing_directory_lookups",
-            "Lookups of the prefix router in the shared placement table: hit (known conversation), placed "
-            "(placed now), timeout or unavailable (placed by rendezvous hashing instead).", labels=["result"])
-        for result, count in sorted(lookups.items()):
-            family.add_metric([result], count)
-        yield family
+        for (name, help_text), label, totals in ((_DECISIONS, "decision", process_decision_counts()),
+                                                 (_LOOKUPS, "result", directory_lookup_counts())):
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for value, count in sorted(totals.items()):
+                family.add_metric([value], count)
+            yield family
 
 
 # (name, help, kind, EngineStats field): vLLM's own scheduler counters per engine replica.

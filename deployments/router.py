@@ -231,6 +231,8 @@ class RouterDeployment:
                 (duration_s - record.ttft_s) / (record.completion_tokens - 1))
         self._metrics.prompt_tokens.inc(record.prompt_tokens)
         self._metrics.completion_tokens.inc(record.completion_tokens)
+        if record.route in GENERATION_ROUTES:
+            self._metrics.export_routing()
         if record.status != 200 or record.route not in QUIET_ROUTES:
             access_log.logger.info(record.line())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -218,6 +219,15 @@ ROUTER_SERIES = ("ray_glm_serve_requests_total", "ray_glm_serve_time_to_first_to
                  "ray_glm_serve_completion_tokens_total")
 
 
+def dashboard_export_series() -> set[str]:
+    """What deploy/grafana/glm-serve.json queries when Prometheus scrapes Ray's metrics
+    export: ``ray_glm_serve_*`` (its ``(ray_)?glm_serve_*`` selectors) and ``ray_vllm_*``."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "glm-serve.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return ({"ray_" + n for e in exprs for n in re.findall(r"\(ray_\)\?(glm_serve_[a-z_]+)", e)}
+            | {n for e in exprs for n in re.findall(r"\b(ray_vllm_[a-z_]+)", e)})
+
+
 def node_series(node: netns.Node) -> dict[str, set[str]]:
     """Series name -> the replica ids (vLLM's ``ReplicaId``, Serve's ``replica`` tag) in
     one scrape of ``node``'s Ray metrics export."""
@@ -255,11 +265,16 @@ def test_one_scrape_of_each_node_covers_every_replica_on_it(cluster):
     for thread in users:
         thread.start()
     seen: dict[str, Any] = {}
+    dashboard = dashboard_export_series()
+    assert "ray_glm_serve_routing_decisions_total" in dashboard and "ray_vllm_kv_cache_usage_perc" in dashboard
 
     def covered() -> dict[str, dict[str, set[str]]] | None:
         scraped = {node.ip: node_series(node) for node in NODES}
         seen.update({ip: {name: sorted(tags) for name, tags in series.items()
                           if name in VLLM_SERIES + ROUTER_SERIES} for ip, series in scraped.items()})
+        seen["dashboard series missing"] = sorted(dashboard - set().union(*(s.keys() for s in scraped.values())))
+        if seen["dashboard series missing"]:
+            return None
         for replica, ip in placement.items():
             for name in VLLM_SERIES:
                 if not any(replica in tag for tag in scraped[ip].get(name, ())):
