@@ -155,6 +155,12 @@ class RouterDeployment:
             ("GET", "/openapi.json"): self._openapi,
         }
         self._openapi_body = protocol.openapi_document(self._model_name)
+        # One cheap call now, so that the handle learns the engine replicas before traffic
+        # does: requests that arrive while it knows none wait in its queue and, past the
+        # engine's max_queued_requests, are refused (11 of a first burst of 32 in the e2e
+        # suite). It waits in the queue until an engine replica is up; its answer is not
+        # needed.
+        self._warmup = self._engine.model_info.remote()
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
