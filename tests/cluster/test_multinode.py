@@ -247,10 +247,13 @@ def test_one_scrape_of_each_node_covers_every_replica_on_it(cluster):
     """Ray's metrics export: vLLM's engine metrics (RayPrometheusStatLogger) and the
     router's series, each tagged with its replica, on the node the replica runs on."""
     placement = engine_nodes()
-    # A long prompt twice: the second is served from the prefix cache (a hit to count).
+    # A long prompt three times: two of them reach the same engine (there are two), and the
+    # later is served from its prefix cache, a hit to count. (Twice was not enough: right
+    # after the deploy a router can place by rendezvous before the placement table answers,
+    # and the other router may then get another answer from the table.)
     long_prompt = f"{uuid.uuid4().hex} " + "Describe the sea in many words. " * 60
     with client(HEAD) as http:
-        for _ in range(2):
+        for _ in range(3):
             stream_chat(http, long_prompt, max_tokens=2)
     # Ray's agent exports a gauge only while it is being set: keep both engines busy while
     # scraping, through both proxies.
