@@ -144,7 +144,7 @@ class PrefixAffinityRouter(RequestRouter):
         stale read costs at most a lookup the router did not need."""
         if self._lookups is None:
             return
-        loads = {r.replica_id.unique_id: self._load(r) for r in list(self._replicas.values())}
+        loads = self._loads(list(self._replicas.values()))
         if not loads:
             return
         policy = self._policy
@@ -159,6 +159,9 @@ class PrefixAffinityRouter(RequestRouter):
         if queue_len is not None:
             return queue_len
         return self._in_flight.get(replica.replica_id.unique_id, 0)
+
+    def _loads(self, replicas: list[RunningReplica]) -> dict[str, int]:
+        return {r.replica_id.unique_id: self._load(r) for r in replicas}
 
     def _refresh_stale(self, replicas: list[RunningReplica]) -> None:
         """Probe, in the background, each replica whose queue length is unknown or stale and
@@ -191,7 +194,7 @@ class PrefixAffinityRouter(RequestRouter):
         if not candidate_replicas:
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        loads = {uid: self._load(r) for uid, r in by_id.items()}
+        loads = self._loads(candidate_replicas)
         self._refresh_stale(candidate_replicas)
         request = self._routed_request(pending_request)
         chosen = None

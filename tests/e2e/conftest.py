@@ -51,6 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes_named(prefix: str) -> list[psutil.Process]:
+    """Processes whose command line starts with ``prefix`` (Ray names a replica's worker
+    ``ray::ServeReplica:<app>:<deployment>``, a proxy ``ray::ProxyActor``)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(prefix)]
+
+
 def vllm_processes() -> list[psutil.Process]:
     """vLLM processes started by engine replicas (descendants of `ray::ServeReplica` workers)."""
     found = []

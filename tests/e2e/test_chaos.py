@@ -18,19 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 
-from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME
+from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME, processes_named
 
 CHAT = "/v1/chat/completions"
 
 
 def _engine_replicas() -> list[psutil.Process]:
-    """The main application's engine replica processes (Ray names them after the deployment)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::ServeReplica:glm:GLMEngine"):
-            found.append(proc)
-    return found
+    """The main application's engine replica processes."""
+    return processes_named("ray::ServeReplica:glm:GLMEngine")
 
 
 async def _stream(client: httpx.AsyncClient, n: int = 0) -> tuple[int, list[str], float]:
@@ -158,8 +153,7 @@ def test_a_stalled_engine_is_replaced_and_a_busy_one_is_not(base_url):
 
 
 def _router_replicas(app: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if " ".join(p.info["cmdline"] or []).startswith(f"ray::ServeReplica:{app}:GLMRouter")]
+    return processes_named(f"ray::ServeReplica:{app}:GLMRouter")
 
 
 def test_a_router_replica_killed_under_load_leaves_the_service_serving(glm_http):

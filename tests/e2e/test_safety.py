@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
     TINY_GLM_NAME,
     TINY_GLM_PREFIX,
     TINY_REQUEST_TIMEOUT_S,
+    processes_named,
 )
 
 CHAT = "/v1/chat/completions"
@@ -242,10 +243,6 @@ def test_one_access_line_per_request_and_no_text_or_keys_in_any_log(glm_http):
 
 # ---- a client that stops reading -------------------------------------------------------
 
-def _processes(prefix: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(prefix)]
-
-
 def _rss_mb(processes: list[psutil.Process]) -> float:
     return sum(p.memory_info().rss for p in processes) / 2**20
 
@@ -256,8 +253,8 @@ def test_a_client_that_stops_reading_costs_the_router_nothing_and_other_streams_
     memory stays flat and other streams are served meanwhile. Where the unread reply goes
     instead is reported, not asserted: Serve's proxy takes it from the router as fast as it
     comes (docs/operations.md)."""
-    routers = _processes("ray::ServeReplica:glm:GLMRouter")
-    proxies = _processes("ray::ProxyActor")
+    routers = processes_named("ray::ServeReplica:glm:GLMRouter")
+    proxies = processes_named("ray::ProxyActor")
     assert routers and proxies, ([p.pid for p in routers], [p.pid for p in proxies])
     short = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 32,
              "ignore_eos": True, "stream": True}
