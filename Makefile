@@ -47,7 +47,7 @@ bench: model
 	$(PY) -m benchmarks.bench --config $(CONFIG)
 
 # prefix vs pow2 routing on 2 engine replicas: multi-turn chat, unique prompts, a hot
-# system prompt; about 10 minutes here. Writes benchmarks/results/routing.{json,png}.
+# system prompt, two rounds; about 20 minutes here. Writes benchmarks/results/routing.{json,png}.
 bench-routing: model
 	$(PY) -m benchmarks.bench_routing --config $(CONFIG)
 

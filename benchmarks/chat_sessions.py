@@ -152,6 +152,8 @@ class TurnRecord:
 
     user: str
     turn: int
+    sent_s: float = 0.0
+    """When it was sent, seconds after the workload started."""
     ttft_s: float = 0.0
     e2e_s: float = 0.0
     prompt_tokens: int = 0
@@ -169,10 +171,32 @@ def _pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+def in_flight_gap(records: list[TurnRecord]) -> float | None:
+    """How unevenly the replicas were loaded while requests ran: the time-averaged
+    difference between the most and the least requests in flight on one replica, over the
+    time any request was in flight. A replica's total share can be even while, turn by
+    turn, one replica runs more at once (and the slowest user waits on it)."""
+    replicas = sorted({r.replica for r in records if r.replica})
+    if len(replicas) < 2:
+        return None
+    events = sorted((t, delta, r.replica) for r in records if r.replica and r.error is None
+                    for t, delta in ((r.sent_s, 1), (r.sent_s + r.e2e_s, -1)))
+    running = dict.fromkeys(replicas, 0)
+    area = busy = 0.0
+    last = None
+    for t, delta, replica in events:
+        if last is not None and any(running.values()):
+            area += (max(running.values()) - min(running.values())) * (t - last)
+            busy += t - last
+        running[replica] += delta
+        last = t
+    return round(area / busy, 3) if busy > 0 else None
+
+
 def summarize(records: list[TurnRecord], wall_s: float, conversations: bool = True) -> dict:
-    """TTFT, throughput, prefix-cache hit rate, each replica's share and (for
-    ``conversations``) how often a conversation's next turn went to the replica of its
-    previous turn."""
+    """TTFT, throughput, prefix-cache hit rate, each replica's share, how evenly they
+    were loaded (:func:`in_flight_gap`) and (for ``conversations``) how often a
+    conversation's next turn went to the replica of its previous turn."""
     ok = [r for r in records if r.error is None]
     ttfts = [r.ttft_s for r in ok]
     shares = Counter(r.replica for r in ok if r.replica)
@@ -200,6 +224,7 @@ def summarize(records: list[TurnRecord], wall_s: float, conversations: bool = Tr
         "cache_hit_rate": round(sum(r.cached_tokens for r in ok) / prompt, 4) if prompt else None,
         "replica_requests": dict(sorted(shares.items())),
         "replica_balance": round(counts[-1] / counts[0], 3) if len(counts) > 1 and counts[0] else None,
+        "in_flight_gap": in_flight_gap(ok),
         "same_replica_as_previous_turn": round(stayed / follow_ups, 4) if follow_ups and conversations else None,
     }
 

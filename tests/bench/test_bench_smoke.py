@@ -53,3 +53,27 @@ def test_chunk_transport_carries_every_chunk_both_ways(tmp_path):
     assert set(rows) == {"ray", "channel"}
     for row in rows.values():
         assert row["chunks"] == 400 and row["chunks_per_s"] > 0 and row["engine_side_us_per_chunk"] > 0
+
+
+def test_bench_routing_smoke_runs_each_workload_on_each_variant_and_pools_rounds(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_routing", "--smoke", "--rounds", "2", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "routing.json").read_text())
+    assert data["meta"]["variants"] == {"pow2": {"policy": "pow2"}, "prefix": {"policy": "prefix"}}
+    workloads = ("multi-turn", "unique", "hot-system")
+    assert {(r["workload"], r["variant"], r["round"]) for r in data["rounds"]} == {
+        (w, v, n) for w in workloads for v in ("pow2", "prefix") for n in (1, 2)}
+    # Each round, each workload's first variant rotates.
+    firsts = [r["variant"] for i, r in enumerate(data["rounds"]) if i % 2 == 0]
+    assert firsts == ["pow2", "prefix", "pow2", "prefix", "pow2", "prefix"]
+    for workload in workloads:
+        for variant, row in data["results"][workload].items():
+            rounds = [r for r in data["rounds"] if r["workload"] == workload and r["variant"] == variant]
+            assert row["errors"] == 0 and row["requests"] == sum(r["requests"] for r in rounds), row
+            assert abs(row["wall_s"] - sum(r["wall_s"] for r in rounds)) < 0.02
+    multi = data["results"]["multi-turn"]["prefix"]
+    assert multi["same_replica_as_previous_turn"] is not None and multi["in_flight_gap"] is not None
+    assert (tmp_path / "routing.png").stat().st_size > 10_000
