@@ -31,4 +31,4 @@ def build_app(args: dict[str, Any]) -> Application:
         config.model, config.engine.stall_timeout_s, config.engine.export_ray_metrics)
     return RouterDeployment.options(
         name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
-    ).bind(engine, config.model, config.router)
+    ).bind(engine, config.model, config.router, warm_engine=not config.engine.may_scale_to_zero)

@@ -264,6 +264,12 @@ class DeploymentOptions(StrictModel):
         """Keyword arguments for ``Deployment.options``."""
         return self.model_dump(exclude_none=True)
 
+    @property
+    def may_scale_to_zero(self) -> bool:
+        """Whether autoscaling may leave this deployment with no replica (``min_replicas: 0``,
+        Serve's default being 1)."""
+        return self.num_replicas == "auto" and (self.autoscaling_config or {}).get("min_replicas", 1) == 0
+
 
 class EngineDeploymentConfig(DeploymentOptions):
     """Serve options of the engine deployment (one vLLM engine per replica)."""

@@ -129,7 +129,8 @@ def _error_response(error: APIError, body: dict[str, Any] | None = None) -> JSON
 class RouterDeployment:
     """OpenAI-compatible HTTP API in front of the engine deployment."""
 
-    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig):
+    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig,
+                 warm_engine: bool = True):
         self._engine = engine
         # Chunks come back over a direct connection from the engine replicas; Serve
         # carries the request (deployments/stream_channel.py says why).
@@ -159,8 +160,8 @@ class RouterDeployment:
         # does: requests that arrive while it knows none wait in its queue and, past the
         # engine's max_queued_requests, are refused (11 of a first burst of 32 in the e2e
         # suite). It waits in the queue until an engine replica is up; its answer is not
-        # needed.
-        self._warmup = self._engine.model_info.remote()
+        # needed. Not when the engines may scale to zero: the call would wake them.
+        self._warmup = self._engine.model_info.remote() if warm_engine else None
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path

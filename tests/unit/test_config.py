@@ -131,3 +131,17 @@ def test_router_defaults_reserve_no_cpu():
     config = AppConfig.model_validate({"model": {"model": "m"}})
     assert config.router.deployment.serve_options()["ray_actor_options"] == {"num_cpus": 0}
     assert config.engine.max_ongoing_requests == 256
+
+
+def test_the_router_warms_its_engine_handle_unless_the_engines_may_scale_to_zero():
+    from deployments.app import build_app
+
+    def app(engine: dict) -> tuple[bool, object]:
+        args = {"model": {"model": "m"}, "engine": engine}
+        bound = build_app(args)._bound_deployment  # what serve run deploys: the router and its init args
+        return AppConfig.model_validate(args).engine.may_scale_to_zero, bound.init_kwargs["warm_engine"]
+
+    assert app({}) == (False, True)
+    assert app({"num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}}) == (False, True), \
+        "Serve's min_replicas defaults to 1"
+    assert app({"num_replicas": "auto", "autoscaling_config": {"min_replicas": 0, "max_replicas": 4}}) == (True, False)
