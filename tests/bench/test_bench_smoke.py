@@ -74,6 +74,7 @@ def test_bench_routing_smoke_runs_each_workload_on_each_variant_and_pools_rounds
             rounds = [r for r in data["rounds"] if r["workload"] == workload and r["variant"] == variant]
             assert row["errors"] == 0 and row["requests"] == sum(r["requests"] for r in rounds), row
             assert abs(row["wall_s"] - sum(r["wall_s"] for r in rounds)) < 0.02
-    multi = data["results"]["multi-turn"]["prefix"]
-    assert multi["same_replica_as_previous_turn"] is not None and multi["in_flight_gap"] is not None
+    assert data["results"]["multi-turn"]["prefix"]["same_replica_as_previous_turn"] is not None
+    for row in data["rounds"]:  # a gap needs two replicas, and the smoke's 2 users may share one
+        assert (row["in_flight_gap"] is None) == (len(row["replica_requests"]) < 2), row
     assert (tmp_path / "routing.png").stat().st_size > 10_000
