@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import psutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.e2e.conftest import MODEL_NAME, processes_named
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=40))
@@ -92,8 +91,7 @@ REQUEST = st.one_of(
 
 
 def _replica_pids() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"])
-            if " ".join(p.info["cmdline"] or []).startswith("ray::ServeReplica:glm:")}
+    return {p.pid for p in processes_named("ray::ServeReplica:glm:")}
 
 
 def test_the_openapi_document_describes_the_request_bodies(http):
