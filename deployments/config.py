@@ -223,6 +223,11 @@ class DeploymentOptions(StrictModel):
         default_factory=dict, description="Ray actor options: num_cpus, num_gpus, resources, runtime_env."
     )
     autoscaling_config: dict[str, Any] | None = Field(default=None, description="Serve autoscaling config.")
+    backpressure_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Serve's answer to a request past max_queued_requests: status_code (503 or 429) and "
+                    "retry_after_s (its Retry-After header).",
+    )
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
@@ -248,6 +253,15 @@ class DeploymentOptions(StrictModel):
         if unknown:
             raise ValueError(f"unknown autoscaling_config fields {unknown}")
         AutoscalingConfig.model_validate(value)
+        return value
+
+    @field_validator("backpressure_config")
+    @classmethod
+    def _serve_backpressure(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from ray.serve.config import BackpressureConfig
+
+            BackpressureConfig.model_validate(value)  # names a wrong field or value
         return value
 
     @model_validator(mode="after")
@@ -305,7 +319,17 @@ class RouterDeploymentOptions(DeploymentOptions):
 
     # The router only relays bytes; one replica handles thousands of streams, so it
     # must never be the queue. It needs almost no CPU of its own.
-    max_ongoing_requests: int = Field(default=2048, ge=1, description="Streams one router replica relays at once.")
+    max_ongoing_requests: int = Field(
+        default=2048, ge=1,
+        description="Requests one router replica handles at once (streams it relays, refusals, /health). "
+                    "Past it and max_queued_requests, Serve's proxy refuses a request without reaching a router.",
+    )
+    # Serve's proxy refuses past the router's bounds: always with a Retry-After, like the router.
+    backpressure_config: dict[str, Any] | None = Field(
+        default_factory=lambda: {"status_code": 503, "retry_after_s": 1},
+        description="Serve's proxy's answer past max_ongoing_requests and max_queued_requests: status_code "
+                    "(503 or 429) and retry_after_s (its Retry-After header).",
+    )
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of a router replica; it reserves no CPU by default.",
@@ -392,6 +416,18 @@ class RouterConfig(StrictModel):
     def _first_token_within_the_request(self) -> RouterConfig:
         if self.first_token_timeout_s > self.request_timeout_s:
             raise ValueError("first_token_timeout_s must not exceed request_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _room_above_the_stream_cap(self) -> RouterConfig:
+        # A router replica full of streams must still take /health, /metrics and the
+        # requests it refuses itself; Serve would otherwise queue or refuse those too.
+        cap = self.max_in_flight_requests
+        if cap is not None and self.deployment.max_ongoing_requests <= cap:
+            raise ValueError(
+                f"deployment.max_ongoing_requests ({self.deployment.max_ongoing_requests}) must exceed "
+                f"max_in_flight_requests ({cap}), leaving room for /health and refusals"
+            )
         return self
 
 

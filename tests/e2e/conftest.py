@@ -41,6 +41,8 @@ API_KEY = API_KEYS[1]
 TINY_REQUEST_TIMEOUT_S = 10
 ENGINE_MAX_ONGOING = 40
 ENGINE_MAX_QUEUED = 16
+ROUTER_MAX_IN_FLIGHT = 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED
+ROUTER_HEADROOM = 32
 STALL_TIMEOUT_S = 15
 START_TIMEOUT_S = 420
 
@@ -100,9 +102,11 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                       "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED,
                       "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2,
                       "routing": {"policy": "prefix", "stats_period_s": 1}}
-    # The router refuses past what the engines run and queue, before reading the body.
-    args["router"] = {"max_request_body_bytes": 65536,
-                      "max_in_flight_requests": 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED}
+    # The router refuses past what the engines run and queue, before reading the body, and
+    # Serve's proxy past what the router replica holds and queues (the ratios of the shipped config).
+    args["router"] = {"max_request_body_bytes": 65536, "max_in_flight_requests": ROUTER_MAX_IN_FLIGHT,
+                      "deployment": {"max_ongoing_requests": ROUTER_MAX_IN_FLIGHT + ROUTER_HEADROOM,
+                                     "max_queued_requests": ROUTER_HEADROOM}}
     # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer
     # has no merges (a token per byte), so a tool loop's second turn, with GLM-4's Chinese
     # tool prompt, is ~3,600 tokens: hence the long context.

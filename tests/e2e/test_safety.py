@@ -142,13 +142,15 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(base_url):
     body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to ten."}],
             "max_tokens": 16, "ignore_eos": True, "stream": True}
 
-    async def one(session: aiohttp.ClientSession) -> tuple[int, float, float, str | None, bool]:
+    async def one(session: aiohttp.ClientSession) -> tuple[int, float, float, str | None, bool, bool]:
         started = time.monotonic()
         async with session.post(f"{base_url}{CHAT}", json=body) as response:
             status_s = time.monotonic() - started
             text = await response.text()
+        # (status, seconds to the status line, seconds in all, Retry-After, ended with [DONE],
+        # refused by the router in OpenAI's shape rather than by Serve's proxy)
         return (response.status, status_s, time.monotonic() - started, response.headers.get("retry-after"),
-                text.endswith("data: [DONE]\n\n"))
+                text.endswith("data: [DONE]\n\n"), text.startswith('{"error"'))
 
     async def run():
         connector = aiohttp.TCPConnector(limit=total)
@@ -167,13 +169,15 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(base_url):
     assert max(r[2] for r in results) < 60, "no request waits past 60 s"
     admitted = re.search(r"^glm_serve_requests_admitted (\S+)$", httpx.get(f"{base_url}/metrics").text, re.M)
     assert admitted and float(admitted.group(1)) == 0, "every admitted request released its place"
+    by_router = sum(r[5] for r in refused)
+    assert 0 < by_router < len(refused), "the router refuses past its cap, Serve's proxy past the router's bounds"
     refusal_p50 = statistics.median(r[1] for r in refused)
-    # 6.6 s measured here: both cores run the engines, and 2,048 requests pass one by one
-    # through Serve's proxy and the router's admission check on what is left of them.
-    assert refusal_p50 < 10.0
-    print(f"\nFIGURE overload: {total} at once: {len(served)} served, {len(refused)} refused, refusal p50 "
-          f"{refusal_p50 * 1000:.0f} ms, longest request {max(r[2] for r in results):.1f} s, all done in "
-          f"{elapsed:.1f} s")
+    # 2.9-3.3 s measured here (6.1 s when the router refused them all): both cores run the
+    # engines and this load generator, and each refusal is Python work in Serve's proxy.
+    assert refusal_p50 < 6.0
+    print(f"\nFIGURE overload: {total} at once: {len(served)} served, {len(refused)} refused ({by_router} by "
+          f"the router, {len(refused) - by_router} by Serve's proxy), refusal p50 {refusal_p50 * 1000:.0f} ms, "
+          f"longest request {max(r[2] for r in results):.1f} s, all done in {elapsed:.1f} s")
 
 
 def test_health_answers_fast_while_streams_run_and_queue(base_url):

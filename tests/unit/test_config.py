@@ -145,3 +145,29 @@ def test_the_router_warms_its_engine_handle_unless_the_engines_may_scale_to_zero
     assert app({"num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}}) == (False, True), \
         "Serve's min_replicas defaults to 1"
     assert app({"num_replicas": "auto", "autoscaling_config": {"min_replicas": 0, "max_replicas": 4}}) == (True, False)
+
+
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+def test_shipped_configs_bound_the_router_above_its_stream_cap(path):
+    """Past the router's stream cap the router refuses; past its replica's bounds, Serve's proxy."""
+    router = AppConfig.model_validate(_args(path)).router
+    assert router.max_in_flight_requests < router.deployment.max_ongoing_requests
+    assert router.deployment.max_queued_requests > 0
+
+
+def test_serves_proxy_refuses_past_the_routers_bounds_with_retry_after():
+    from deployments.app import build_app
+
+    deployment = build_app({"model": {"model": "m"}})._bound_deployment  # the router, as serve run deploys it
+    assert deployment.backpressure_config.status_code == 503
+    assert deployment.backpressure_config.retry_after_s == 1
+
+
+def test_backpressure_and_router_bounds_are_checked():
+    router = {"deployment": {"backpressure_config": {"status_code": 500}}}
+    assert "status_code" in _error({"model": {"model": "m"}, "router": router})
+    router = {"deployment": {"backpressure_config": {"retry_after": 1}}}
+    assert "retry_after" in _error({"model": {"model": "m"}, "router": router})
+    router = {"max_in_flight_requests": 512, "deployment": {"max_ongoing_requests": 512}}
+    message = _error({"model": {"model": "m"}, "router": router})
+    assert "max_ongoing_requests" in message and "max_in_flight_requests" in message
