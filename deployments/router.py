@@ -17,9 +17,10 @@ Request life cycle::
       -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
       -> one access-log line and the metrics, once, when the request ends
 
-Admission control is Serve's: the engine deployment's ``max_ongoing_requests`` and
-``max_queued_requests`` bound the work and the queue, and a request past them gets 503
-with Retry-After at once. Replica choice belongs to the engine deployment's Serve request
+Admission: this class refuses past ``router.max_in_flight_requests`` (:meth:`_admit`),
+Serve's proxy past the router deployment's own bounds, and the engine deployment's
+``max_ongoing_requests`` bounds what runs; each answers 503 with Retry-After at once.
+Serve's queues are sized at least to the cap (config.py says why). Replica choice belongs to the engine deployment's Serve request
 router, not to this class; with the shared placement table on, this class awaits that
 router's lookup before the handle call (:meth:`RouterDeployment._place`).
 """

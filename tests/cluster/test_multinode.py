@@ -57,7 +57,7 @@ def app_config(engine_replicas: int = 2, default_max_tokens: int = 64) -> dict[s
     engine = args["engine"]
     engine.pop("autoscaling_config")
     engine.update(num_replicas=engine_replicas, ray_actor_options={"num_gpus": 1, "num_cpus": 0},
-                  max_ongoing_requests=32, max_queued_requests=64)
+                  max_ongoing_requests=32, max_queued_requests=96)
     engine["routing"]["stats_period_s"] = 1
     router = args["router"]
     router.update(max_in_flight_requests=96, max_tokens_limit=1024)

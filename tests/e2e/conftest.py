@@ -40,8 +40,8 @@ API_KEYS = ("key-one-for-tests", "key-two-for-tests")
 API_KEY = API_KEYS[1]
 TINY_REQUEST_TIMEOUT_S = 10
 ENGINE_MAX_ONGOING = 40
-ENGINE_MAX_QUEUED = 16
-ROUTER_MAX_IN_FLIGHT = 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED
+# What one router replica admits: 2 x 40 running and 16 waiting for an engine.
+ROUTER_MAX_IN_FLIGHT = 2 * ENGINE_MAX_ONGOING + 16
 ROUTER_HEADROOM = 32
 STALL_TIMEOUT_S = 15
 START_TIMEOUT_S = 420
@@ -95,18 +95,20 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     args["model"]["model"] = str(MODEL_DIR)
     args["model"]["max_model_len"] = 512
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
-    # Small bounds, so that a test can fill them: 2 x 40 requests run, 16 more queue in the
-    # router replica, the rest are refused at once.
+    # Small bounds, so that a test can fill them: 2 x 40 requests run, 16 more wait in the
+    # router replica, the rest are refused at once. Serve's queues are as large as what the
+    # router admits, as in the shipped config (Serve counts a request as queued while it
+    # picks a replica, so a smaller queue would refuse part of a burst the router admitted).
     # A short stall timeout and frequent health checks, so a test can stall an engine.
     args["engine"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
-                      "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ENGINE_MAX_QUEUED,
+                      "max_ongoing_requests": ENGINE_MAX_ONGOING, "max_queued_requests": ROUTER_MAX_IN_FLIGHT,
                       "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2,
                       "routing": {"policy": "prefix", "stats_period_s": 1}}
-    # The router refuses past what the engines run and queue, before reading the body, and
-    # Serve's proxy past what the router replica holds and queues (the ratios of the shipped config).
+    # The router refuses past its cap, before reading the body, and Serve's proxy past what
+    # the router replica holds and queues.
     args["router"] = {"max_request_body_bytes": 65536, "max_in_flight_requests": ROUTER_MAX_IN_FLIGHT,
                       "deployment": {"max_ongoing_requests": ROUTER_MAX_IN_FLIGHT + ROUTER_HEADROOM,
-                                     "max_queued_requests": ROUTER_HEADROOM}}
+                                     "max_queued_requests": ROUTER_MAX_IN_FLIGHT}}
     # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer
     # has no merges (a token per byte), so a tool loop's second turn, with GLM-4's Chinese
     # tool prompt, is ~3,600 tokens: hence the long context.

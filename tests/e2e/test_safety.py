@@ -26,8 +26,8 @@ from glm_client import APIStatusError, Conversation, Role, ServeClient
 from tests.e2e.conftest import (
     API_KEYS,
     ENGINE_MAX_ONGOING,
-    ENGINE_MAX_QUEUED,
     MODEL_NAME,
+    ROUTER_MAX_IN_FLIGHT,
     TINY_GLM_NAME,
     TINY_GLM_PREFIX,
     TINY_REQUEST_TIMEOUT_S,
@@ -180,8 +180,32 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(base_url):
           f"longest request {max(r[2] for r in results):.1f} s, all done in {elapsed:.1f} s")
 
 
+def test_a_burst_of_what_the_router_admits_is_all_served(base_url):
+    """Serve counts a request as queued while it picks a replica, so a queue bound smaller
+    than a burst refuses part of it even when replicas are free. With Serve's queues as
+    large as what the router admits, a burst of exactly that many streams, on a service
+    that just started, is all served."""
+    import aiohttp
+
+    async def one(session: aiohttp.ClientSession, n: int) -> tuple[int, str]:
+        body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": f"Count to ten, {n}."}],
+                "max_tokens": 8, "ignore_eos": True, "stream": True}
+        async with session.post(f"{base_url}{CHAT}", json=body) as response:
+            return response.status, await response.text()
+
+    async def run():
+        connector = aiohttp.TCPConnector(limit=ROUTER_MAX_IN_FLIGHT)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            return await asyncio.gather(*[one(session, n) for n in range(ROUTER_MAX_IN_FLIGHT)])
+
+    results = asyncio.run(run())
+    refused = [text[:120] for status, text in results if status != 200]
+    assert not refused, f"{len(refused)} of {ROUTER_MAX_IN_FLIGHT} refused: {refused[:3]}"
+    assert all(text.endswith("data: [DONE]\n\n") for _, text in results)
+
+
 def test_health_answers_fast_while_streams_run_and_queue(base_url):
-    streams = 2 * ENGINE_MAX_ONGOING + ENGINE_MAX_QUEUED // 2
+    streams = 2 * ENGINE_MAX_ONGOING + 8
 
     async def run():
         limits = httpx.Limits(max_connections=streams + 8)

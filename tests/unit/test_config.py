@@ -171,3 +171,19 @@ def test_backpressure_and_router_bounds_are_checked():
     router = {"max_in_flight_requests": 512, "deployment": {"max_ongoing_requests": 512}}
     message = _error({"model": {"model": "m"}, "router": router})
     assert "max_ongoing_requests" in message and "max_in_flight_requests" in message
+
+
+def test_serves_queues_hold_what_a_router_admits():
+    """Serve counts a request as queued while it picks a replica: a smaller queue would
+    refuse part of a burst the router admitted."""
+    for path in ("config/serve.yaml", "config/serve-cpu.yaml"):
+        config = AppConfig.model_validate(_args(path))
+        assert config.engine.max_queued_requests >= config.router.max_in_flight_requests
+        assert config.router.deployment.max_queued_requests >= config.router.max_in_flight_requests
+    router = {"max_in_flight_requests": 96}
+    message = _error({"model": {"model": "m"}, "engine": {"max_queued_requests": 16}, "router": router})
+    assert "engine.max_queued_requests (16)" in message and "max_in_flight_requests (96)" in message
+    router = {"max_in_flight_requests": 96, "deployment": {"max_ongoing_requests": 128, "max_queued_requests": 32}}
+    assert "router.deployment.max_queued_requests (32)" in _error({"model": {"model": "m"}, "router": router})
+    AppConfig.model_validate({"model": {"model": "m"}, "engine": {"max_queued_requests": -1}, "router": router |
+                              {"deployment": {"max_ongoing_requests": 128, "max_queued_requests": -1}}})
