@@ -353,7 +353,7 @@ class RequestLimits(StrictModel):
 def _check_queue_holds_admitted(where: str, max_queued: int, admitted: int | None) -> None:
     """Serve counts a request as queued while it picks a replica for it, so under a burst a
     queue bound below what a router replica admits refuses requests that replicas had room
-    for (the e2e suite saw 44 of a 96-stream burst refused with a 16-request engine queue)."""
+    for (measured in docs/measurements.md, "The router's bounds")."""
     if admitted is not None and max_queued != -1 and max_queued < admitted:
         raise ValueError(
             f"{where}.max_queued_requests ({max_queued}) must be -1 or at least "
