@@ -20,9 +20,11 @@ Request life cycle::
 Admission: this class refuses past ``router.max_in_flight_requests`` (:meth:`_admit`),
 Serve's proxy past the router deployment's own bounds, and the engine deployment's
 ``max_ongoing_requests`` bounds what runs; each answers 503 with Retry-After at once.
-Serve's queues are sized at least to the cap (config.py says why). Replica choice belongs to the engine deployment's Serve request
-router, not to this class; with the shared placement table on, this class awaits that
-router's lookup before the handle call (:meth:`RouterDeployment._place`).
+Serve's queues are sized at least to the cap (config.py says why).
+
+Replica choice belongs to the engine deployment's Serve request router, not to this
+class; with the shared placement table on, this class awaits that router's lookup before
+the handle call (:meth:`RouterDeployment._place`).
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(base_url):
     by_router = sum(r[5] for r in refused)
     assert 0 < by_router < len(refused), "the router refuses past its cap, Serve's proxy past the router's bounds"
     refusal_p50 = statistics.median(r[1] for r in refused)
-    # 2.9-3.3 s measured here (6.1 s when the router refused them all): both cores run the
+    # 3.1-3.5 s measured here (6.1 s when the router refused them all): both cores run the
     # engines and this load generator, and each refusal is Python work in Serve's proxy.
     assert refusal_p50 < 6.0
     print(f"\nFIGURE overload: {total} at once: {len(served)} served, {len(refused)} refused ({by_router} by "

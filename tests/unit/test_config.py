@@ -149,10 +149,15 @@ def test_the_router_warms_its_engine_handle_unless_the_engines_may_scale_to_zero
 
 @pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
 def test_shipped_configs_bound_the_router_above_its_stream_cap(path):
-    """Past the router's stream cap the router refuses; past its replica's bounds, Serve's proxy."""
-    router = AppConfig.model_validate(_args(path)).router
+    """Past the router's stream cap the router refuses; past its replica's bounds, Serve's
+    proxy. Serve's queues hold what a router admits (Serve counts a request as queued while
+    it picks a replica: a smaller queue would refuse part of a burst the router admitted)."""
+    config = AppConfig.model_validate(_args(path))
+    router = config.router
     assert router.max_in_flight_requests < router.deployment.max_ongoing_requests
     assert router.deployment.max_queued_requests > 0
+    assert config.engine.max_queued_requests >= router.max_in_flight_requests
+    assert router.deployment.max_queued_requests >= router.max_in_flight_requests
 
 
 def test_serves_proxy_refuses_past_the_routers_bounds_with_retry_after():
@@ -173,13 +178,7 @@ def test_backpressure_and_router_bounds_are_checked():
     assert "max_ongoing_requests" in message and "max_in_flight_requests" in message
 
 
-def test_serves_queues_hold_what_a_router_admits():
-    """Serve counts a request as queued while it picks a replica: a smaller queue would
-    refuse part of a burst the router admitted."""
-    for path in ("config/serve.yaml", "config/serve-cpu.yaml"):
-        config = AppConfig.model_validate(_args(path))
-        assert config.engine.max_queued_requests >= config.router.max_in_flight_requests
-        assert config.router.deployment.max_queued_requests >= config.router.max_in_flight_requests
+def test_serves_queues_below_what_a_router_admits_are_refused():
     router = {"max_in_flight_requests": 96}
     message = _error({"model": {"model": "m"}, "engine": {"max_queued_requests": 16}, "router": router})
     assert "engine.max_queued_requests (16)" in message and "max_in_flight_requests (96)" in message
