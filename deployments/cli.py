@@ -13,9 +13,8 @@ from typing import Any, Iterator, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from deployments.config import AppConfig
-
-BUILDER = "deployments.app.build_app"  # Serve accepts `module:attr` and `module.attr` alike
+from deployments.config import BUILDER, AppConfig
+from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 
 def _path(loc: tuple) -> str:
@@ -127,6 +126,18 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
     return errors, warnings, len(apps)
 
 
+def _install_proxy_gate() -> None:
+    """Ask the Ray that `serve run` starts to put glm-serve's admission gate in its HTTP
+    proxy (deployments/proxy_gate.py). Ray reads the variable when a node's proxy starts,
+    so it takes effect on a cluster `serve run` starts, not on one it joins (`--address`)."""
+    current = os.environ.get(CALLBACK_ENV)
+    if current is None:
+        os.environ[CALLBACK_ENV] = CALLBACK
+    elif current != CALLBACK:
+        print(f"glm-serve: {CALLBACK_ENV}={current!r} is your own proxy callback, so the proxy gate is not "
+              f"installed; add {CALLBACK}() to the middlewares it returns to keep fast refusals", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glm-serve`` and ``python -m deployments.cli``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="glm-serve", description=__doc__,
@@ -149,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = failed or bool(errors)
     if failed or args.command == "check":
         return 2 if failed else 0
+    _install_proxy_gate()
     # The `serve` of this interpreter's environment (sys.executable unresolved: the venv's bin),
     # else whichever is on PATH (execvp searches it for a bare name).
     serve = Path(sys.executable).parent / "serve"

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from deployments.routing import RoutingConfig
 
+BUILDER = "deployments.app.build_app"
+"""The app builder's import path (Serve accepts ``module:attr`` and ``module.attr`` alike)."""
 _CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -373,7 +375,8 @@ class RouterConfig(StrictModel):
         default=None, ge=1,
         description="Generation requests one router replica serves at once (streams and whole); past it, 503 "
                     "with Retry-After before the body is even read. Size it to what the engines run and queue "
-                    "for this router replica. None: only the engine deployment's bounds apply.",
+                    "for this router replica. Serve's proxy refuses past it x the router replicas too, when "
+                    "glm-serve's proxy gate is installed. None: only the engine deployment's bounds apply.",
     )
     max_tokens_limit: int | None = Field(
         default=None, ge=1,

@@ -39,5 +39,10 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
+def overloaded() -> APIError:
+    """The refusal past a router's cap, from a router replica or Serve's proxy alike."""
+    return APIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
+
+
 class EngineUnavailable(Exception):
     """The replica's vLLM engine has failed; Serve's health check will replace the replica."""

@@ -42,6 +42,8 @@ def from_validation_error(exc: ValidationError) -> APIError:
     return APIError(400, f"{param}: {message}", param=param)
 
 
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+"""The routes that generate, counted against ``router.max_in_flight_requests``."""
 MAX_CHOICES = 16
 """Most choices (``n``) one request may ask for."""
 MAX_TOP_LOGPROBS = 20

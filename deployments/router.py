@@ -17,9 +17,10 @@ Request life cycle::
       -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
       -> one access-log line and the metrics, once, when the request ends
 
-Admission: this class refuses past ``router.max_in_flight_requests`` (:meth:`_admit`),
-Serve's proxy past the router deployment's own bounds, and the engine deployment's
-``max_ongoing_requests`` bounds what runs; each answers 503 with Retry-After at once.
+Admission: glm-serve's gate in Serve's proxy refuses past ``router.max_in_flight_requests``
+x the router replicas (:mod:`deployments.proxy_gate`), this class past the cap on its own
+(:meth:`_admit`), Serve's proxy past the router deployment's own bounds, and the engine
+deployment's ``max_ongoing_requests`` bounds what runs; each answers 503 with Retry-After.
 Serve's queues are sized at least to the cap (config.py says why).
 
 Replica choice belongs to the engine deployment's Serve request router, not to this
@@ -53,7 +54,7 @@ from deployments.access_log import RequestRecord
 from deployments.auth import check_bearer, load_api_keys
 from deployments.config import ModelConfig, RouterConfig
 from deployments.engine_stats import request_router_for
-from deployments.errors import APIError, EngineUnavailable
+from deployments.errors import APIError, EngineUnavailable, overloaded
 from deployments.generation import GenerationChunk, GenerationRequest, GenerationResult
 from deployments.limits import check_limits
 from deployments.metrics import RouterMetrics
@@ -68,7 +69,6 @@ Handler = Callable[[Request, RequestRecord], Awaitable[Response]]
 RETRY_SETTLE_S = 10.0
 """Before retrying a stream whose connection was lost, wait this long at most for its
 engine call to fail too, so that Serve knows the replica is dead and routes elsewhere."""
-GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 QUIET_ROUTES = frozenset({"/health", "/metrics"})
 """Probes and scrapes that succeed are counted but not logged: they come every few seconds."""
 HEALTH_CACHE_S = 1.0
@@ -181,7 +181,7 @@ class RouterDeployment:
                 if any(p == path for _, p in self._routes):
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")
                 raise APIError(404, f"No route {path}.", "not_found_error")
-            if path in GENERATION_ROUTES:
+            if path in protocol.GENERATION_ROUTES:
                 self._admit(record)
             response = await handler(request, record)
         except APIError as exc:
@@ -208,7 +208,7 @@ class RouterDeployment:
         is the one that does no work. The count is released in :meth:`_finish`."""
         cap = self._config.max_in_flight_requests
         if cap is not None and self._generating >= cap:
-            raise APIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")
+            raise overloaded()
         self._generating += 1
         self._metrics.admitted.set(self._generating)
         record.admitted = True
@@ -241,7 +241,7 @@ class RouterDeployment:
                 (duration_s - record.ttft_s) / (record.completion_tokens - 1))
         self._metrics.prompt_tokens.inc(record.prompt_tokens)
         self._metrics.completion_tokens.inc(record.completion_tokens)
-        if record.route in GENERATION_ROUTES:
+        if record.route in protocol.GENERATION_ROUTES:
             self._metrics.export_routing()
         if record.status != 200 or record.route not in QUIET_ROUTES:
             access_log.logger.info(record.line())

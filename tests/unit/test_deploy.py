@@ -9,6 +9,7 @@ import yaml
 
 from deployments.cli import check_file, main
 from deployments.config import AppConfig
+from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
@@ -65,6 +66,8 @@ def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
     for spec in (head["template"]["spec"], workers["template"]["spec"]):
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
         assert "secretKeyRef" in env[app.router.api_keys_env]["valueFrom"]
+        # and the proxy gate in every node's Serve proxy
+        assert env[CALLBACK_ENV]["value"] == CALLBACK
 
 
 def test_the_image_is_rays_own_at_the_pinned_version_with_the_gpu_extra():

@@ -1,0 +1,231 @@
+"""Admission in Serve's HTTP proxy: a generation request that the router replicas would
+refuse is refused before Serve's proxy routes it.
+
+Past ``router.max_in_flight_requests`` a router replica refuses at once, but the refusal
+still travels Serve's proxy -> routing loop -> router replica -> back, a few ms of Python
+each in the proxy. Under a burst those add up: 2,048 streams at once on 2 busy cores had
+their refusals back in 3.1-3.5 s (p50), most of it in Serve's proxy. This ASGI middleware
+runs in the proxy ahead of all that. Per glm-serve application it counts the generation
+requests in flight through this proxy and, once they reach what the application's running
+router replicas admit (``router.max_in_flight_requests`` x replicas), answers 503 in
+OpenAI's shape with ``Retry-After``, the router's own refusal (docs/measurements.md).
+
+It is a fast path, not the bound. The router replicas still enforce their caps: on a
+cluster each node's proxy admits up to the whole cap, and the gate's view of the
+applications is refreshed every :data:`REFRESH_S` from Serve's controller. Until it has a
+view (the first seconds of a proxy, an application deployed without a config file, or a
+controller it cannot reach) it passes every request through.
+
+Installed through Ray's proxy hook: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+deployments.proxy_gate.middlewares`` in the environment of each Ray node when its proxy
+starts. ``glm-serve run`` sets it; on a cluster, set it where ``ray start`` runs (the
+KubeRay manifest does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from deployments.config import BUILDER, AppConfig
+from deployments.errors import overloaded
+from deployments.protocol import GENERATION_ROUTES
+
+logger = logging.getLogger("glm_serve.proxy_gate")
+
+CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+CALLBACK = "deployments.proxy_gate.middlewares"
+REFRESH_S = 5.0
+"""How often each proxy asks Serve's controller for the applications' bounds. Between two
+asks a router replica that started or stopped shifts the cap by its share; the routers'
+own checks cover the difference."""
+REFUSED_BY_HEADER = "x-glm-serve-refused-by"
+
+_REFUSAL = overloaded()
+_REFUSAL_BODY = json.dumps(_REFUSAL.body()).encode()
+_REFUSAL_START = {
+    "type": "http.response.start",
+    "status": _REFUSAL.status,
+    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_REFUSAL_BODY)).encode()),
+                (b"retry-after", b"1"), (REFUSED_BY_HEADER.encode(), b"proxy")],
+}
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one glm-serve application admits through one proxy."""
+
+    app: str
+    cap: int
+    router_replicas: int
+
+
+def admissions(details: Mapping[str, Any]) -> dict[str, Admission]:
+    """Generation paths (``/v1/chat/completions`` under each route prefix) to what their
+    application admits, from Serve's instance details (``get_serve_instance_details``).
+
+    Only glm-serve applications deployed from a config, with ``router.max_in_flight_requests``
+    set and at least one running router replica (their ingress deployment), are gated."""
+    found: dict[str, Admission] = {}
+    for name, app in (details.get("applications") or {}).items():
+        config = app.get("deployed_app_config") or {}
+        prefix = app.get("route_prefix")
+        ingress = (app.get("deployment_topology") or {}).get("ingress_deployment")
+        if str(config.get("import_path")).replace(":", ".") != BUILDER or prefix is None or ingress is None:
+            continue
+        try:
+            cap = AppConfig.model_validate(config.get("args") or {}).router.max_in_flight_requests
+        except ValidationError:
+            continue  # Serve refused to deploy it; nothing of it is serving
+        replicas = (app.get("deployments") or {}).get(ingress, {}).get("replicas") or []
+        running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+        if cap is None or running == 0:
+            continue
+        admission = Admission(name, cap * running, running)
+        for route in GENERATION_ROUTES:
+            found[prefix.rstrip("/") + route] = admission
+    return found
+
+
+class ProxyGate:
+    """ASGI middleware in Serve's proxy: refuses a generation request at once when its
+    application already has ``Admission.cap`` requests in flight through this proxy.
+
+    ``read_details`` returns Serve's instance details; by default Serve's controller's.
+    """
+
+    def __init__(self, app: ASGIApp, read_details: Callable[[], Awaitable[Mapping[str, Any]]] | None = None) -> None:
+        self._app = app
+        self._gated: dict[str, Admission] = {}
+        self._in_flight: dict[str, int] = {}  # by application
+        self.refused: dict[str, int] = {}  # by application, since the last log line
+        self._counter: Any = None
+        if read_details is None:  # in Serve's proxy, a Ray worker
+            read_details, self._counter = ServeControllerDetails(), _refusal_counter()
+            _log_to_stderr()
+        self._read_details = read_details
+        self._refresher: asyncio.Task | None = None
+        # Serve builds the middleware stack inside the proxy's event loop; start watching
+        # the controller now, so that a first burst already finds the caps.
+        with contextlib.suppress(RuntimeError):
+            self._start()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._refresher is None:
+            self._start()
+        admission = self._admission(scope)
+        if admission is None:
+            await self._app(scope, receive, send)
+            return
+        app = admission.app
+        if self._in_flight.get(app, 0) >= admission.cap:
+            self.refused[app] = self.refused.get(app, 0) + 1
+            if self._counter is not None:
+                self._counter.inc(1, {"application": app})
+            await send(_REFUSAL_START)
+            await send({"type": "http.response.body", "body": _REFUSAL_BODY})
+            return
+        self._in_flight[app] = self._in_flight.get(app, 0) + 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._in_flight[app] -= 1
+
+    def _admission(self, scope: Scope) -> Admission | None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not self._gated:
+            return None
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        return self._gated.get(path)
+
+    def _start(self) -> None:
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    def update(self, gated: dict[str, Admission]) -> None:
+        """Replace the gated paths (what :func:`admissions` found), logging each change."""
+        before = {a.app: a for a in self._gated.values()}
+        after = {a.app: a for a in gated.values()}
+        for app in sorted(before.keys() | after.keys()):
+            if before.get(app) != after.get(app):
+                a = after.get(app)
+                logger.info("application %r %s", app, "not gated (no cap, or no router replica running)" if a is None
+                            else f"admits {a.cap} at once ({a.router_replicas} router replica(s) running)")
+        self._gated = gated
+
+    def _log_refusals(self) -> None:
+        for app, count in sorted(self.refused.items()):
+            logger.warning("refused %d requests to application %r: its router replicas were full", count, app)
+        self.refused.clear()
+
+    async def _refresh_forever(self) -> None:
+        failing = False
+        while True:
+            self._log_refusals()
+            try:
+                self.update(admissions(await self._read_details()))
+                failing = False
+            except Exception as exc:  # keep the last view; the routers still enforce their caps
+                if not failing:
+                    logger.warning("cannot read the applications from Serve's controller (%s: %s); "
+                                   "keeping the last view", type(exc).__name__, exc)
+                failing = True
+            await asyncio.sleep(REFRESH_S)
+
+
+class ServeControllerDetails:
+    """Serve's instance details from its controller, the call behind ``serve status``."""
+
+    def __init__(self) -> None:
+        self._controller: Any = None
+
+    async def __call__(self) -> Mapping[str, Any]:
+        if self._controller is None:
+            self._controller = await asyncio.to_thread(_controller)
+        try:
+            return await self._controller.get_serve_instance_details.remote()
+        except Exception:
+            self._controller = None  # a restarted controller is a new actor: look it up again
+            raise
+
+
+def _log_to_stderr() -> None:
+    """The gate's lines on the proxy's stderr (Ray keeps it in the proxy's log files), whatever
+    Ray made of the root logger. Idempotent."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _controller() -> Any:
+    """Serve's controller, by Serve's own names for it: no public API gives code in the
+    proxy the applications' args and route prefixes (``serve.status()`` has neither)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+
+def _refusal_counter() -> Any:
+    from ray.util.metrics import Counter
+
+    return Counter("glm_serve_proxy_refused", description="Generation requests Serve's proxy refused for "
+                   "glm-serve because the application's router replicas were full", tag_keys=("application",))
+
+
+def middlewares() -> list[Middleware]:
+    """Ray's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the gate."""
+    return [Middleware(ProxyGate)]

@@ -1,0 +1,153 @@
+"""The admission gate in Serve's proxy: which paths it gates, and how it counts and refuses.
+
+The gate is plain ASGI, so these tests drive it with an ASGI app of their own; the e2e
+suite runs it inside Serve's real proxy (tests/e2e/test_safety.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from deployments import proxy_gate
+from deployments.proxy_gate import REFUSED_BY_HEADER, Admission, ProxyGate, admissions
+
+GLM_ARGS = {"model": {"model": "/models/glm-4-9b-chat"}, "router": {"max_in_flight_requests": 96}}
+
+
+def _app(name: str, prefix: str | None, args: dict, running: int = 1, starting: int = 0,
+         import_path: str = "deployments.app:build_app") -> dict[str, Any]:
+    """One application as Serve's ``get_serve_instance_details`` describes it (the keys read)."""
+    replicas = [{"state": "RUNNING"}] * running + [{"state": "STARTING"}] * starting
+    return {name: {"route_prefix": prefix,
+                   "deployed_app_config": {"import_path": import_path, "args": args},
+                   "deployment_topology": {"ingress_deployment": "GLMRouter"},
+                   "deployments": {"GLMRouter": {"replicas": replicas}, "GLMEngine": {"replicas": [{"state": "RUNNING"}]}}}}
+
+
+def test_each_generation_path_of_a_capped_app_admits_its_running_routers_share():
+    details = {"applications": {**_app("glm", "/", GLM_ARGS, running=2, starting=1),
+                                **_app("tiny", "/tiny-glm", {**GLM_ARGS, "router": {"max_in_flight_requests": 8}})}}
+    gated = admissions(details)
+    assert gated == {"/v1/chat/completions": Admission("glm", 192, 2), "/v1/completions": Admission("glm", 192, 2),
+                     "/tiny-glm/v1/chat/completions": Admission("tiny", 8, 1),
+                     "/tiny-glm/v1/completions": Admission("tiny", 8, 1)}
+
+
+def test_apps_without_a_cap_a_running_router_or_our_builder_are_not_gated():
+    details = {"applications": {
+        **_app("uncapped", "/a", {"model": {"model": "m"}}),
+        **_app("starting", "/b", GLM_ARGS, running=0, starting=2),
+        **_app("other", "/c", GLM_ARGS, import_path="someone.else:app"),
+        **_app("no-route", None, GLM_ARGS),
+        **_app("invalid", "/d", {"model": {"modle": "m"}}),
+    }}
+    assert admissions(details) == {}
+    assert admissions({}) == {} and admissions({"applications": None}) == {}
+
+
+class _Downstream:
+    """An ASGI app whose requests stay in flight until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.entered += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _never() -> dict:
+    await asyncio.Event().wait()  # the controller never answers
+    return {}
+
+
+async def _call(gate: ProxyGate, path: str, method: str = "POST", root_path: str = "") -> tuple[int, dict, bytes]:
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await gate({"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []}, receive, send)
+    headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_past_the_cap_a_request_is_refused_at_once_in_openai_shape_and_a_finished_one_frees_its_place():
+    async def scenario():
+        downstream = _Downstream()
+        gate = ProxyGate(downstream, read_details=_never)
+        gate.update(admissions({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 2}})}))
+        running = [asyncio.create_task(_call(gate, "/v1/chat/completions")),
+                   asyncio.create_task(_call(gate, "/v1/completions"))]
+        await asyncio.sleep(0)
+        assert downstream.entered == 2
+        status, headers, body = await asyncio.wait_for(_call(gate, "/v1/chat/completions"), 1)
+        assert status == 503 and headers["retry-after"] == "1" and headers[REFUSED_BY_HEADER] == "proxy"
+        assert json.loads(body)["error"]["code"] == "overloaded"
+        assert int(headers["content-length"]) == len(body)
+        assert downstream.entered == 2 and gate.refused == {"glm": 1}
+        # not gated: other methods and paths, on a full application
+        downstream.release.set()
+        assert (await _call(gate, "/v1/models", method="GET"))[0] == 200
+        assert (await _call(gate, "/health", method="GET"))[0] == 200
+        assert [r[0] for r in await asyncio.gather(*running)] == [200, 200]
+        assert (await _call(gate, "/v1/chat/completions"))[0] == 200, "finished requests gave their places back"
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_request_frees_its_place_and_the_root_path_is_not_part_of_the_route():
+    async def failing(scope, receive, send):
+        raise RuntimeError("the proxy's handling failed")
+
+    async def scenario():
+        gate = ProxyGate(failing, read_details=_never)
+        gate.update(admissions({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 1}})}))
+        for _ in range(3):  # each failure released its place, so none is refused
+            try:
+                await _call(gate, "/api/v1/chat/completions", root_path="/api")
+            except RuntimeError:
+                pass
+        assert gate.refused == {}
+
+    asyncio.run(scenario())
+
+
+def test_without_a_view_of_the_applications_everything_passes_until_a_refresh_brings_one(monkeypatch):
+    monkeypatch.setattr(proxy_gate, "REFRESH_S", 0.01)
+    details = {"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 1}})}
+    reads = 0
+
+    async def read_details():
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise ConnectionError("controller restarting")
+        return details
+
+    async def scenario():
+        downstream = _Downstream()
+        gate = ProxyGate(downstream, read_details=read_details)
+        first = [asyncio.create_task(_call(gate, "/v1/chat/completions")) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert reads == 1 and downstream.entered == 3, "no view yet (the first read failed): the routers decide"
+        downstream.release.set()
+        await asyncio.gather(*first)
+        while reads < 2:  # the gate asks again after REFRESH_S
+            await asyncio.sleep(0.01)
+        downstream.release.clear()
+        held = asyncio.create_task(_call(gate, "/v1/chat/completions"))
+        await asyncio.sleep(0)
+        assert (await _call(gate, "/v1/chat/completions"))[0] == 503
+        downstream.release.set()
+        assert (await held)[0] == 200
+
+    asyncio.run(scenario())
