@@ -33,6 +33,7 @@ import yaml
 from benchmarks.cpu_usage import process_stats, session_pids
 from deployments.config import ModelConfig
 from deployments.engine import cpu_env
+from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,10 +174,11 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
     log = log_dir / "glm-serve.log"
     with open(log, "w") as out:
         # --address local: a cluster of its own even if one already runs here (`serve run`
-        # would otherwise join it and deploy beside, or over, its applications).
+        # would otherwise join it and deploy beside, or over, its applications). With the
+        # proxy gate, as `glm-serve run` (`make serve`) installs it.
         proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", str(run_config)], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", CALLBACK_ENV: CALLBACK})
         try:
             base = f"http://127.0.0.1:{port}"
             yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid

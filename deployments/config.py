@@ -392,6 +392,12 @@ class RouterConfig(StrictModel):
         description="Longest wait, queues included, for a request's first token; past it, 504 and the "
                     "engine's work is aborted.",
     )
+    client_send_timeout_s: float | None = Field(
+        default=60.0, gt=0,
+        description="A generation request whose client has read nothing for this long, with its "
+                    "connection's buffers full, is cut: its engine work aborted, its connection closed. "
+                    "Enforced by glm-serve's proxy gate in Serve's proxy. None: wait on such a client.",
+    )
     api_keys_env: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of an environment variable of the router replicas holding comma-separated API "

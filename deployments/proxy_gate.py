@@ -1,5 +1,6 @@
-"""Admission in Serve's HTTP proxy: a generation request that the router replicas would
-refuse is refused before Serve's proxy routes it.
+"""glm-serve's gate in Serve's HTTP proxy: a generation request that the router replicas
+would refuse is refused before Serve's proxy routes it, and a client that stops reading
+is cut after ``router.client_send_timeout_s``.
 
 Past ``router.max_in_flight_requests`` a router replica refuses at once, but the refusal
 still travels Serve's proxy -> routing loop -> router replica -> back, a few ms of Python
@@ -10,9 +11,18 @@ requests in flight through this proxy and, once they reach what the application'
 router replicas admit (``router.max_in_flight_requests`` x replicas), answers 503 in
 OpenAI's shape with ``Retry-After``, the router's own refusal (docs/measurements.md).
 
-It is a fast path, not the bound. The router replicas still enforce their caps: on a
-cluster each node's proxy admits up to the whole cap, and the gate's view of the
-applications is refreshed every :data:`REFRESH_S` from Serve's controller. Until it has a
+A client that stops reading: Serve's proxy and the router replica each queue a reply
+without bound and without waiting (docs/operations.md), so nothing pushes back on the
+engine; only the proxy's write to the client waits, once the kernel's socket buffers (up
+to 4 MB) are full. The gate times that write out: when one write has waited
+``router.client_send_timeout_s``, it tells Serve's proxy the client disconnected, which
+cancels the request in the router replica and so aborts the engine's work, and drops the
+rest of the reply. Memory per such client is then bounded by time as well as by
+``max_tokens``.
+
+The admission check is a fast path, not the bound. The router replicas still enforce
+their caps: on a cluster each node's proxy admits up to the whole cap, and the gate's
+view of the applications is refreshed every :data:`REFRESH_S` from Serve's controller. Until it has a
 view (the first seconds of a proxy, an application deployed without a config file, or a
 controller it cannot reach) it passes every request through.
 
@@ -51,6 +61,8 @@ asks a router replica that started or stopped shifts the cap by its share; the r
 own checks cover the difference."""
 REFUSED_BY_HEADER = "x-glm-serve-refused-by"
 
+_DISCONNECT = {"type": "http.disconnect"}
+_deadline = getattr(asyncio, "timeout", None)  # Python 3.11+: a timer, not a task, per send
 _REFUSAL = overloaded()
 _REFUSAL_BODY = json.dumps(_REFUSAL.body()).encode()
 _REFUSAL_START = {
@@ -62,21 +74,24 @@ _REFUSAL_START = {
 
 
 @dataclass(frozen=True)
-class Admission:
-    """What one glm-serve application admits through one proxy."""
+class AppLimits:
+    """What the gate enforces on one glm-serve application's generation requests."""
 
     app: str
-    cap: int
+    cap: int | None
+    """Requests in flight at once through one proxy (None: no check here)."""
     router_replicas: int
+    send_timeout_s: float | None
 
 
-def admissions(details: Mapping[str, Any]) -> dict[str, Admission]:
-    """Generation paths (``/v1/chat/completions`` under each route prefix) to what their
-    application admits, from Serve's instance details (``get_serve_instance_details``).
+def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
+    """Generation paths (``/v1/chat/completions`` under each route prefix) to their
+    application's limits, from Serve's instance details (``get_serve_instance_details``).
 
-    Only glm-serve applications deployed from a config, with ``router.max_in_flight_requests``
-    set and at least one running router replica (their ingress deployment), are gated."""
-    found: dict[str, Admission] = {}
+    Only glm-serve applications deployed from a config are covered. Their cap is
+    ``router.max_in_flight_requests`` x their running router replicas (their ingress
+    deployment); None without a cap or a running router replica."""
+    found: dict[str, AppLimits] = {}
     for name, app in (details.get("applications") or {}).items():
         config = app.get("deployed_app_config") or {}
         prefix = app.get("route_prefix")
@@ -84,34 +99,75 @@ def admissions(details: Mapping[str, Any]) -> dict[str, Admission]:
         if str(config.get("import_path")).replace(":", ".") != BUILDER or prefix is None or ingress is None:
             continue
         try:
-            cap = AppConfig.model_validate(config.get("args") or {}).router.max_in_flight_requests
+            router = AppConfig.model_validate(config.get("args") or {}).router
         except ValidationError:
             continue  # Serve refused to deploy it; nothing of it is serving
         replicas = (app.get("deployments") or {}).get(ingress, {}).get("replicas") or []
         running = sum(1 for r in replicas if r.get("state") == "RUNNING")
-        if cap is None or running == 0:
+        cap = router.max_in_flight_requests * running if router.max_in_flight_requests and running else None
+        limits = AppLimits(name, cap, running, router.client_send_timeout_s)
+        if cap is None and limits.send_timeout_s is None:
             continue
-        admission = Admission(name, cap * running, running)
         for route in GENERATION_ROUTES:
-            found[prefix.rstrip("/") + route] = admission
+            found[prefix.rstrip("/") + route] = limits
     return found
+
+
+class _ClientWatch:
+    """One request's ``send`` and ``receive``, for a client that may stop reading: a
+    ``send`` that waits past ``timeout_s`` marks the client stalled; from then on sends
+    are dropped and ``receive`` says the client disconnected (Serve's proxy then cancels
+    the request in the router replica)."""
+
+    __slots__ = ("_receive", "_send", "_timeout_s", "stalled")
+
+    def __init__(self, receive: Receive, send: Send, timeout_s: float) -> None:
+        self._receive, self._send, self._timeout_s = receive, send, timeout_s
+        self.stalled = asyncio.Event()
+
+    async def send(self, message: dict) -> None:
+        if self.stalled.is_set():
+            return
+        try:
+            if _deadline is not None:
+                async with _deadline(self._timeout_s):
+                    await self._send(message)
+            else:  # Python 3.10
+                await asyncio.wait_for(self._send(message), self._timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.stalled.set()
+
+    async def receive(self) -> dict:
+        if self.stalled.is_set():
+            return _DISCONNECT
+        client = asyncio.ensure_future(self._receive())
+        stall = asyncio.ensure_future(self.stalled.wait())
+        try:
+            await asyncio.wait((client, stall), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (client, stall):
+                if not task.done():
+                    task.cancel()
+        return client.result() if client.done() and not client.cancelled() else _DISCONNECT
 
 
 class ProxyGate:
     """ASGI middleware in Serve's proxy: refuses a generation request at once when its
-    application already has ``Admission.cap`` requests in flight through this proxy.
+    application already has ``AppLimits.cap`` requests in flight through this proxy, and
+    cuts one whose client stops reading for ``AppLimits.send_timeout_s``.
 
     ``read_details`` returns Serve's instance details; by default Serve's controller's.
     """
 
     def __init__(self, app: ASGIApp, read_details: Callable[[], Awaitable[Mapping[str, Any]]] | None = None) -> None:
         self._app = app
-        self._gated: dict[str, Admission] = {}
+        self._limits: dict[str, AppLimits] = {}
         self._in_flight: dict[str, int] = {}  # by application
         self.refused: dict[str, int] = {}  # by application, since the last log line
-        self._counter: Any = None
+        self.stalled: dict[str, int] = {}  # by application, since the last log line
+        self._counters: dict[str, Any] = {}
         if read_details is None:  # in Serve's proxy, a Ray worker
-            read_details, self._counter = ServeControllerDetails(), _refusal_counter()
+            read_details, self._counters = ServeControllerDetails(), _counters()
             _log_to_stderr()
         self._read_details = read_details
         self._refresher: asyncio.Task | None = None
@@ -123,57 +179,72 @@ class ProxyGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._refresher is None:
             self._start()
-        admission = self._admission(scope)
-        if admission is None:
+        limits = self._limits_for(scope)
+        if limits is None:
             await self._app(scope, receive, send)
             return
-        app = admission.app
-        if self._in_flight.get(app, 0) >= admission.cap:
-            self.refused[app] = self.refused.get(app, 0) + 1
-            if self._counter is not None:
-                self._counter.inc(1, {"application": app})
+        app = limits.app
+        if limits.cap is not None and self._in_flight.get(app, 0) >= limits.cap:
+            self._count(self.refused, "refused", app)
             await send(_REFUSAL_START)
             await send({"type": "http.response.body", "body": _REFUSAL_BODY})
             return
         self._in_flight[app] = self._in_flight.get(app, 0) + 1
         try:
-            await self._app(scope, receive, send)
+            if limits.send_timeout_s is None:
+                await self._app(scope, receive, send)
+                return
+            client = _ClientWatch(receive, send, limits.send_timeout_s)
+            await self._app(scope, client.receive, client.send)
+            if client.stalled.is_set():
+                self._count(self.stalled, "stalled", app)
         finally:
             self._in_flight[app] -= 1
 
-    def _admission(self, scope: Scope) -> Admission | None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not self._gated:
+    def _limits_for(self, scope: Scope) -> AppLimits | None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not self._limits:
             return None
         path, root = scope.get("path", ""), scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
-        return self._gated.get(path)
+        return self._limits.get(path)
+
+    def _count(self, counts: dict[str, int], kind: str, app: str) -> None:
+        counts[app] = counts.get(app, 0) + 1
+        if kind in self._counters:
+            self._counters[kind].inc(1, {"application": app})
 
     def _start(self) -> None:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
-    def update(self, gated: dict[str, Admission]) -> None:
-        """Replace the gated paths (what :func:`admissions` found), logging each change."""
-        before = {a.app: a for a in self._gated.values()}
-        after = {a.app: a for a in gated.values()}
+    def update(self, limits: dict[str, AppLimits]) -> None:
+        """Replace the covered paths (what :func:`app_limits` found), logging each change."""
+        before = {a.app: a for a in self._limits.values()}
+        after = {a.app: a for a in limits.values()}
         for app in sorted(before.keys() | after.keys()):
             if before.get(app) != after.get(app):
                 a = after.get(app)
-                logger.info("application %r %s", app, "not gated (no cap, or no router replica running)" if a is None
-                            else f"admits {a.cap} at once ({a.router_replicas} router replica(s) running)")
-        self._gated = gated
+                logger.info("application %r: %s", app, "not covered" if a is None else
+                            f"admits {'any number' if a.cap is None else a.cap} at once "
+                            f"({a.router_replicas} router replica(s) running), "
+                            f"cuts a client that reads nothing for {a.send_timeout_s} s")
+        self._limits = limits
 
-    def _log_refusals(self) -> None:
+    def _log_counts(self) -> None:
         for app, count in sorted(self.refused.items()):
             logger.warning("refused %d requests to application %r: its router replicas were full", count, app)
+        for app, count in sorted(self.stalled.items()):
+            logger.warning("cut %d requests to application %r: their clients read nothing for "
+                           "router.client_send_timeout_s", count, app)
         self.refused.clear()
+        self.stalled.clear()
 
     async def _refresh_forever(self) -> None:
         failing = False
         while True:
-            self._log_refusals()
+            self._log_counts()
             try:
-                self.update(admissions(await self._read_details()))
+                self.update(app_limits(await self._read_details()))
                 failing = False
             except Exception as exc:  # keep the last view; the routers still enforce their caps
                 if not failing:
@@ -219,11 +290,16 @@ def _controller() -> Any:
     return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
 
 
-def _refusal_counter() -> Any:
+def _counters() -> dict[str, Any]:
     from ray.util.metrics import Counter
 
-    return Counter("glm_serve_proxy_refused", description="Generation requests Serve's proxy refused for "
-                   "glm-serve because the application's router replicas were full", tag_keys=("application",))
+    return {
+        "refused": Counter("glm_serve_proxy_refused", description="Generation requests Serve's proxy refused for "
+                           "glm-serve because the application's router replicas were full", tag_keys=("application",)),
+        "stalled": Counter("glm_serve_proxy_client_stalls", description="Generation requests Serve's proxy cut "
+                           "because their client read nothing for router.client_send_timeout_s",
+                           tag_keys=("application",)),
+    }
 
 
 def middlewares() -> list[Middleware]:

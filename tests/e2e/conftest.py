@@ -45,6 +45,9 @@ ENGINE_MAX_ONGOING = 40
 ROUTER_MAX_IN_FLIGHT = 2 * ENGINE_MAX_ONGOING + 16
 ROUTER_HEADROOM = 32
 STALL_TIMEOUT_S = 15
+# Room for the 2,000-token stream of the stalled-client test.
+MAX_MODEL_LEN = 2048
+CLIENT_SEND_TIMEOUT_S = 5
 START_TIMEOUT_S = 420
 
 
@@ -94,7 +97,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     args = config["applications"][0]["args"]
     args["model"]["model"] = str(MODEL_DIR)
-    args["model"]["max_model_len"] = 512
+    args["model"]["max_model_len"] = MAX_MODEL_LEN
     args["model"]["cpu"] = {"threads_bind": ["0", "1"], "kvcache_space_gib": 1}
     # Small bounds, so that a test can fill them: 2 x 40 requests run, 16 more wait in the
     # router replica, the rest are refused at once. Serve's queues are as large as what the
@@ -106,8 +109,9 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                       "stall_timeout_s": STALL_TIMEOUT_S, "health_check_period_s": 2,
                       "routing": {"policy": "prefix", "stats_period_s": 1}}
     # The router refuses past its cap, before reading the body, and Serve's proxy past what
-    # the router replica holds and queues.
+    # the router replica holds and queues. A client that reads nothing is cut within seconds.
     args["router"] = {"max_request_body_bytes": 65536, "max_in_flight_requests": ROUTER_MAX_IN_FLIGHT,
+                      "client_send_timeout_s": CLIENT_SEND_TIMEOUT_S,
                       "deployment": {"max_ongoing_requests": ROUTER_MAX_IN_FLIGHT + ROUTER_HEADROOM,
                                      "max_queued_requests": ROUTER_MAX_IN_FLIGHT}}
     # A second application: the tiny GLM-4 look-alike, in GLM-4's chat format. Its tokenizer

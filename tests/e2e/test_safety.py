@@ -291,12 +291,16 @@ def _rss_mb(processes: list[psutil.Process]) -> float:
     return sum(p.memory_info().rss for p in processes) / 2**20
 
 
-def test_a_client_that_stops_reading_costs_the_router_nothing_and_other_streams_flow(base_url, http):
-    """A client asks for a long stream (480 tokens: the test app's context is 512), reads up
-    to its first event and then nothing, with a 4 KB receive buffer. The router replica's
-    memory stays flat and other streams are served meanwhile. Where the unread reply goes
-    instead is reported, not asserted: Serve's proxy takes it from the router as fast as it
-    comes (docs/operations.md)."""
+def test_a_client_that_stops_reading_is_cut_its_engine_work_aborted_and_other_streams_flow(server, http):
+    """A client asks for 4 choices of 2,000 tokens each with 20 log-probabilities per token
+    (about 10 MB of events), reads up to its first event and then nothing, with a 4 KB
+    receive buffer. The kernel's buffers take the first ~4 MB (on loopback the sender's
+    grows to 4 MB); once a write to the client has then waited
+    ``router.client_send_timeout_s`` (5 s here), the gate in Serve's proxy cuts it: the
+    router replica sees the client leave (499) before the choices are done, so the
+    engine's work is aborted. The router replica's memory stays flat and other streams
+    are served meanwhile."""
+    base_url = server["base_url"]
     routers = processes_named("ray::ServeReplica:glm:GLMRouter")
     proxies = processes_named("ray::ProxyActor")
     assert routers and proxies, ([p.pid for p in routers], [p.pid for p in proxies])
@@ -306,11 +310,13 @@ def test_a_client_that_stops_reading_costs_the_router_nothing_and_other_streams_
         with http.stream("POST", CHAT, json=short) as response:
             assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
     routers_before, proxy_before = _rss_mb(routers), _rss_mb(proxies)
+    cut_before = _cut_count(server["log"])
 
     host, port = base_url.removeprefix("http://").split(":")
-    body = json.dumps({"model": MODEL_NAME, "prompt": "Once upon a time, in a lighthouse by the sea,",
-                       "max_tokens": 480, "ignore_eos": True, "stream": True}).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    body = json.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Tell me a long story."}],
+                       "max_tokens": 2000, "n": 4, "logprobs": True, "top_logprobs": 20, "ignore_eos": True,
+                       "stream": True}).encode()
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -332,15 +338,29 @@ def test_a_client_that_stops_reading_costs_the_router_nothing_and_other_streams_
                 text = response.read().decode()
             assert response.status_code == 200 and text.endswith("data: [DONE]\n\n"), text[-200:]
         others_s = time.monotonic() - started
-        entries = _access_lines(request_id, wait_s=60)
+        entries = _access_lines(request_id, wait_s=150)
+        cut_s = time.monotonic() - started
         routers_after, proxy_after = _rss_mb(routers), _rss_mb(proxies)
         assert routers_after - routers_before < 32, (routers_before, routers_after)
     finally:
         stalled.close()
+    assert entries, "the router never logged the stalled request's end"
+    [entry] = entries
+    assert entry["status"] == 499 and entry["completion_tokens"] < 4 * 2000, entry
+    deadline = time.monotonic() + 15
+    while _cut_count(server["log"]) == cut_before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _cut_count(server["log"]) > cut_before, "the gate logged the cut"
     with http.stream("POST", CHAT, json=short) as response:
         assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
-    ended = (f"the router logged it {entries[0]['status']} with {entries[0]['completion_tokens']} tokens "
-             f"after {entries[0]['duration_ms'] / 1000:.1f} s" if entries else "the router had not logged it")
-    print(f"\nFIGURE slow reader: client read {len(received)} B of a 480-token stream; {ended}; router "
-          f"replica RSS {routers_before:.0f} -> {routers_after:.0f} MB, proxy {proxy_before:.0f} -> "
-          f"{proxy_after:.0f} MB; 8 other streams served in {others_s:.1f} s meanwhile")
+    print(f"\nFIGURE stalled client: read {len(received)} B of 4 x 2,000 tokens with logprobs; cut after "
+          f"{entry['completion_tokens']} tokens, {entry['duration_ms'] / 1000:.1f} s after it began (logged "
+          f"{cut_s:.1f} s after the client stopped); router replica RSS {routers_before:.0f} -> "
+          f"{routers_after:.0f} MB, proxy {proxy_before:.0f} -> {proxy_after:.0f} MB; 8 other streams "
+          f"served in {others_s:.1f} s meanwhile")
+
+
+def _cut_count(log: Path) -> int:
+    """Requests the gate in Serve's proxy logged as cut for application 'glm' so far."""
+    return sum(int(n) for n in re.findall(r"glm_serve.proxy_gate: cut (\d+) requests to application 'glm'",
+                                          log.read_text(errors="replace")))

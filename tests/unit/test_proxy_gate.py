@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from deployments import proxy_gate
-from deployments.proxy_gate import REFUSED_BY_HEADER, Admission, ProxyGate, admissions
+from deployments.proxy_gate import REFUSED_BY_HEADER, AppLimits, ProxyGate, app_limits
 
 GLM_ARGS = {"model": {"model": "/models/glm-4-9b-chat"}, "router": {"max_in_flight_requests": 96}}
 
@@ -29,22 +29,24 @@ def _app(name: str, prefix: str | None, args: dict, running: int = 1, starting: 
 def test_each_generation_path_of_a_capped_app_admits_its_running_routers_share():
     details = {"applications": {**_app("glm", "/", GLM_ARGS, running=2, starting=1),
                                 **_app("tiny", "/tiny-glm", {**GLM_ARGS, "router": {"max_in_flight_requests": 8}})}}
-    gated = admissions(details)
-    assert gated == {"/v1/chat/completions": Admission("glm", 192, 2), "/v1/completions": Admission("glm", 192, 2),
-                     "/tiny-glm/v1/chat/completions": Admission("tiny", 8, 1),
-                     "/tiny-glm/v1/completions": Admission("tiny", 8, 1)}
+    glm, tiny = AppLimits("glm", 192, 2, 60.0), AppLimits("tiny", 8, 1, 60.0)
+    assert app_limits(details) == {"/v1/chat/completions": glm, "/v1/completions": glm,
+                                   "/tiny-glm/v1/chat/completions": tiny, "/tiny-glm/v1/completions": tiny}
 
 
-def test_apps_without_a_cap_a_running_router_or_our_builder_are_not_gated():
+def test_without_a_cap_or_a_running_router_only_the_send_timeout_applies_and_other_apps_are_not_covered():
     details = {"applications": {
-        **_app("uncapped", "/a", {"model": {"model": "m"}}),
+        **_app("uncapped", "/a", {"model": {"model": "m"}, "router": {"client_send_timeout_s": 5}}),
         **_app("starting", "/b", GLM_ARGS, running=0, starting=2),
+        **_app("nothing", "/e", {"model": {"model": "m"}, "router": {"client_send_timeout_s": None}}),
         **_app("other", "/c", GLM_ARGS, import_path="someone.else:app"),
         **_app("no-route", None, GLM_ARGS),
         **_app("invalid", "/d", {"model": {"modle": "m"}}),
     }}
-    assert admissions(details) == {}
-    assert admissions({}) == {} and admissions({"applications": None}) == {}
+    found = {path: limits for path, limits in app_limits(details).items() if path.endswith("/chat/completions")}
+    assert found == {"/a/v1/chat/completions": AppLimits("uncapped", None, 1, 5.0),
+                     "/b/v1/chat/completions": AppLimits("starting", None, 0, 60.0)}
+    assert app_limits({}) == {} and app_limits({"applications": None}) == {}
 
 
 class _Downstream:
@@ -84,7 +86,7 @@ def test_past_the_cap_a_request_is_refused_at_once_in_openai_shape_and_a_finishe
     async def scenario():
         downstream = _Downstream()
         gate = ProxyGate(downstream, read_details=_never)
-        gate.update(admissions({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 2}})}))
+        gate.update(app_limits({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 2}})}))
         running = [asyncio.create_task(_call(gate, "/v1/chat/completions")),
                    asyncio.create_task(_call(gate, "/v1/completions"))]
         await asyncio.sleep(0)
@@ -110,7 +112,7 @@ def test_a_failing_request_frees_its_place_and_the_root_path_is_not_part_of_the_
 
     async def scenario():
         gate = ProxyGate(failing, read_details=_never)
-        gate.update(admissions({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 1}})}))
+        gate.update(app_limits({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"max_in_flight_requests": 1}})}))
         for _ in range(3):  # each failure released its place, so none is refused
             try:
                 await _call(gate, "/api/v1/chat/completions", root_path="/api")
@@ -149,5 +151,73 @@ def test_without_a_view_of_the_applications_everything_passes_until_a_refresh_br
         assert (await _call(gate, "/v1/chat/completions"))[0] == 503
         downstream.release.set()
         assert (await held)[0] == 200
+
+    asyncio.run(scenario())
+
+
+class _Stalled:
+    """uvicorn's ``send`` to a client that reads nothing: the first body waits forever."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.calls = 0
+
+    async def __call__(self, message) -> None:
+        self.calls += 1
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()
+        self.sent.append(message)
+
+
+def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_its_request_sees_a_disconnect():
+    events: list[str] = []
+
+    async def streaming_app(scope, receive, send):
+        """What Serve's proxy does: it watches receive for a disconnect while it relays."""
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            events.append("disconnect")
+
+        watcher = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for n in range(100):
+            await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+            events.append(f"sent {n}")
+        await asyncio.wait_for(watcher, 1)
+
+    async def scenario():
+        gate = ProxyGate(streaming_app, read_details=_never)
+        args = {**GLM_ARGS, "router": {"client_send_timeout_s": 0.2}}
+        gate.update(app_limits({"applications": _app("glm", "/", args)}))
+        stalled = _Stalled()
+
+        async def receive():
+            await asyncio.Event().wait()  # the client neither sends nor hangs up
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(
+            gate({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, stalled), 5)
+        took = asyncio.get_running_loop().time() - started
+        assert 0.2 <= took < 1, took
+        assert stalled.calls == 2, "after the write that timed out, nothing more was written"
+        assert "sent 99" in events, "the rest of the reply was dropped, not queued behind the client"
+        assert "disconnect" in events, "the app was told the client left"
+        assert gate.stalled == {"glm": 1}
+
+        # a client that reads: nothing is cut, the timeout is per write
+        sent: list[dict] = []
+
+        async def reading(message):
+            await asyncio.sleep(0.001)
+            sent.append(message)
+
+        events.clear()
+        app_done = asyncio.create_task(
+            gate({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, reading))
+        while len(sent) < 101:
+            await asyncio.sleep(0.01)
+        assert "disconnect" not in events and gate.stalled == {"glm": 1}
+        app_done.cancel()
 
     asyncio.run(scenario())
