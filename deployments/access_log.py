@@ -18,14 +18,20 @@ logger = logging.getLogger("glm_serve.access")
 
 
 def setup() -> None:
-    """Send access lines, bare, to this process's stderr (Ray keeps each replica's stderr
-    in its log files, and ``serve run`` prints it). Idempotent."""
-    if not logger.handlers:
+    """Send access lines, bare, to this process's stderr. Idempotent."""
+    to_stderr(logger, "%(message)s")
+
+
+def to_stderr(target: logging.Logger, fmt: str) -> None:
+    """Send ``target``'s INFO and above, formatted with ``fmt``, to this process's stderr
+    and nowhere else, whatever Ray made of the root logger (Ray keeps each replica's and
+    proxy's stderr in its log files, and ``serve run`` prints it). Idempotent."""
+    if not target.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        handler.setFormatter(logging.Formatter(fmt))
+        target.addHandler(handler)
+        target.setLevel(logging.INFO)
+        target.propagate = False
 
 
 @dataclass(slots=True)

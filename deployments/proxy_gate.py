@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments.access_log import to_stderr
 from deployments.config import BUILDER, AppConfig
 from deployments.errors import overloaded
 from deployments.protocol import GENERATION_ROUTES
@@ -168,7 +168,7 @@ class ProxyGate:
         self._counters: dict[str, Any] = {}
         if read_details is None:  # in Serve's proxy, a Ray worker
             read_details, self._counters = ServeControllerDetails(), _counters()
-            _log_to_stderr()
+            to_stderr(logger, "%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._read_details = read_details
         self._refresher: asyncio.Task | None = None
         # Serve builds the middleware stack inside the proxy's event loop; start watching
@@ -268,17 +268,6 @@ class ServeControllerDetails:
         except Exception:
             self._controller = None  # a restarted controller is a new actor: look it up again
             raise
-
-
-def _log_to_stderr() -> None:
-    """The gate's lines on the proxy's stderr (Ray keeps it in the proxy's log files), whatever
-    Ray made of the root logger. Idempotent."""
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def _controller() -> Any:

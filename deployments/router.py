@@ -160,10 +160,11 @@ class RouterDeployment:
         }
         self._openapi_body = protocol.openapi_document(self._model_name)
         # One cheap call now, so that the handle learns the engine replicas before traffic
-        # does: requests that arrive while it knows none wait in its queue and, past the
-        # engine's max_queued_requests, are refused (11 of a first burst of 32 in the e2e
-        # suite). It waits in the queue until an engine replica is up; its answer is not
-        # needed. Not when the engines may scale to zero: the call would wake them.
+        # does: requests that arrive while it knows none wait in its queue (and, with an
+        # engine max_queued_requests below a burst, were refused: 11 of a first burst of 32
+        # in the e2e suite before the queues were sized to the router's cap). It waits in the
+        # queue until an engine replica is up; its answer is not needed. Not when the
+        # engines may scale to zero: the call would wake them.
         self._warmup = self._engine.model_info.remote() if warm_engine else None
 
     async def __call__(self, request: Request) -> Response:
