@@ -32,7 +32,7 @@ CASES = [
     ("content-wrong-type", CHAT, _with(messages=[{"role": "user", "content": 5}]), 400, "messages.0.content"),
     ("missing-model", CHAT, _with(model=...), 400, "model"),
     ("unknown-model", CHAT, _with(model="gpt-5"), 404, "model"),
-    ("prompt-too-long", CHAT, _with(messages=[{"role": "user", "content": "hello " * 600}]), 400, "messages"),
+    ("prompt-too-long", CHAT, _with(messages=[{"role": "user", "content": "hello " * (MAX_MODEL_LEN + 100)}]), 400, "messages"),
     ("max-tokens-beyond-context", CHAT, _with(max_tokens=100000), 400, "max_tokens"),
     ("max-tokens-zero", CHAT, _with(max_tokens=0), 400, "max_tokens"),
     ("temperature-too-high", CHAT, _with(temperature=5), 400, "temperature"),
@@ -48,7 +48,7 @@ CASES = [
     ("body-too-large", CHAT, _with(messages=[{"role": "user", "content": "x" * 70000}]), 413, None),
     ("completions-empty-prompt", "/v1/completions", {"model": MODEL_NAME, "prompt": []}, 400, "prompt"),
     ("completions-bad-token", "/v1/completions", {"model": MODEL_NAME, "prompt": [10**9]}, 400, "prompt"),
-    ("completions-long-prompt", "/v1/completions", {"model": MODEL_NAME, "prompt": "hi " * 600}, 400, "prompt"),
+    ("completions-long-prompt", "/v1/completions", {"model": MODEL_NAME, "prompt": "hi " * (MAX_MODEL_LEN + 100)}, 400, "prompt"),
 ]
 
 
