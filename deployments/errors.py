@@ -38,6 +38,14 @@ class APIError(Exception):
         """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
         return error_body(self.message, self.type, self.param, self.code)
 
+    def headers(self) -> dict[str, str]:
+        """The headers its status calls for: Retry-After on 503, WWW-Authenticate on 401."""
+        if self.status == 503:
+            return {"retry-after": "1"}
+        if self.status == 401:
+            return {"www-authenticate": "Bearer"}
+        return {}
+
 
 def overloaded() -> APIError:
     """The refusal past a router's cap, from a router replica or Serve's proxy alike."""

@@ -69,7 +69,8 @@ _REFUSAL_START = {
     "type": "http.response.start",
     "status": _REFUSAL.status,
     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_REFUSAL_BODY)).encode()),
-                (b"retry-after", b"1"), (REFUSED_BY_HEADER.encode(), b"proxy")],
+                (REFUSED_BY_HEADER.encode(), b"proxy"),
+                *((k.encode(), v.encode()) for k, v in _REFUSAL.headers().items())],
 }
 
 
@@ -119,14 +120,20 @@ class _ClientWatch:
     are dropped and ``receive`` says the client disconnected (Serve's proxy then cancels
     the request in the router replica)."""
 
-    __slots__ = ("_receive", "_send", "_timeout_s", "stalled")
+    __slots__ = ("_receive", "_send", "_timeout_s", "_stalled")
 
     def __init__(self, receive: Receive, send: Send, timeout_s: float) -> None:
         self._receive, self._send, self._timeout_s = receive, send, timeout_s
-        self.stalled = asyncio.Event()
+        # a future, not an Event: receive waits on it directly, with no task of its own
+        self._stalled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def stalled(self) -> bool:
+        """Whether a write to the client has waited past the timeout."""
+        return self._stalled.done()
 
     async def send(self, message: dict) -> None:
-        if self.stalled.is_set():
+        if self.stalled:
             return
         try:
             if _deadline is not None:
@@ -135,19 +142,17 @@ class _ClientWatch:
             else:  # Python 3.10
                 await asyncio.wait_for(self._send(message), self._timeout_s)
         except (TimeoutError, asyncio.TimeoutError):
-            self.stalled.set()
+            self._stalled.set_result(None)
 
     async def receive(self) -> dict:
-        if self.stalled.is_set():
+        if self.stalled:
             return _DISCONNECT
         client = asyncio.ensure_future(self._receive())
-        stall = asyncio.ensure_future(self.stalled.wait())
         try:
-            await asyncio.wait((client, stall), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((client, self._stalled), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (client, stall):
-                if not task.done():
-                    task.cancel()
+            if not client.done():
+                client.cancel()
         return client.result() if client.done() and not client.cancelled() else _DISCONNECT
 
 
@@ -196,7 +201,7 @@ class ProxyGate:
                 return
             client = _ClientWatch(receive, send, limits.send_timeout_s)
             await self._app(scope, client.receive, client.send)
-            if client.stalled.is_set():
+            if client.stalled:
                 self._count(self.stalled, "stalled", app)
         finally:
             self._in_flight[app] -= 1

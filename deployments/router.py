@@ -119,13 +119,9 @@ def _json(body: dict[str, Any], record: RequestRecord | None = None) -> JSONResp
 
 def _error_response(error: APIError, body: dict[str, Any] | None = None) -> JSONResponse:
     """``error`` as an HTTP response (its OpenAI body, or ``body``), with the headers its
-    status calls for: Retry-After on 503, WWW-Authenticate on 401."""
-    headers = {}
-    if error.status == 503:
-        headers["retry-after"] = "1"
-    elif error.status == 401:
-        headers["www-authenticate"] = "Bearer"
-    return JSONResponse(error.body() if body is None else body, status_code=error.status, headers=headers or None)
+    status calls for (:meth:`APIError.headers`)."""
+    return JSONResponse(error.body() if body is None else body, status_code=error.status,
+                        headers=error.headers() or None)
 
 
 @serve.deployment

@@ -185,8 +185,7 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(server):
         scraped = httpx.get(f"http://127.0.0.1:{server['metrics_port']}/metrics", timeout=10).text
         counted = sum(float(v) for v in re.findall(
             r'^ray_glm_serve_proxy_refused_total\{[^}]*application="glm"[^}]*\} (\S+)$', scraped, re.M))
-        logged = sum(int(n) for n in re.findall(r"glm_serve.proxy_gate: refused (\d+) requests to application 'glm'",
-                                                server["log"].read_text(errors="replace")))
+        logged = _gate_logged(server["log"], "refused")
         if (counted >= by_gate and logged >= by_gate) or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -310,7 +309,7 @@ def test_a_client_that_stops_reading_is_cut_its_engine_work_aborted_and_other_st
         with http.stream("POST", CHAT, json=short) as response:
             assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
     routers_before, proxy_before = _rss_mb(routers), _rss_mb(proxies)
-    cut_before = _cut_count(server["log"])
+    cut_before = _gate_logged(server["log"], "cut")
 
     host, port = base_url.removeprefix("http://").split(":")
     body = json.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Tell me a long story."}],
@@ -348,9 +347,9 @@ def test_a_client_that_stops_reading_is_cut_its_engine_work_aborted_and_other_st
     [entry] = entries
     assert entry["status"] == 499 and entry["completion_tokens"] < 4 * 2000, entry
     deadline = time.monotonic() + 15
-    while _cut_count(server["log"]) == cut_before and time.monotonic() < deadline:
+    while _gate_logged(server["log"], "cut") == cut_before and time.monotonic() < deadline:
         time.sleep(1)
-    assert _cut_count(server["log"]) > cut_before, "the gate logged the cut"
+    assert _gate_logged(server["log"], "cut") > cut_before, "the gate logged the cut"
     with http.stream("POST", CHAT, json=short) as response:
         assert response.status_code == 200 and response.read().endswith(b"data: [DONE]\n\n")
     print(f"\nFIGURE stalled client: read {len(received)} B of 4 x 2,000 tokens with logprobs; cut after "
@@ -360,7 +359,8 @@ def test_a_client_that_stops_reading_is_cut_its_engine_work_aborted_and_other_st
           f"served in {others_s:.1f} s meanwhile")
 
 
-def _cut_count(log: Path) -> int:
-    """Requests the gate in Serve's proxy logged as cut for application 'glm' so far."""
-    return sum(int(n) for n in re.findall(r"glm_serve.proxy_gate: cut (\d+) requests to application 'glm'",
+def _gate_logged(log: Path, verb: str) -> int:
+    """Requests of application 'glm' that the gate in Serve's proxy logged as ``verb``
+    ("refused", "cut") so far."""
+    return sum(int(n) for n in re.findall(rf"glm_serve.proxy_gate: {verb} (\d+) requests to application 'glm'",
                                           log.read_text(errors="replace")))
