@@ -176,7 +176,7 @@ def test_2048_requests_at_once_are_each_answered_or_refused_quickly(server):
     by_gate = sum(r[6] for r in refused)
     assert by_gate > len(refused) // 2, f"the gate in Serve's proxy refused only {by_gate} of {len(refused)}"
     refusal_p50 = statistics.median(r[1] for r in refused)
-    # measured here: 0.8-1.1 s with the gate in Serve's proxy; 3.1-3.5 s when the router replica
+    # measured here: 0.8-1.2 s with the gate in Serve's proxy; 3.1-3.5 s when the router replica
     # refused past its cap and Serve's proxy past the router's bounds.
     assert refusal_p50 < 2.0
     # An operator sees the gate's refusals in the proxy's log and in Ray's metrics export.
