@@ -43,7 +43,7 @@ from tqdm import tqdm
 from benchmarks import chat_sessions, http_load, servers
 from benchmarks.chat_sessions import Shape, TurnRecord, User
 from deployments.config import AppConfig
-from deployments.routing import RoutingConfig
+from deployments.routing.config import RoutingConfig
 
 ROOT = servers.ROOT
 POLICIES = ("pow2", "prefix")

@@ -6,12 +6,11 @@ vLLM hands its scheduler statistics to stat loggers (its documented extension po
 :meth:`EngineStats.snapshot` from Serve's ``record_routing_stats`` hook; Serve's
 controller polls that hook every ``engine.routing.stats_period_s`` and hands the result
 to every router replica's request router, where ``/metrics`` reads it
-(:mod:`deployments.metrics`). Nothing is sent per request or per token.
+(:func:`deployments.routing.choosers.engine_replica_stats`). Nothing is sent per request or per token.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,41 +72,6 @@ class EngineStats:
                 pass
 
         return _Recorder
-
-
-_ROUTERS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_router(router: Any) -> None:
-    """Called by each of glm-serve's Serve request routers as it is built, in the process
-    it routes for (deployments/request_router.py)."""
-    _ROUTERS.add(router)
-
-
-def request_routers() -> list[Any]:
-    """glm-serve's request routers in this process."""
-    return list(_ROUTERS)
-
-
-def request_router_for(app_name: str, deployment_name: str) -> Any | None:
-    """The request router routing to deployment ``deployment_name`` of application
-    ``app_name`` in this process, once the handle made it (its first request), else None."""
-    for router in request_routers():
-        deployment = getattr(router, "_deployment_id", None)
-        if deployment is not None and (deployment.app_name, deployment.name) == (app_name, deployment_name):
-            return router
-    return None
-
-
-def engine_replica_stats() -> dict[str, dict[str, Any]]:
-    """The latest statistics of every engine replica the request routers in this process
-    know, by replica id: what each replica's ``record_routing_stats`` returned when Serve's
-    controller last polled it (``{}`` until the first poll)."""
-    stats: dict[str, dict[str, Any]] = {}
-    for router in request_routers():
-        for replica in list(router.curr_replicas.values()):
-            stats[replica.replica_id.unique_id] = dict(replica.routing_stats or {})
-    return stats
 
 
 def ray_stat_logger() -> Any:

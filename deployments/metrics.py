@@ -17,9 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from deployments.engine_stats import engine_replica_stats, request_routers
-from deployments.routing import process_decision_counts
-from deployments.routing_directory import LOOKUP_RESULTS
+from deployments.routing.choosers import decision_counts, engine_replica_stats, lookup_counts
+from deployments.routing.placement_service import LOOKUP_RESULTS
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -83,6 +82,9 @@ class RouterMetrics:
         self.admitted = self._series(
             Gauge, "glm_serve_requests_admitted",
             "Generation requests counted against router.max_in_flight_requests.")
+        self.gate_bypassed = self._series(
+            Counter, "glm_serve_requests_bypassing_gate",
+            "Generation requests that reached the router without glm-serve's gate in Serve's proxy.")
         self.prompt_tokens = self._series(Counter, "glm_serve_prompt_tokens", "Prompt tokens of finished requests.")
         self.completion_tokens = self._series(
             Counter, "glm_serve_completion_tokens", "Generated tokens of finished requests.")
@@ -116,7 +118,7 @@ class RouterMetrics:
         totals ``/metrics`` shows. Cheap (two dicts of four numbers); a no-op without export."""
         if not self._routing_counters:
             return
-        for tag, totals in (("decision", process_decision_counts()), ("result", directory_lookup_counts())):
+        for tag, totals in (("decision", decision_counts()), ("result", directory_lookup_counts())):
             counter = self._routing_counters[tag]
             for value, total in totals.items():
                 delta = total - self._routing_exported.get((tag, value), 0)
@@ -152,13 +154,8 @@ _LOOKUPS = ("glm_serve_routing_directory_lookups",
 
 
 def directory_lookup_counts() -> dict[str, int]:
-    """The placement-table lookups of the request routers in this process, by outcome;
-    every outcome from the start, so a dashboard's query has a series with the table off."""
-    lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
-    for router in request_routers():
-        for result, count in getattr(router, "directory_counts", dict)().items():
-            lookups[result] = lookups.get(result, 0) + count
-    return lookups
+    """The placement-table lookups of the request routers in this process, by outcome."""
+    return lookup_counts(LOOKUP_RESULTS)
 
 
 class _RoutingDecisions:
@@ -167,7 +164,7 @@ class _RoutingDecisions:
     lookups in the shared placement table went."""
 
     def collect(self):
-        for (name, help_text), label, totals in ((_DECISIONS, "decision", process_decision_counts()),
+        for (name, help_text), label, totals in ((_DECISIONS, "decision", decision_counts()),
                                                  (_LOOKUPS, "result", directory_lookup_counts())):
             family = CounterMetricFamily(name, help_text, labels=[label])
             for value, count in sorted(totals.items()):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, PrefixCacheStats, SchedulerStats
 
-from deployments.engine_stats import EngineStats, engine_replica_stats, register_router
+from deployments.engine_stats import EngineStats
+from deployments.routing.choosers import engine_replica_stats, register
 
 
 def _step(queries: int, hits: int, running: int, waiting: int, usage: float) -> SchedulerStats:
@@ -47,6 +48,6 @@ def test_routers_report_what_serve_collected_from_each_replica():
         curr_replicas = {1: _Replica("a", {"running": 2}), 2: _Replica("b", None)}
 
     router = _Router()
-    register_router(router)
+    register(router)
     assert engine_replica_stats()["a"] == {"running": 2}
     assert engine_replica_stats()["b"] == {}, "a replica not yet polled reports nothing"

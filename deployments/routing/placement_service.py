@@ -1,8 +1,8 @@
-"""The shared placement table of the prefix router: one small Ray actor per engine
-deployment, and each router replica's client of it.
+"""The shared placement table as a service: one small Ray actor per engine deployment,
+and each router replica's client of it.
 
-Why it exists and what it decides: :class:`deployments.routing.PlacementTable` (the
-pure logic) and the module docstring of :mod:`deployments.routing`.
+What it decides and why it exists: :mod:`deployments.routing.placement_table` (the pure
+logic) and :mod:`deployments.routing.prefix_policy`.
 
 Lifetime. The first router replica that needs the table creates the actor by name
 (``get_if_exists``), so every router replica of the deployment finds the same one. It
@@ -13,11 +13,11 @@ table loses only placements: conversations that go on are placed again, and thei
 next turns may miss the prefix cache once.
 
 Nothing here blocks an event loop: the actor is created in a thread, a lookup is
-awaited with a timeout (by the router deployment, before the handle call, never inside
-Serve's routing step: deployments/request_router.py says why), and placements the table
-did not make (spills, and rendezvous placements while it was slow or not yet reachable)
-are sent in the background, never awaited by a request. A client's background tasks live
-on the loop that first used it, so each loop that uses the table has its own client.
+awaited with a timeout (asked for by the ingress before the handle call, never inside
+Serve's routing step: deployments/routing/replica_chooser.py says why), and placements
+the table did not make (spills, and rendezvous placements while it was slow or not yet
+reachable) are sent in the background, never awaited by a request. The client lives on
+Serve's routing loop, like the request router that owns it.
 """
 
 from __future__ import annotations
@@ -31,19 +31,22 @@ from typing import Any
 
 import ray
 
-from deployments.routing import PlacementTable
+from deployments.routing.placement_table import PlacementTable
 
 logger = logging.getLogger("ray.serve")
 
 _RETRY_S = 5.0
 """Least time between two attempts to reach (or create) the actor."""
 _MAX_PENDING_MOVES = 10_000
+"""Placements kept for the table while it cannot be reached (the newest)."""
+_CONNECT_TIMEOUT_S = 30.0
+"""How long a new actor may take to answer its first call (it may be starting a worker)."""
 LOOKUP_RESULTS = ("hit", "placed", "timeout", "unavailable")
 """Outcomes of a router's lookup in the table, as ``/metrics`` labels them."""
 
 
-class RoutingDirectory:
-    """The actor: a :class:`~deployments.routing.PlacementTable` behind async methods
+class PlacementTableActor:
+    """The actor: a :class:`~deployments.routing.placement_table.PlacementTable` behind async methods
     (one event loop, so calls never interleave inside the table)."""
 
     def __init__(self, max_entries: int, memory_s: float) -> None:
@@ -62,12 +65,12 @@ class RoutingDirectory:
         return len(self._table)
 
 
-def directory_name(app_name: str, deployment_name: str) -> str:
+def placement_table_name(app_name: str, deployment_name: str) -> str:
     """The actor's name: one table per engine deployment of an application."""
     return f"glm-serve-routing:{app_name}:{deployment_name}"
 
 
-class DirectoryClient:
+class PlacementClient:
     """One router replica's access to the table. ``counts`` has each lookup's outcome
     (``hit``, ``placed``, ``timeout``, ``unavailable``) for ``/metrics``."""
 
@@ -134,7 +137,7 @@ class DirectoryClient:
 
     def _lost(self, exc: BaseException) -> None:
         if self._actor is not None:
-            logger.warning("routing directory %s lost (%s); placing by rendezvous until it is back",
+            logger.warning("placement table %s lost (%s); placing by rendezvous until it is back",
                            self.name, type(exc).__name__)
         self._actor = None
 
@@ -149,9 +152,9 @@ class DirectoryClient:
         try:
             # Creating or looking up a named actor talks to the GCS synchronously.
             actor = await asyncio.get_running_loop().run_in_executor(None, self._get_or_create)
-            await asyncio.wait_for(actor.size.remote(), 30.0)
+            await asyncio.wait_for(actor.size.remote(), _CONNECT_TIMEOUT_S)
         except Exception as exc:
-            logger.warning("routing directory %s unavailable (%s: %s); placing by rendezvous",
+            logger.warning("placement table %s unavailable (%s: %s); placing by rendezvous",
                            self.name, type(exc).__name__, exc)
             return
         self._actor = actor
@@ -160,7 +163,7 @@ class DirectoryClient:
     def _get_or_create(self) -> Any:
         if not ray.is_initialized():  # a router driven outside Ray (unit tests) must not start a cluster
             raise RuntimeError("Ray is not initialized")
-        actor_class = ray.remote(RoutingDirectory)
+        actor_class = ray.remote(PlacementTableActor)
         return actor_class.options(
             name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1000,
         ).remote(self.max_entries, self.memory_s)

@@ -1,0 +1,21 @@
+"""Which engine replica serves a request: one package, one job per module.
+
+=========================  ==========================================================
+``policy``                 what a routing policy is; the registry (names, import paths)
+``pow2_policy``            ``pow2``: Serve's power-of-two choices, by load alone
+``prefix_policy``          ``prefix``: a conversation's turns go where its prefix is cached
+``prefix_keys``            a request's prefix as cumulative block hashes; rendezvous hashing
+``placement_table``        where each conversation lives, shared by the router replicas
+``placement_service``      that table as a Ray actor, and each router replica's client
+``replica_chooser``        Serve's ``RequestRouter`` classes that run a policy
+``choosers``               the seam: how the ingress and ``/metrics`` reach those routers
+``config``                 ``engine.routing``, and what Serve is told
+=========================  ==========================================================
+
+Everything but ``placement_service``, ``replica_chooser`` and ``choosers`` is pure logic
+with no Ray; Serve's private names are in :mod:`deployments.serve_private`.
+"""
+
+from deployments.routing.policy import Decision, RoutingPolicy, policy_class, register_policy, registered_policies
+
+__all__ = ["Decision", "RoutingPolicy", "policy_class", "register_policy", "registered_policies"]

@@ -1,0 +1,156 @@
+"""What a routing policy is, and the registry that finds one by name or import path.
+
+A routing policy is pure logic (no Ray): given a request and the live engine replicas'
+loads, it names the replica to try first, and it may learn from where each request
+went. glm-serve's Serve request router (:class:`~deployments.routing.replica_chooser.
+PolicyReplicaChooser`) hosts it inside every router replica's handle to the engines.
+
+Policies are plug-ins, as vLLM's tool parsers and Ray's ``request_router_class`` are:
+``engine.routing.policy`` takes a registered name (``pow2``, ``prefix``) or an import
+path (``my_pkg.my_module:MyPolicy``) of a :class:`RoutingPolicy` subclass. The shipped
+policies register themselves with :func:`register_policy`, as a user's own may::
+
+    from deployments.routing import Decision, RoutingPolicy, register_policy
+
+    @register_policy
+    class Busiest(RoutingPolicy):
+        name = "busiest"
+
+        def choose(self, request, loads, placed=None):
+            return Decision(max(loads, key=loads.get), "busiest")
+
+A policy reads its own settings from ``RoutingConfig.options`` (free-form) or the shared
+fields of :class:`~deployments.routing.config.RoutingConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from deployments.routing.config import RoutingConfig
+
+POLICY_CHOOSER = "deployments.routing.replica_chooser.PolicyReplicaChooser"
+"""Serve's request router class that hosts a :class:`RoutingPolicy`."""
+
+
+@dataclass(slots=True)
+class Decision:
+    """Where one request goes (``replica``), and why (``label``, one of the policy's
+    :attr:`RoutingPolicy.labels`, counted in ``/metrics``)."""
+
+    replica: str
+    label: str
+
+
+class RoutingPolicy:
+    """Base of every routing policy. One instance per router replica; called on one event
+    loop (Serve's routing loop), so it needs no locks.
+
+    ``choose`` must have no side effects: Serve may call it several times for one request
+    while replicas refuse it. ``routed`` learns from where the request was accepted."""
+
+    name: ClassVar[str]
+    labels: ClassVar[tuple[str, ...]] = ("chosen",)
+    """Every label :meth:`choose` may give, so ``/metrics`` has a series for each from the start."""
+    serve_router: ClassVar[str] = POLICY_CHOOSER
+    """Import path of the Serve request router that runs this policy."""
+    uses_placement_table: ClassVar[bool] = False
+    """Whether the policy wants the shared placement table (``placement_key``)."""
+
+    def __init__(self, config: RoutingConfig) -> None:
+        self.config = config
+        self.counts: dict[str, int] = dict.fromkeys(self.labels, 0)
+
+    def choose(self, request: Any, loads: Mapping[str, int], placed: tuple[str, bool] | None = None) -> Decision:
+        """The replica for ``request`` (a :class:`~deployments.generation.GenerationRequest`)
+        among the live replicas ``loads`` names (replica id to ongoing requests).
+        ``placed``: the shared placement table's answer for :meth:`placement_key`."""
+        raise NotImplementedError
+
+    def placement_key(self, request: Any, loads: Mapping[str, int]) -> int | None:
+        """The conversation key to ask the shared placement table about, or None."""
+        return None
+
+    def routed(self, decision: Decision | None, request: Any, replica: str) -> int | None:
+        """``replica`` accepted ``request`` (``decision``: this policy's, or None when it made
+        none). Returns a conversation key the placement table should map to ``replica``
+        (a placement it did not make), else None. The base counts the decision."""
+        if decision is not None:
+            label = decision.label if decision.replica == replica else "spilled"
+            self.counts[label] = self.counts.get(label, 0) + 1
+        return None
+
+    def set_replicas(self, replicas: Sequence[str] | set[str]) -> None:
+        """The live replicas are exactly ``replicas``."""
+
+    def remove_replica(self, replica: str) -> None:
+        """``replica`` died."""
+
+
+_POLICIES: dict[str, type[RoutingPolicy]] = {}
+
+
+def register_policy(cls: type[RoutingPolicy]) -> type[RoutingPolicy]:
+    """Make ``cls`` choosable as ``routing.policy: <cls.name>`` (a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, RoutingPolicy)):
+        raise TypeError(f"{cls!r} is not a RoutingPolicy subclass")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
+    known = _POLICIES.get(name)
+    if known is not None and known is not cls and _path(known) != _path(cls):
+        raise ValueError(f"routing policy {name!r} is already {_path(known)}")
+    _POLICIES[name] = cls
+    return cls
+
+
+def registered_policies() -> dict[str, type[RoutingPolicy]]:
+    """The registered policies by name (the shipped ones, and any imported plug-in)."""
+    _load_builtins()
+    return dict(_POLICIES)
+
+
+def policy_class(name_or_path: str) -> type[RoutingPolicy]:
+    """The policy called ``name_or_path``, or the :class:`RoutingPolicy` subclass at that
+    import path (``module:Class`` or ``module.Class``), which is then registered. Raises
+    ValueError naming the known policies."""
+    _load_builtins()
+    if name_or_path in _POLICIES:
+        return _POLICIES[name_or_path]
+    cls = import_by_path(name_or_path, what="routing policy", known=sorted(_POLICIES))
+    if not (isinstance(cls, type) and issubclass(cls, RoutingPolicy)):
+        raise ValueError(f"{name_or_path!r} is not a RoutingPolicy subclass")
+    if not getattr(cls, "name", None):
+        raise ValueError(f"{name_or_path!r} needs a class attribute `name`")
+    return register_policy(cls)
+
+
+def import_by_path(path: str, what: str, known: list[str]) -> Any:
+    """The object at ``module:attr`` or ``module.attr``; ValueError saying what was wrong."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"unknown {what} {path!r}; known: {known}, or an import path 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{what} {path!r}: cannot import {module_name!r} ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{what} {path!r}: module {module_name!r} has no {attr!r}") from None
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_builtins() -> None:
+    # The shipped policies register on import, the same way a plug-in does.
+    import deployments.routing.pow2_policy  # noqa: F401
+    import deployments.routing.prefix_policy  # noqa: F401

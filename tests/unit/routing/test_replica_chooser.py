@@ -1,0 +1,260 @@
+"""Serve's request routers (deployments/routing/replica_chooser.py) driven with fake
+replicas, no Ray cluster; the routing config and what Serve is told."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from deployments.routing import choosers
+from deployments.routing.config import RoutingConfig, request_router_config
+from deployments.routing.placement_table import PlacementTable
+from deployments.routing.prefix_policy import PrefixPolicy
+from tests.unit.routing.helpers import turns
+
+CHOOSERS = {"pow2": "deployments.routing.replica_chooser.Pow2ReplicaChooser",
+            "prefix": "deployments.routing.replica_chooser.PolicyReplicaChooser"}
+
+# --- config ----------------------------------------------------------------------------
+
+
+def test_routing_config_is_strict_and_maps_to_serve_options():
+    from ray.serve._private.config import DeploymentConfig
+    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+
+    pow2 = request_router_config(RoutingConfig(stats_period_s=3))
+    assert pow2["request_router_kwargs"] == {} and pow2["request_routing_stats_period_s"] == 3
+    cfg = RoutingConfig(policy="prefix", max_load_gap=4)
+    options = request_router_config(cfg)
+    assert options["request_router_class"] == CHOOSERS["prefix"]
+    assert options["request_router_kwargs"]["max_load_gap"] == 4 and options["request_router_kwargs"]["policy"] == "prefix"
+    assert "stats_period_s" not in options["request_router_kwargs"]
+    assert RoutingConfig(**options["request_router_kwargs"]) == cfg
+    assert PrefixPolicy.from_kwargs(**options["request_router_kwargs"]).config == cfg
+    # Serve takes both as it takes them from `.options()`, and imports the classes by path.
+    for policy in ("pow2", "prefix"):
+        config = DeploymentConfig()
+        config.request_router_config = request_router_config(RoutingConfig(policy=policy))
+        router_class = config.request_router_config.get_request_router_class()
+        assert router_class.__name__ == CHOOSERS[policy].rsplit(".", 1)[1]
+    from deployments.routing.replica_chooser import Pow2ReplicaChooser
+    assert issubclass(Pow2ReplicaChooser, PowerOfTwoChoicesRequestRouter), "pow2 is Serve's default router"
+    with pytest.raises(ValidationError):
+        RoutingConfig(policy="prefix", max_load_gapp=4)
+    with pytest.raises(ValidationError):
+        RoutingConfig(policy="round_robin")
+    for field in RoutingConfig.model_fields.values():
+        assert field.description, "every field is documented"
+
+
+# --- the Serve adapter, with fake replicas (no Ray cluster) ----------------------------
+
+
+class FakeReplica:
+    """What the base RequestRouter touches on a RunningReplica."""
+
+    def __init__(self, unique_id: str, deployment_id: Any) -> None:
+        from ray.serve.request_router import ReplicaID
+
+        self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=deployment_id)
+        self.max_ongoing_requests = 256
+        self.node_id = "node"
+        self.availability_zone = None
+        self.multiplexed_model_ids: set[str] = set()
+        self.routing_stats: dict[str, Any] = {}
+
+        self.queue_len = 0
+        self.probes = 0
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        self.probes += 1
+        await asyncio.sleep(0.01)
+        return self.queue_len
+
+
+def make_router(**kwargs: Any) -> Any:
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from deployments.routing.replica_chooser import PolicyReplicaChooser
+
+    router = PolicyReplicaChooser(
+        deployment_id=DeploymentID(name="GLMEngine", app_name="glm"),
+        handle_source=DeploymentHandleSource.REPLICA,
+        use_replica_queue_len_cache=True,
+        self_node_id="node",  # what Serve passes for LocalityMixin; must be accepted and ignored
+        prefer_local_node_routing=False,
+    )
+    router.initialize_state(**{"policy": "prefix", **kwargs})
+    return router, DeploymentID(name="GLMEngine", app_name="glm")
+
+
+def pending(args: list[Any], method: str, internal_id: str) -> Any:
+    from ray.serve._private.common import RequestMetadata
+    from ray.serve.request_router import PendingRequest
+
+    metadata = RequestMetadata(request_id=internal_id, internal_request_id=internal_id, call_method=method)
+    return PendingRequest(args=args, kwargs={}, metadata=metadata)
+
+
+def test_the_serve_adapter_routes_turns_to_their_replica():
+    from deployments.routing.replica_chooser import PolicyReplicaChooser
+
+    assert not any(base.__name__ == "FIFOMixin" for base in PolicyReplicaChooser.__mro__)
+
+    async def scenario() -> None:
+        router, deployment_id = make_router(max_load_gap=4)
+        fakes = [FakeReplica(f"r{i}", deployment_id) for i in range(6)]
+        router.update_replicas(fakes)
+        await asyncio.sleep(0.05)  # let the base class probe queue lengths (all 0)
+
+        first, second = turns(1, 2)
+        request = pending([first, ("127.0.0.1", 1)], "generate", "i1")
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), request)
+        assert [len(rank) for rank in ranks] == [1, 2, 3]
+        assert request.routing_context.should_backoff, "no busy retry loop without LocalityMixin"
+        chosen = ranks[0][0]
+        router.on_request_routed(request, chosen.replica_id, None)
+
+        follow = pending([second, ("127.0.0.1", 1)], "generate", "i2")
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), follow)
+        assert ranks[0] == [chosen]
+
+        # Overloaded as the queue-length cache sees it: the turn spills to the least loaded.
+        for fake in fakes:
+            router.replica_queue_len_cache.update(fake.replica_id, 2)
+        router.replica_queue_len_cache.update(chosen.replica_id, 20)
+        spill = pending([second], "complete", "i3")
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), spill)
+        assert ranks[0] != [chosen] and ranks[-1][-1] is chosen
+        router.on_request_routed(spill, ranks[0][0].replica_id, None)
+        assert router.decision_counts() == {"affinity": 0, "spilled": 1, "new": 1, "hint": 0}
+        assert choosers.decision_counts()["spilled"] >= 1
+        assert choosers.chooser_for("glm", "GLMEngine") is router
+
+        # Calls without a GenerationRequest (model_info) or not routed by prefix (tokenize).
+        for call in (pending([], "model_info", "i4"), pending([first], "tokenize", "i5")):
+            ranks = await router.choose_replicas(list(router.curr_replicas.values()), call)
+            assert ranks[-1][-1] is chosen and len(ranks) == 2
+        assert await router.choose_replicas([], pending([first], "generate", "i6")) == []
+
+        # The replica dies: nothing points at it any more.
+        router.on_replica_actor_died(chosen.replica_id)
+        keys = router.policy.keys(first)
+        assert all(chosen.replica_id.unique_id not in holders for _, holders in router.policy.holders(keys))
+        router.update_replicas([f for f in fakes if f is not chosen])
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), pending([second], "generate", "i7"))
+        assert chosen not in [r for rank in ranks for r in rank]
+        router.on_request_completed(chosen.replica_id, "i1")
+
+    asyncio.run(scenario())
+
+
+def test_the_serve_adapter_rejects_unknown_kwargs_and_resolves_its_class_path():
+    from ray.serve.config import RequestRouterConfig
+
+    from deployments.routing.replica_chooser import PolicyReplicaChooser
+
+    with pytest.raises(ValidationError):
+        make_router(max_load_gapp=3)
+    config = RequestRouterConfig(**request_router_config(RoutingConfig(policy="prefix")))
+    assert config.get_request_router_class().__name__ == PolicyReplicaChooser.__name__
+
+
+class TableStandIn:
+    """PlacementClient over a PlacementTable in this process (the real client talks to a
+    Ray actor: tests/e2e/test_routing.py covers it end to end)."""
+
+    def __init__(self, table: PlacementTable, answer: bool = True) -> None:
+        self.table, self.answer = table, answer
+        self.asked: list[int] = []
+        self.assigned: list[tuple[int, str]] = []
+        self.counts: dict[str, int] = {}
+
+    async def resolve(self, key: int, loads: dict[str, int]) -> tuple[str, bool] | None:
+        self.asked.append(key)
+        return self.table.resolve(key, loads) if self.answer else None
+
+    def assign(self, key: int, replica: str) -> None:
+        self.assigned.append((key, replica))
+
+
+def test_the_serve_adapter_takes_the_tables_answer_from_the_request_without_awaiting():
+    """The router deployment calls place() before the handle call; choose_replicas reads
+    the stamped answer. A conversation this router has routed is not looked up again, and
+    a placement made without the table's answer is queued for publishing."""
+
+    async def scenario() -> None:
+        router, deployment_id = make_router(directory=True)
+        fakes = [FakeReplica(f"r{i}", deployment_id) for i in range(4)]
+        router.update_replicas(fakes)
+        await asyncio.sleep(0.05)
+        table = PlacementTable()
+        table.assign(0, "r0")  # make r3 the one given fewest conversations lately: not rendezvous luck
+        table.assign(1, "r1")
+        table.assign(2, "r2")
+        router._table = TableStandIn(table)
+
+        first, second = turns(5, 2)
+        await router.place(first)
+        assert first.placement == ("r3", True)
+        request = pending([first, ("127.0.0.1", 1)], "generate", "p1")
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), request)
+        assert ranks[0][0].replica_id.unique_id == "r3"
+        router.on_request_routed(request, ranks[0][0].replica_id, None)
+        assert not router._table.assigned, "the table placed it: nothing to publish"
+
+        await router.place(second)  # this router routed the first turn: no lookup
+        assert second.placement is None and len(router._table.asked) == 1
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), pending([second], "generate", "p2"))
+        assert ranks[0][0].replica_id.unique_id == "r3"
+
+        # The table did not answer in time: rendezvous placement, published afterwards.
+        router._table.answer = False
+        other = turns(6, 1)[0]
+        await router.place(other)
+        assert other.placement is None
+        request = pending([other], "generate", "p3")
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), request)
+        router.on_request_routed(request, ranks[0][0].replica_id, None)
+        assert [replica for _, replica in router._table.assigned] == [ranks[0][0].replica_id.unique_id]
+
+    asyncio.run(scenario())
+
+
+def test_place_is_a_no_op_without_the_table():
+    async def scenario() -> None:
+        router, deployment_id = make_router(directory=False)
+        router.update_replicas([FakeReplica("r0", deployment_id)])
+        request = turns(1, 1)[0]
+        await router.place(request)
+        assert request.placement is None and router.lookup_counts() == {}
+
+    asyncio.run(scenario())
+
+
+def test_the_serve_adapter_probes_replicas_whose_load_went_stale():
+    """Serve probes only the rank it tries, and the first rank is one replica: without its
+    own probes the others' load would go stale and fall back to this router's share."""
+
+    async def scenario() -> None:
+        router, deployment_id = make_router()
+        a, b = FakeReplica("a", deployment_id), FakeReplica("b", deployment_id)
+        router.update_replicas([a, b])
+        await asyncio.sleep(0.05)
+        cache = router.replica_queue_len_cache
+        b.queue_len = 7
+        cache.invalidate_key(b.replica_id)  # as if 10 s had passed without news from b
+        probes = b.probes
+        request = turns(1, 1)[0]
+        for n in range(3):  # one probe in flight at a time, however many requests come
+            await router.choose_replicas(list(router.curr_replicas.values()), pending([request], "generate", f"s{n}"))
+        await asyncio.sleep(0.05)
+        assert b.probes == probes + 1
+        assert cache.get(b.replica_id) == 7
+        ranks = await router.choose_replicas(list(router.curr_replicas.values()), pending([turns(2, 1)[0]], "generate", "s9"))
+        assert ranks[0][0] is a, "the new conversation goes to the replica that is really less loaded"
+
+    asyncio.run(scenario())
