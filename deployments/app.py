@@ -13,8 +13,8 @@ from ray.serve import Application
 
 from deployments.config import AppConfig
 from deployments.engine import EngineDeployment, check_engine_kwargs
-from deployments.router import RouterDeployment
-from deployments.routing import request_router_config
+from deployments.ingress.deployment import RouterDeployment
+from deployments.routing.config import request_router_config
 
 ENGINE_DEPLOYMENT = "GLMEngine"
 ROUTER_DEPLOYMENT = "GLMRouter"

@@ -23,6 +23,10 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+RETRY_AFTER_S = 1
+"""Seconds a client is told to wait (``Retry-After``) before retrying a 503."""
+
+
 class APIError(Exception):
     """An answer in OpenAI's error shape, with its HTTP status."""
 
@@ -41,7 +45,7 @@ class APIError(Exception):
     def headers(self) -> dict[str, str]:
         """The headers its status calls for: Retry-After on 503, WWW-Authenticate on 401."""
         if self.status == 503:
-            return {"retry-after": "1"}
+            return {"retry-after": str(RETRY_AFTER_S)}
         if self.status == 401:
             return {"www-authenticate": "Bearer"}
         return {}

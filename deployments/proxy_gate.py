@@ -4,17 +4,16 @@ is cut after ``router.client_send_timeout_s``.
 
 Past ``router.max_in_flight_requests`` a router replica refuses at once, but the refusal
 still travels Serve's proxy -> routing loop -> router replica -> back, a few ms of Python
-each in the proxy. Under a burst those add up: 2,048 streams at once on 2 busy cores had
-their refusals back in 3.1-3.5 s (p50), most of it in Serve's proxy. This ASGI middleware
-runs in the proxy ahead of all that. Per glm-serve application it counts the generation
+each in the proxy, and under a burst those add up (docs/measurements.md). This ASGI
+middleware runs in the proxy ahead of all that. Per glm-serve application it counts the generation
 requests in flight through this proxy and, once they reach what the application's running
 router replicas admit (``router.max_in_flight_requests`` x replicas), answers 503 in
 OpenAI's shape with ``Retry-After``, the router's own refusal (docs/measurements.md).
 
 A client that stops reading: Serve's proxy and the router replica each queue a reply
 without bound and without waiting (docs/operations.md), so nothing pushes back on the
-engine; only the proxy's write to the client waits, once the kernel's socket buffers (up
-to 4 MB) are full. The gate times that write out: when one write has waited
+engine; only the proxy's write to the client waits, once the kernel's socket buffers are
+full. The gate times that write out: when one write has waited
 ``router.client_send_timeout_s``, it tells Serve's proxy the client disconnected, which
 cancels the request in the router replica and so aborts the engine's work, and drops the
 rest of the reply. Memory per such client is then bounded by time as well as by
@@ -29,7 +28,8 @@ controller it cannot reach) it passes every request through.
 Installed through Ray's proxy hook: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
 deployments.proxy_gate.middlewares`` in the environment of each Ray node when its proxy
 starts. ``glm-serve run`` sets it; on a cluster, set it where ``ray start`` runs (the
-KubeRay manifest does).
+KubeRay manifest does). Every request it passes carries :data:`GATE_HEADER`, so the router
+replicas can tell when it is missing (:mod:`deployments.ingress.gate_watch`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments import serve_private
 from deployments.access_log import to_stderr
-from deployments.config import BUILDER, AppConfig
+from deployments.config import AppConfig, is_builder
 from deployments.errors import overloaded
 from deployments.protocol import GENERATION_ROUTES
+from deployments.route_path import route_path
 
 logger = logging.getLogger("glm_serve.proxy_gate")
 
@@ -60,6 +62,10 @@ REFRESH_S = 5.0
 asks a router replica that started or stopped shifts the cap by its share; the routers'
 own checks cover the difference."""
 REFUSED_BY_HEADER = "x-glm-serve-refused-by"
+GATE_HEADER = "x-glm-serve-gate"
+"""Set on every request the gate passes to Serve's proxy (a client's own copy is dropped)."""
+_GATE_HEADER_BYTES = GATE_HEADER.encode()
+_GATE_MARK = (_GATE_HEADER_BYTES, b"1")
 
 _DISCONNECT = {"type": "http.disconnect"}
 _deadline = getattr(asyncio, "timeout", None)  # Python 3.11+: a timer, not a task, per send
@@ -97,7 +103,7 @@ def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
         config = app.get("deployed_app_config") or {}
         prefix = app.get("route_prefix")
         ingress = (app.get("deployment_topology") or {}).get("ingress_deployment")
-        if str(config.get("import_path")).replace(":", ".") != BUILDER or prefix is None or ingress is None:
+        if not is_builder(config.get("import_path")) or prefix is None or ingress is None:
             continue
         try:
             router = AppConfig.model_validate(config.get("args") or {}).router
@@ -184,6 +190,9 @@ class ProxyGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._refresher is None:
             self._start()
+        if scope["type"] == "http":
+            scope = dict(scope)
+            scope["headers"] = [h for h in scope.get("headers", ()) if h[0] != _GATE_HEADER_BYTES] + [_GATE_MARK]
         limits = self._limits_for(scope)
         if limits is None:
             await self._app(scope, receive, send)
@@ -209,10 +218,7 @@ class ProxyGate:
     def _limits_for(self, scope: Scope) -> AppLimits | None:
         if scope["type"] != "http" or scope.get("method") != "POST" or not self._limits:
             return None
-        path, root = scope.get("path", ""), scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
-        return self._limits.get(path)
+        return self._limits.get(route_path(scope))
 
     def _count(self, counts: dict[str, int], kind: str, app: str) -> None:
         counts[app] = counts.get(app, 0) + 1
@@ -267,21 +273,12 @@ class ServeControllerDetails:
 
     async def __call__(self) -> Mapping[str, Any]:
         if self._controller is None:
-            self._controller = await asyncio.to_thread(_controller)
+            self._controller = await asyncio.to_thread(serve_private.serve_controller)
         try:
             return await self._controller.get_serve_instance_details.remote()
         except Exception:
             self._controller = None  # a restarted controller is a new actor: look it up again
             raise
-
-
-def _controller() -> Any:
-    """Serve's controller, by Serve's own names for it: no public API gives code in the
-    proxy the applications' args and route prefixes (``serve.status()`` has neither)."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
 
 
 def _counters() -> dict[str, Any]:

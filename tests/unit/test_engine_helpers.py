@@ -20,7 +20,7 @@ from deployments.engine import (
 )
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationRequest
-from deployments.router import engine_failure
+from deployments.ingress.engine_calls import engine_failure
 from deployments.stream_channel import ChannelClosed
 
 

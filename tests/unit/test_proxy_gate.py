@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from deployments import proxy_gate
-from deployments.proxy_gate import REFUSED_BY_HEADER, AppLimits, ProxyGate, app_limits
+from deployments.proxy_gate import GATE_HEADER, REFUSED_BY_HEADER, AppLimits, ProxyGate, app_limits
 
 GLM_ARGS = {"model": {"model": "/models/glm-4-9b-chat"}, "router": {"max_in_flight_requests": 96}}
 
@@ -221,3 +221,31 @@ def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_its_reque
         app_done.cancel()
 
     asyncio.run(scenario())
+
+
+def test_every_request_the_gate_passes_carries_its_mark_and_a_clients_copy_is_dropped():
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def downstream(scope, receive, send):
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario():
+        gate = ProxyGate(downstream, read_details=_never)
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        forged = [(b"x-glm-serve-gate", b"forged"), (b"accept", b"*/*")]
+        await gate({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": forged},
+                   receive, send)
+        await gate({"type": "http", "method": "GET", "path": "/health", "headers": []}, receive, send)
+
+    asyncio.run(scenario())
+    assert seen[0] == [(b"accept", b"*/*"), (GATE_HEADER.encode(), b"1")]
+    assert seen[1] == [(GATE_HEADER.encode(), b"1")]

@@ -13,9 +13,9 @@ from deployments.auth import check_bearer, load_api_keys
 from deployments.config import RequestLimits, RouterConfig
 from deployments.engine import stalled
 from deployments.errors import APIError, EngineUnavailable
+from deployments.ingress.engine_calls import retryable
 from deployments.limits import check_limits
 from deployments.protocol import ChatCompletionRequest
-from deployments.router import retryable
 from deployments.stream_channel import ChannelClosed
 
 

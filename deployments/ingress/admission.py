@@ -1,0 +1,57 @@
+"""Admission and accounting of one router replica: the cap on generation requests in
+flight, and the one place a request is counted and logged when it ends."""
+
+from __future__ import annotations
+
+import time
+
+from deployments import access_log, protocol
+from deployments.access_log import RequestRecord
+from deployments.errors import overloaded
+from deployments.metrics import RouterMetrics
+
+QUIET_ROUTES = frozenset({"/health", "/metrics"})
+"""Probes and scrapes that succeed are counted but not logged: they come every few seconds."""
+
+
+class Admission:
+    """Counts the generation requests this replica serves now against ``cap``
+    (``router.max_in_flight_requests``; None: no cap), and closes each request's record."""
+
+    def __init__(self, cap: int | None, metrics: RouterMetrics) -> None:
+        self.cap = cap
+        self.generating = 0
+        self._metrics = metrics
+        access_log.setup()
+
+    def admit(self, record: RequestRecord) -> None:
+        """Refuse a generation request at once, before its body is read, when this replica
+        already serves ``cap``: under a burst the cheapest answer is the one that does no
+        work. The place is released in :meth:`finish`."""
+        if self.cap is not None and self.generating >= self.cap:
+            raise overloaded()
+        self.generating += 1
+        self._metrics.admitted.set(self.generating)
+        record.admitted = True
+
+    def finish(self, record: RequestRecord) -> None:
+        """The one place a request is counted and logged, when it ends (once)."""
+        if record.finished:
+            return
+        record.finished = True
+        metrics = self._metrics
+        if record.admitted:
+            self.generating -= 1
+            metrics.admitted.set(self.generating)
+        duration_s = time.perf_counter() - record.start
+        metrics.requests.labels(record.route, str(record.status)).inc()
+        metrics.latency.labels(record.route).observe(duration_s)
+        if record.status == 200 and record.ttft_s is not None and record.completion_tokens > 1:
+            # A stream's mean inter-token latency, once per stream, never per token.
+            metrics.time_per_output_token.observe((duration_s - record.ttft_s) / (record.completion_tokens - 1))
+        metrics.prompt_tokens.inc(record.prompt_tokens)
+        metrics.completion_tokens.inc(record.completion_tokens)
+        if record.route in protocol.GENERATION_ROUTES:
+            metrics.export_routing()
+        if record.status != 200 or record.route not in QUIET_ROUTES:
+            access_log.logger.info(record.line())

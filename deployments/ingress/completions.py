@@ -1,0 +1,48 @@
+"""``POST /v1/completions``: OpenAI text completion of a string or token-id prompt."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments import protocol
+from deployments.access_log import RequestRecord
+from deployments.generation import GenerationRequest
+from deployments.ingress import engine_calls
+from deployments.ingress.context import IngressContext, json_response
+from deployments.limits import check_limits
+from deployments.sse import StreamEncoder
+
+
+class Completions:
+    """A prompt continued as it is, with no chat format."""
+
+    route = ("POST", "/v1/completions")
+
+    def __init__(self, ctx: IngressContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, request: Request, record: RequestRecord) -> Response:
+        ctx = self.ctx
+        parsed: protocol.CompletionRequest = ctx.validate(protocol.CompletionRequest, await ctx.read_json(request))
+        check_limits(ctx.config.limits, ctx.config.max_tokens_limit, prompt=parsed.prompt, stop=parsed.stop,
+                     max_tokens=parsed.max_tokens)
+        generation = ctx.with_deadlines(GenerationRequest(
+            request_id=f"cmpl-{uuid.uuid4().hex}",
+            prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)
+            sampling=parsed.sampling_kwargs(),
+            logprobs=parsed.logprobs,
+            max_tokens=parsed.max_tokens,
+        ), request, parsed.user)
+        record.request_id = generation.request_id
+        if ctx.config.log_prompts:
+            record.text = {"prompt": generation.prompt}
+        if parsed.stream:
+            encoder = StreamEncoder("text", generation.request_id, ctx.model_name)
+            return await engine_calls.stream(ctx, record, generation, encoder, parsed.include_usage)
+        result = await engine_calls.complete(ctx, record, generation)
+        body = protocol.text_completion(generation.request_id, ctx.model_name, result.choices,
+                                        result.prompt_tokens, result.cached_tokens)
+        return json_response(body, record)

@@ -1,0 +1,107 @@
+"""What every endpoint handler shares: the engine handle, the config, the chat format,
+and the steps each request goes through (its body, validation, deadlines, responses)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from chat_formats import ChatFormat
+from deployments import protocol
+from deployments.access_log import RequestRecord
+from deployments.config import RouterConfig
+from deployments.errors import APIError
+from deployments.generation import GenerationRequest
+from deployments.ingress.admission import Admission
+from deployments.metrics import RouterMetrics
+from deployments.stream_channel import StreamReceiver
+
+REPLICA_HEADER = "x-glm-serve-replica"
+"""Names the engine replica that served a generation."""
+
+
+@dataclass
+class IngressContext:
+    """One router replica's shared state, handed to each endpoint handler."""
+
+    engine: DeploymentHandle
+    receiver: StreamReceiver
+    """Where engine replicas send this replica's streamed chunks (deployments/stream_channel.py)."""
+    model_name: str
+    chat_format: ChatFormat
+    config: RouterConfig
+    metrics: RouterMetrics
+    admission: Admission
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The request's body as a JSON object: 413 past ``router.max_request_body_bytes``
+        (declared or read), 400 when it is not a JSON object."""
+        limit = self.config.max_request_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise _too_large(limit)
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"Request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise APIError(400, "Request body must be a JSON object.")
+        return data
+
+    def validate(self, model_cls: type[Any], data: dict[str, Any]) -> Any:
+        """``data`` as ``model_cls`` (400 naming the field), for this server's model (404)."""
+        try:
+            parsed = model_cls.model_validate(data)
+        except ValidationError as exc:
+            raise protocol.from_validation_error(exc) from None
+        if parsed.model != self.model_name:
+            raise APIError(
+                404, f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`.",
+                "not_found_error", param="model", code="model_not_found",
+            )
+        return parsed
+
+    def with_deadlines(self, generation: GenerationRequest, request: Request, user: str | None) -> GenerationRequest:
+        """``generation`` with its affinity hint and its deadlines (wall clock: the engine may
+        run on another node)."""
+        generation.session_id = request.headers.get("x-session-id") or user
+        now = time.time()
+        generation.first_token_deadline = now + self.config.first_token_timeout_s
+        generation.deadline = now + self.config.request_timeout_s
+        return generation
+
+    def check_tool_support(self, tools: list[Any] | None) -> None:
+        """400 when the request has tools and this model's chat format has no tool calls."""
+        if tools and not self.chat_format.supports_tools:
+            raise APIError(400, f"tools: the model `{self.model_name}` (chat_format "
+                                f"'{self.chat_format.name}') does not support tool calls.", param="tools")
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+
+
+def json_response(body: dict[str, Any], record: RequestRecord | None = None) -> JSONResponse:
+    """A 200 JSON response, naming the engine replica that served it when there was one."""
+    headers = {REPLICA_HEADER: record.replica} if record is not None and record.replica else None
+    return JSONResponse(body, headers=headers)
+
+
+def error_response(error: APIError, body: dict[str, Any] | None = None) -> JSONResponse:
+    """``error`` as an HTTP response (its OpenAI body, or ``body``), with the headers its
+    status calls for (:meth:`APIError.headers`)."""
+    return JSONResponse(error.body() if body is None else body, status_code=error.status,
+                        headers=error.headers() or None)

@@ -1,0 +1,136 @@
+"""The router deployment: glm-serve's HTTP ingress, one Serve replica of it.
+
+It dispatches each request to its endpoint's handler (one module per endpoint in this
+package), after the API key check and, for generation, admission. Handlers parse and
+validate OpenAI requests, hand each to an engine replica through a ``DeploymentHandle``
+(Serve's request router picks the replica: :mod:`deployments.routing`), and relay the
+engine's chunks, which arrive on this replica's stream channel
+(:mod:`deployments.stream_channel`), as server-sent events the moment they arrive.
+
+Request life cycle::
+
+    API key (401) -> route (404/405) -> admission (503) -> read body (413) -> parse JSON (400)
+      -> validate (400) -> model name (404) -> limits (400/413)
+      -> engine.generate (chunks over the stream channel) / engine.complete
+         (sent once more to another replica if the engine failed before any output)
+      -> an APIError (the router's or an engine's refusal, a deadline) -> its status, here
+      -> first chunk -> 200 + SSE stream
+      -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
+      -> one access-log line and the metrics, once, when the request ends
+
+Admission: glm-serve's gate in Serve's proxy refuses past ``router.max_in_flight_requests``
+x the router replicas (:mod:`deployments.proxy_gate`), this class past the cap on its own
+(:class:`~deployments.ingress.admission.Admission`), Serve's proxy past the router
+deployment's own bounds, and the engine deployment's ``max_ongoing_requests`` bounds what
+runs; each answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from chat_formats import get_chat_format
+from deployments import protocol
+from deployments.access_log import RequestRecord
+from deployments.auth import check_bearer, load_api_keys
+from deployments.config import ModelConfig, RouterConfig
+from deployments.errors import APIError
+from deployments.ingress.admission import Admission
+from deployments.ingress.chat import ChatCompletions
+from deployments.ingress.completions import Completions
+from deployments.ingress.context import IngressContext, error_response
+from deployments.ingress.gate_watch import ProxyGateWatch
+from deployments.ingress.health import Health
+from deployments.ingress.introspection import Metrics, OpenAPI
+from deployments.ingress.models import Models
+from deployments.ingress.tokenize import Tokenize
+from deployments.metrics import RouterMetrics
+from deployments.proxy_gate import GATE_HEADER
+from deployments.route_path import route_path
+from deployments.stream_channel import StreamReceiver
+
+logger = logging.getLogger("glm_serve.router")
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+@serve.deployment
+class RouterDeployment:
+    """OpenAI-compatible HTTP API in front of the engine deployment."""
+
+    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig,
+                 warm_engine: bool = True):
+        metrics = RouterMetrics(export=config.export_ray_metrics)
+        self._ctx = ctx = IngressContext(
+            engine=engine,
+            # Chunks come back over a direct connection from the engine replicas; Serve
+            # carries the request (deployments/stream_channel.py says why).
+            receiver=StreamReceiver(config.stream_host or _node_ip()),
+            model_name=model.name,
+            chat_format=get_chat_format(model.chat_format),
+            config=config,
+            metrics=metrics,
+            admission=Admission(config.max_in_flight_requests, metrics),
+        )
+        self._api_keys = load_api_keys(config.api_keys_env, config.api_keys_file)
+        self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
+        self._gate = ProxyGateWatch(metrics)
+        handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate),
+                    Metrics(ctx), OpenAPI(ctx))
+        self._routes = {handler.route: handler for handler in handlers}
+        self._paths = {path for _, path in self._routes}
+        # One cheap call now, so that the handle learns the engine replicas before traffic
+        # does: requests that arrive while it knows none wait in its queue. It waits there
+        # until an engine replica is up; its answer is not needed. Not when the engines may
+        # scale to zero: the call would wake them.
+        self._warmup = engine.model_info.remote() if warm_engine else None
+
+    async def __call__(self, request: Request) -> Response:
+        ctx = self._ctx
+        path = route_path(request.scope)
+        handler = self._routes.get((request.method, path))
+        # Unknown paths share one label: a scanner must not mint a metrics series per URL.
+        record = RequestRecord(route=path if handler else "unmatched", method=request.method)
+        try:
+            if self._api_keys and path not in self._open_paths:
+                check_bearer(request.headers.get("authorization"), self._api_keys)
+            if handler is None:
+                if path in self._paths:
+                    raise APIError(405, f"Method {request.method} is not allowed on {path}.")
+                raise APIError(404, f"No route {path}.", "not_found_error")
+            if path in protocol.GENERATION_ROUTES:
+                self._gate.saw(request.headers.get(GATE_HEADER))
+                ctx.admission.admit(record)
+            response = await handler(request, record)
+        except APIError as exc:
+            record.status, record.error_code = exc.status, exc.code or exc.type
+            ctx.admission.finish(record)
+            return error_response(exc)
+        except ClientDisconnect:
+            record.status = 499
+            ctx.admission.finish(record)
+            return Response(status_code=499)
+        except asyncio.CancelledError:  # the client left while we waited: release its admission
+            record.status = 499
+            ctx.admission.finish(record)
+            raise
+        except Exception as exc:  # never let one request take the replica's loop down
+            logger.exception("unhandled error on %s", path)
+            error = APIError(500, f"Internal error: {type(exc).__name__}", "server_error")
+            record.status, record.error_code = error.status, error.code or error.type
+            ctx.admission.finish(record)
+            return error_response(error)
+        if not isinstance(response, StreamingResponse):  # a stream's record ends in its relay
+            record.status = response.status_code
+            ctx.admission.finish(record)
+        return response

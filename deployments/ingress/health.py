@@ -1,0 +1,68 @@
+"""``GET /health``: 200 while Serve has an engine replica running, else 503.
+
+Answered from Serve's controller (``serve.status``), never by a call into an engine, so it
+does not wait behind generation. Probes come from load balancers, unauthenticated and
+possibly many at once: the answer is cached for :data:`HEALTH_CACHE_S`, and while one
+refresh is in flight every other probe waits for it (single flight), so the controller
+sees at most one call per router replica per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployments.access_log import RequestRecord
+from deployments.errors import APIError
+from deployments.ingress.context import IngressContext, error_response
+from deployments.ingress.gate_watch import ProxyGateWatch
+
+HEALTH_CACHE_S = 1.0
+"""How long one answer from Serve's controller is reused."""
+
+
+class Health:
+    """The engine deployment's state, and whether requests come through the proxy gate."""
+
+    route = ("GET", "/health")
+
+    def __init__(self, ctx: IngressContext, gate: ProxyGateWatch) -> None:
+        self.ctx = ctx
+        self._gate = gate
+        self._cached: tuple[float, Response] | None = None
+        self._refresh: asyncio.Task[Response] | None = None
+
+    async def __call__(self, request: Request, record: RequestRecord) -> Response:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] <= HEALTH_CACHE_S:
+            return self._cached[1]
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._engine_health())
+        # shield: one probe that gives up must not cancel the refresh the others wait for
+        response = await asyncio.shield(self._refresh)
+        self._cached = (time.monotonic(), response)
+        return response
+
+    async def _engine_health(self) -> Response:
+        ctx = self.ctx
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), ctx.config.health_timeout_s)
+            deployment = status.applications[ctx.engine.app_name].deployments[ctx.engine.deployment_name]
+        except asyncio.TimeoutError:
+            return error_response(APIError(503, "Serve's controller did not answer in time.", "service_unavailable"))
+        except Exception as exc:  # noqa: BLE001  (no status is no health)
+            return error_response(APIError(503, f"Serve's status is unavailable: {type(exc).__name__}",
+                                           "service_unavailable"))
+        running = int(deployment.replica_states.get("RUNNING", 0))
+        body = {"status": "ok" if running else "unavailable", "model": ctx.model_name,
+                "engine_replicas_running": running,
+                "engine_status": getattr(deployment.status, "value", str(deployment.status)),
+                "proxy_gate": self._gate.state()}
+        if not running:
+            error = APIError(503, "No engine replica is running.", "service_unavailable")
+            return error_response(error, {**body, "error": error.body()["error"]})
+        return JSONResponse(body)
