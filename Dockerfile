@@ -8,14 +8,15 @@ FROM rayproject/ray:2.60.0-py311-gpu
 
 WORKDIR /home/ray/glm-serve
 COPY --chown=ray:users pyproject.toml README.md ./
-COPY --chown=ray:users chat_formats ./chat_formats
 COPY --chown=ray:users deployments ./deployments
+# The client distribution (glm-serve-client: glm_client and chat_formats), which glm-serve requires.
 COPY --chown=ray:users glm_client ./glm_client
 COPY --chown=ray:users benchmarks ./benchmarks
 COPY --chown=ray:users config ./config
 # Installed, not editable: `deployments.app:build_app` imports from site-packages in every
-# Ray worker, whatever its working directory.
-RUN pip install --no-cache-dir '.[gpu]'
+# Ray worker, whatever its working directory. Both projects in one pip command, so that
+# glm-serve's glm-serve-client requirement is met by ./glm_client.
+RUN pip install --no-cache-dir ./glm_client '.[gpu]'
 
 # Serve's HTTP port; Ray's own ports come with the base image.
 EXPOSE 8000

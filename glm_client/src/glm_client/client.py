@@ -38,8 +38,6 @@ def get_client(target: str, typ: ClientType | str = ClientType.SERVE, **options:
         from glm_client.http_client import ServeClient
 
         return ServeClient(target, **options)
-    try:
-        from glm_client.vllm_client import VLLMClient
-    except ImportError as exc:
-        raise ImportError(f"{exc}; install vLLM (pip install -e '.[cpu]' or '.[gpu]') for ClientType.VLLM") from exc
+    from glm_client.vllm_client import VLLMClient  # raises ImportError naming the extra without vLLM
+
     return VLLMClient(target, **options)

@@ -10,16 +10,23 @@ service answers with 503 (overloaded, or no healthy engine), waiting as its
 ``Retry-After`` header says or with exponential backoff; a stream that has begun is
 never retried.
 
-Exceptions::
+Exceptions: what went wrong with the service, or with the connection to it, is one of
+these; httpx's transport errors never reach the caller (they are chained as ``__cause__``).
+Wrong arguments are Python's usual ``ValueError`` and ``TypeError``::
 
-    GLMServeError              anything this client raises
-    ├── APIStatusError         the service answered with an OpenAI error (status, type, param, code)
-    └── StreamError            the service reported an error in the middle of a stream
+    GLMServeError                  base: catch this to catch any of them
+    ├── APIConnectionError         no answer: could not connect, or the connection broke, before or
+    │   │                          during a stream (wraps httpx.TransportError)
+    │   └── APITimeoutError        no answer within ``timeout`` (wraps httpx.TimeoutException)
+    ├── APIStatusError             the service answered with an OpenAI error (status, type, param, code)
+    └── StreamError                the service reported an error in the middle of a stream, or sent
+                                   an event that is not JSON
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -31,11 +38,22 @@ import httpx
 from glm_client.conversation import Conversation, process_input, process_response, to_openai
 from glm_client.parameters import vllm_parameters
 
-__all__ = ["ServeClient", "AsyncServeClient", "GLMServeError", "APIStatusError", "StreamError"]
+__all__ = ["ServeClient", "AsyncServeClient", "GLMServeError", "APIConnectionError", "APITimeoutError",
+           "APIStatusError", "StreamError"]
 
 
 class GLMServeError(Exception):
-    """Base of every error this client raises."""
+    """Base of every error from the service or the connection to it (the module's docstring
+    draws the tree)."""
+
+
+class APIConnectionError(GLMServeError):
+    """No answer: httpx could not connect, send or read (its error is ``__cause__``). Raised
+    before a stream began or in the middle of one."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer within the client's ``timeout`` (connect, write, read or pool)."""
 
 
 class APIStatusError(GLMServeError):
@@ -48,7 +66,22 @@ class APIStatusError(GLMServeError):
 
 
 class StreamError(GLMServeError):
-    """An SSE error event: the stream began, then failed."""
+    """An SSE error event, or an event that is not JSON: the stream began, then failed."""
+
+
+@contextlib.contextmanager
+def _transport_errors(what: str) -> Iterator[None]:
+    """Raise httpx's transport errors inside the block as this client's own, chained.
+
+    A plain context manager serves the async client too: it only catches what the block
+    raises, whether the block awaits or not.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise APITimeoutError(f"{what}: timed out ({type(exc).__name__}: {exc})") from exc
+    except httpx.TransportError as exc:
+        raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _status_error(response: httpx.Response, body: bytes) -> APIStatusError:
@@ -85,7 +118,10 @@ class _StreamState:
         payload = line[5:].strip()
         if payload == "[DONE]":
             return None
-        event = json.loads(payload)
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise StreamError(f"not a JSON event: {payload[:200]!r}") from exc
         if "error" in event:
             raise StreamError(event["error"].get("message", "stream failed"))
         if not event.get("choices"):
@@ -117,6 +153,7 @@ class _ServeClientBase:
         self._http = http_class(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
                                 transport=transport)
         self._model = model
+        self._chat_url = f"POST {self._http.base_url}/v1/chat/completions"
         self._max_retries = max_retries
         self._backoff_s = backoff_s
 
@@ -174,7 +211,8 @@ class ServeClient(_ServeClientBase):
     def model(self) -> str:
         """The model to ask for: the one given, else the first the service lists."""
         if self._model is None:
-            return self._take_model(self._http.get("/v1/models"))
+            with _transport_errors(f"GET {self._http.base_url}/v1/models"):
+                return self._take_model(self._http.get("/v1/models"))
         return self._model
 
     def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
@@ -183,16 +221,17 @@ class ServeClient(_ServeClientBase):
         body, chat_history = self._chat_body(self.model, tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
-            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if (delay := self._retry_after(response, attempt)) is not None:
-                    time.sleep(delay)
-                    continue
-                if response.status_code != 200:
-                    raise _status_error(response, response.read())
-                for line in response.iter_lines():
-                    if (item := state.feed(line)) is not None:
-                        yield item
-                return
+            with _transport_errors(self._chat_url):
+                with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if (delay := self._retry_after(response, attempt)) is not None:
+                        time.sleep(delay)
+                        continue
+                    if response.status_code != 200:
+                        raise _status_error(response, response.read())
+                    for line in response.iter_lines():
+                        if (item := state.feed(line)) is not None:
+                            yield item
+                    return
 
 
 class AsyncServeClient(_ServeClientBase):
@@ -217,7 +256,8 @@ class AsyncServeClient(_ServeClientBase):
     async def get_model(self) -> str:
         """The model to ask for: the one given, else the first the service lists."""
         if self._model is None:
-            return self._take_model(await self._http.get("/v1/models"))
+            with _transport_errors(f"GET {self._http.base_url}/v1/models"):
+                return self._take_model(await self._http.get("/v1/models"))
         return self._model
 
     async def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
@@ -226,13 +266,14 @@ class AsyncServeClient(_ServeClientBase):
         body, chat_history = self._chat_body(await self.get_model(), tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
-            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if (delay := self._retry_after(response, attempt)) is not None:
-                    await asyncio.sleep(delay)
-                    continue
-                if response.status_code != 200:
-                    raise _status_error(response, await response.aread())
-                async for line in response.aiter_lines():
-                    if (item := state.feed(line)) is not None:
-                        yield item
-                return
+            with _transport_errors(self._chat_url):
+                async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if (delay := self._retry_after(response, attempt)) is not None:
+                        await asyncio.sleep(delay)
+                        continue
+                    if response.status_code != 200:
+                        raise _status_error(response, await response.aread())
+                    async for line in response.aiter_lines():
+                        if (item := state.feed(line)) is not None:
+                            yield item
+                    return

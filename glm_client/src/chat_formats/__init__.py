@@ -8,21 +8,13 @@
 
 ``glm4`` is GLM-4's own format with OpenAI tools and tool calls (:mod:`chat_formats.glm4`);
 ``template`` is the tokenizer's chat template, without tools (:mod:`chat_formats.template`).
+A format of your own is a plug-in, chosen by import path (:mod:`chat_formats.registry`).
 """
 
 from chat_formats.base import ChatFormat, ToolCallParser
 from chat_formats.glm4 import Glm4Format
+from chat_formats.registry import chat_formats, get_chat_format, register_chat_format
 from chat_formats.template import TemplateFormat
 
-CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (Glm4Format(), TemplateFormat())}
-
-
-def get_chat_format(name: str) -> ChatFormat:
-    """The chat format called ``name``; raises ValueError naming the known ones."""
-    try:
-        return CHAT_FORMATS[name]
-    except KeyError:
-        raise ValueError(f"unknown chat format {name!r}; known: {sorted(CHAT_FORMATS)}") from None
-
-
-__all__ = ["CHAT_FORMATS", "ChatFormat", "Glm4Format", "TemplateFormat", "ToolCallParser", "get_chat_format"]
+__all__ = ["ChatFormat", "Glm4Format", "TemplateFormat", "ToolCallParser", "chat_formats", "get_chat_format",
+           "register_chat_format"]
