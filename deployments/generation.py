@@ -18,7 +18,8 @@ chunk, so they must cost next to nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -80,6 +81,38 @@ class GenerationChunk:
     """Per token of ``text``, when the request asked for logprobs."""
     cached_tokens: int = 0
     """Set on the request's first chunk only: prompt tokens vLLM's prefix cache supplied."""
+
+
+CHUNK_FIELDS = tuple(f.name for f in fields(GenerationChunk))
+"""The order of a chunk's values on the stream channel's wire: the dataclass's own."""
+_LOGPROBS_AT = CHUNK_FIELDS.index("logprobs")
+_TYPES = {"text": str, "num_tokens": int, "prompt_tokens": int, "replica_id": str, "index": int, "cached_tokens": int}
+_TYPED = tuple((CHUNK_FIELDS.index(name), kind) for name, kind in _TYPES.items())
+
+
+def chunk_to_wire(chunk: GenerationChunk) -> list[Any]:
+    """``chunk``'s values in :data:`CHUNK_FIELDS` order, logprobs as nested lists (JSON-ready)."""
+    values = [getattr(chunk, name) for name in CHUNK_FIELDS]
+    if chunk.logprobs is not None:
+        values[_LOGPROBS_AT] = [[t.token, t.logprob, t.top] for t in chunk.logprobs]
+    return values
+
+
+def chunk_from_wire(values: Sequence[Any]) -> GenerationChunk:
+    """The chunk :func:`chunk_to_wire` wrote; ValueError when ``values`` is not one."""
+    if len(values) != len(CHUNK_FIELDS):
+        raise ValueError(f"a chunk has {len(CHUNK_FIELDS)} values, not {len(values)}")
+    for at, kind in _TYPED:
+        if not isinstance(values[at], kind):
+            raise ValueError(f"chunk field {CHUNK_FIELDS[at]} is not {kind.__name__}")
+    chunk = GenerationChunk(*values)
+    raw = chunk.logprobs
+    if raw is not None:
+        try:
+            chunk.logprobs = [TokenLogprob(token, logprob, [(t, lp) for t, lp in top]) for token, logprob, top in raw]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"chunk logprobs are malformed: {exc}") from None
+    return chunk
 
 
 @dataclass(slots=True)

@@ -11,12 +11,8 @@ CPU came straight out of the engine (docs/measurements.md). Here a chunk is one 
 written to a socket that every stream from this engine replica to that router
 replica shares, so chunks written in the same engine step leave in one syscall.
 
-Wire format: frames of a 4-byte big-endian length and a JSON array
-``[request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, logprobs, cached_tokens]``
-(``logprobs``: null, or ``[[token, logprob, [[token, logprob], ...]], ...]``). JSON,
-not pickle: a frame from the network must never be able to run code in the router.
-Frames for request ids the router is not waiting for (a stream it gave up on) are
-dropped.
+Wire format: length-prefixed JSON frames (:mod:`deployments.stream_frames`). Frames for
+request ids the router is not waiting for (a stream it gave up on) are dropped.
 
 Who may connect: each router replica makes a random secret when it starts. It travels to
 the engine inside ``reply_to`` (through Serve, never over this socket in the other
@@ -32,21 +28,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import secrets
 import socket
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.generation import GenerationChunk, TokenLogprob
+from deployments.generation import GenerationChunk
+from deployments.stream_frames import decode_frames, encode_frame
 
 logger = logging.getLogger("glm_serve.stream_channel")
 
-_HEADER = struct.Struct(">I")
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Larger frames mean a broken or hostile peer: the connection is closed."""
 _HIGH_WATER_BYTES = 1024 * 1024
 """Above this much unsent data a sender waits for the socket to drain (TCP back-pressure)."""
 
@@ -64,55 +56,6 @@ MAX_PENDING = 64
 
 class ChannelClosed(ConnectionError):
     """The connection a stream's chunks were travelling on closed before its last chunk."""
-
-
-def encode_frame(request_id: str, chunk: GenerationChunk) -> bytes:
-    """One chunk as a frame (the engine side's per-chunk work)."""
-    logprobs = None if chunk.logprobs is None else [[t.token, t.logprob, t.top] for t in chunk.logprobs]
-    payload = json.dumps(
-        [request_id, chunk.text, chunk.num_tokens, chunk.finish_reason, chunk.prompt_tokens, chunk.replica_id,
-         chunk.index, logprobs, chunk.cached_tokens],
-        ensure_ascii=False, separators=(",", ":"),
-    ).encode()
-    return _HEADER.pack(len(payload)) + payload
-
-
-def _logprobs(raw: Any) -> list[TokenLogprob] | None:
-    if raw is None:
-        return None
-    return [TokenLogprob(token, logprob, [(t, lp) for t, lp in top]) for token, logprob, top in raw]
-
-
-def decode_frames(buffer: bytearray) -> list[tuple[str, GenerationChunk]]:
-    """Take every complete frame off the front of ``buffer``; a partial frame stays.
-
-    Raises ValueError on a frame that is too large or not a chunk.
-    """
-    frames = []
-    offset = 0
-    end = len(buffer)
-    while end - offset >= _HEADER.size:
-        (size,) = _HEADER.unpack_from(buffer, offset)
-        if size > MAX_FRAME_BYTES:
-            raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
-        if end - offset - _HEADER.size < size:
-            break
-        start = offset + _HEADER.size
-        try:
-            (request_id, text, num_tokens, finish_reason, prompt_tokens, replica_id, index, raw_logprobs,
-             cached_tokens) = json.loads(buffer[start:start + size])
-            logprobs = _logprobs(raw_logprobs)
-        except (TypeError, ValueError) as exc:  # wrong arity or shape: the same as a bad type below
-            raise ValueError(f"frame is not a generation chunk: {exc}") from None
-        if not (isinstance(request_id, str) and isinstance(text, str) and isinstance(num_tokens, int)
-                and isinstance(index, int) and isinstance(cached_tokens, int)):
-            raise ValueError("frame is not a generation chunk")
-        frames.append((request_id, GenerationChunk(
-            text, num_tokens, finish_reason, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
-            replica_id=replica_id, index=index, logprobs=logprobs)))
-        offset = start + size
-    del buffer[:offset]
-    return frames
 
 
 class _ReceiverProtocol(asyncio.Protocol):

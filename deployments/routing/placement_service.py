@@ -39,6 +39,9 @@ _RETRY_S = 5.0
 """Least time between two attempts to reach (or create) the actor."""
 _MAX_PENDING_MOVES = 10_000
 """Placements kept for the table while it cannot be reached (the newest)."""
+_MIN_FLUSH_TIMEOUT_S = 1.0
+"""Least time a batch of placements may take to reach the table (a lookup's timeout is
+far shorter; a batch is not on any request's path)."""
 _CONNECT_TIMEOUT_S = 30.0
 """How long a new actor may take to answer its first call (it may be starting a worker)."""
 LOOKUP_RESULTS = ("hit", "placed", "timeout", "unavailable")
@@ -130,7 +133,7 @@ class PlacementClient:
             moves = list(self._moves)
             self._moves.clear()
             try:
-                await asyncio.wait_for(self._actor.assign.remote(moves), max(1.0, self.timeout_s))
+                await asyncio.wait_for(self._actor.assign.remote(moves), max(_MIN_FLUSH_TIMEOUT_S, self.timeout_s))
             except Exception as exc:
                 self._moves.extendleft(reversed(moves))
                 self._lost(exc)

@@ -11,13 +11,8 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig, StreamingConfig
-from deployments.engine import (
-    INLINE_RENDER_MAX_SIZE,
-    apply_cpu_settings,
-    cpu_env,
-    render_size,
-    stop_and_sampling_defaults,
-)
+from deployments.engine import INLINE_RENDER_MAX_SIZE, render_size
+from deployments.engine_setup import apply_cpu_settings, cpu_env, stop_and_sampling_defaults
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationRequest
 from deployments.ingress.engine_calls import engine_failure

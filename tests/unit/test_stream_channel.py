@@ -11,16 +11,8 @@ import pytest
 from deployments import stream_channel
 from deployments.errors import APIError
 from deployments.generation import GenerationChunk, TokenLogprob
-from deployments.stream_channel import (
-    HELLO,
-    MAX_FRAME_BYTES,
-    ChannelClosed,
-    IncomingStream,
-    StreamReceiver,
-    StreamSender,
-    decode_frames,
-    encode_frame,
-)
+from deployments.stream_channel import HELLO, ChannelClosed, IncomingStream, StreamReceiver, StreamSender
+from deployments.stream_frames import MAX_FRAME_BYTES, decode_frames, encode_frame
 
 
 def chunks(texts: list[str], first_prompt_tokens: int = 7) -> list[GenerationChunk]:
