@@ -28,6 +28,7 @@ import yaml
 
 from tests.cluster import netns
 from tests.cluster.netns import HEAD, NODES, WORKER
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -144,21 +145,6 @@ def engine_nodes() -> dict[str, str]:
     result = netns.run(HEAD, sys.executable, "-c", script, env=ray_env(), check=False, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def wait_until(predicate, timeout_s: float, what: str, period_s: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, AssertionError, KeyError, TypeError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(period_s)
-    raise AssertionError(f"{what} not reached in {timeout_s:.0f} s; last: {last!r}")
 
 
 @pytest.fixture(scope="module")

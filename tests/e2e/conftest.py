@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import yaml
 from benchmarks.servers import deploy_failed
 from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 from tests.e2e import tiny_glm
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -88,6 +90,66 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+
+
+def gauge(http: httpx.Client, name: str) -> float:
+    """An unlabelled series' value on the /metrics page ``http`` reaches (one router replica's)."""
+    match = re.search(rf"^{name} (\S+)$", http.get("/metrics").text, re.M)
+    assert match, f"{name} missing from /metrics"
+    return float(match.group(1))
+
+
+def _health(url: str) -> dict:
+    try:
+        answer = httpx.get(url, timeout=10, headers={"authorization": f"Bearer {API_KEY}"})
+        return answer.json() if answer.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def cluster_gaps(base_url: str) -> list[str]:
+    """What the test cluster lacks of what write_test_config deploys (empty: all there):
+    the main app's 2 engine replicas, the tiny GLM app's 2 router replicas, every app healthy."""
+    gaps = []
+    running = _health(f"{base_url}/health").get("engine_replicas_running", 0)
+    if running < 2 or len(processes_named("ray::ServeReplica:glm:GLMEngine")) != 2:
+        gaps.append(f"glm: {running} of 2 engine replicas running")
+    if len(processes_named("ray::ServeReplica:tiny-glm:GLMRouter")) != 2:
+        gaps.append("tiny-glm: not 2 router replicas")
+    for prefix in (TINY_GLM_PREFIX, AUTOSCALE_PREFIX):
+        if not _health(f"{base_url}{prefix}/health"):
+            gaps.append(f"{prefix}: not healthy")
+    return gaps
+
+
+def wait_for_whole_cluster(base_url: str, timeout_s: float = 240) -> float:
+    """Wait until :func:`cluster_gaps` finds nothing missing; the seconds it took."""
+    started = time.monotonic()
+
+    def whole() -> bool:
+        gaps = cluster_gaps(base_url)
+        assert not gaps, gaps  # wait_until reports the last one
+        return True
+
+    wait_until(whole, timeout_s, "the test cluster whole again")
+    return time.monotonic() - started
+
+
+_disturbed: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def whole_cluster(request):
+    """Tests that kill or stall replicas are marked ``destructive``: each starts on a whole
+    cluster, and the test after one waits until Serve has made the cluster whole again, so
+    that every test passes alone and in any order."""
+    destructive = request.node.get_closest_marker("destructive") is not None
+    if destructive or _disturbed:
+        wait_for_whole_cluster(request.getfixturevalue("base_url"))
+        _disturbed.clear()
+    yield
+    if destructive:
+        _disturbed.append(request.node.nodeid)
 
 
 def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:

@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
+import pytest
 
-from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME, processes_named
+from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME, gauge, processes_named
+from tests.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -53,6 +55,7 @@ def _running_engine_replicas(base_url: str) -> int:
         return 0
 
 
+@pytest.mark.destructive
 def test_an_engine_replica_killed_under_load(base_url):
     replicas = _engine_replicas()
     assert len(replicas) == 2, [p.pid for p in replicas]
@@ -109,14 +112,13 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _wait_for_two_engine_replicas(base_url: str, since: float) -> float:
-    while _running_engine_replicas(base_url) < 2 or len(_engine_replicas()) < 2:
-        assert time.monotonic() < since + 180, "Serve did not bring the engine replica back within 180 s"
-        time.sleep(2)
+    wait_until(lambda: _running_engine_replicas(base_url) >= 2 and len(_engine_replicas()) >= 2,
+               since + 180 - time.monotonic(), "Serve brought the engine replica back")
     return time.monotonic() - since
 
 
+@pytest.mark.destructive
 def test_a_stalled_engine_is_replaced_and_a_busy_one_is_not(base_url):
-    _wait_for_two_engine_replicas(base_url, time.monotonic())
     victim, busy = _engine_replicas()
     frozen = [p for p in victim.children(recursive=True) if p.name().startswith("VLLM")]
     assert frozen, "the replica owns vLLM processes"
@@ -156,6 +158,7 @@ def _router_replicas(app: str) -> list[psutil.Process]:
     return processes_named(f"ray::ServeReplica:{app}:GLMRouter")
 
 
+@pytest.mark.destructive
 def test_a_router_replica_killed_under_load_leaves_the_service_serving(glm_http):
     routers = _router_replicas("tiny-glm")
     assert len(routers) == 2, [p.pid for p in routers]
@@ -163,7 +166,8 @@ def test_a_router_replica_killed_under_load_leaves_the_service_serving(glm_http)
             "ignore_eos": True}
     with ThreadPoolExecutor(8) as pool:
         load = [pool.submit(glm_http.post, CHAT, json=body) for _ in range(8)]
-        time.sleep(0.5)
+        # the kill lands on requests in flight: both router replicas take some of the 8
+        wait_until(lambda: gauge(glm_http, "glm_serve_requests_in_flight") >= 1, 30, "requests in flight in a router replica", period_s=0.1)
         routers[0].send_signal(signal.SIGKILL)
         after = [glm_http.post(CHAT, json={**body, "max_tokens": 4}) for _ in range(16)]
         outcomes = []

@@ -1,29 +1,24 @@
-"""Faults: a client that leaves mid-stream, and an engine replica that dies mid-stream.
-
-This file runs last in tests/e2e (alphabetical order): it kills an engine replica.
-"""
+"""Faults: a client that leaves mid-stream, and an engine replica that dies mid-stream."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
 import time
 
 import httpx
 import psutil
+import pytest
 
-from tests.e2e.conftest import MODEL_NAME, vllm_processes
+from tests.e2e.conftest import MODEL_NAME, gauge, vllm_processes
 
 LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to a thousand."}],
         "max_tokens": 400, "ignore_eos": True, "stream": True}
 
 
 def _in_flight(http) -> float:
-    match = re.search(r"^glm_serve_requests_in_flight (\S+)$", http.get("/metrics").text, re.M)
-    assert match, "in-flight gauge missing from /metrics"
-    return float(match.group(1))
+    return gauge(http, "glm_serve_requests_in_flight")
 
 
 def _vllm_cpu_share(window_s: float) -> float:
@@ -63,6 +58,7 @@ def test_client_disconnect_stops_the_request(http):
     assert idle < 0.3, f"the engine still computes after the client left ({idle:.2f} cores)"
 
 
+@pytest.mark.destructive
 def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recovers(server, http):
     import ray
 
@@ -113,9 +109,7 @@ def test_engine_replica_death_mid_stream_ends_with_error_event_and_service_recov
 
 
 def _admitted(http) -> float:
-    match = re.search(r"^glm_serve_requests_admitted (\S+)$", http.get("/metrics").text, re.M)
-    assert match, "admission gauge missing from /metrics"
-    return float(match.group(1))
+    return gauge(http, "glm_serve_requests_admitted")
 
 
 def test_clients_that_leave_before_the_first_token_release_their_admission(http, base_url):
