@@ -13,9 +13,10 @@ share the CPU and a level's runs lie within a minute of each other: this machine
 drifts by more than the gaps measured over the minutes of a whole run. With
 ``--rounds N`` every level is run N times (raw between every round, the served systems'
 order reversed every other round) and each served run is compared with the raw runs just
-before and after it: one round moves about +-5 % here, so a verdict on a change wants the
-median of several. ``--compare NAME=CONFIG`` adds glm-serve with another config file as
-system ``glm-serve:NAME``, measured in the same turns. Writes ``results.json`` and
+before and after it: one round moves as much as many changes do
+(docs/measurements.md#measuring-a-change), so a verdict on a change wants the median of
+several. ``--compare NAME=CONFIG`` adds glm-serve with another config file as system
+``glm-serve:NAME``, measured in the same turns. Writes ``results.json`` and
 ``results.png`` to ``--out`` and prints a table and the targets of issue 5.
 """
 
@@ -49,14 +50,14 @@ VARIANT_PREFIX = "glm-serve:"
 
 MIN_REQUESTS_PER_LEVEL = 8
 """Concurrency 1 sends its requests one after another, so its TTFT p50 is the median of
-this many. With 3, one slow request moved glm-serve's TTFT at c=1 from +16-20 ms to
-+30 ms in one `make bench`; with 8, `make bench` took 357 s here instead of 307."""
+this many: with fewer, one slow request moves it; each one more lengthens `make bench`
+(docs/measurements.md#method has both)."""
 
 
 def requests_per_level(levels: list[int], smoke: bool) -> dict[int, int]:
     """One wave of requests per level, at least :data:`MIN_REQUESTS_PER_LEVEL`: a second
-    wave at every level measured the same thing again and put `make bench` past 10 minutes
-    on a 2-core machine (smoke: just the level, at least 2)."""
+    wave at every level would measure the same thing again in twice the time (smoke: just
+    the level, at least 2)."""
     return {c: max(2, c) if smoke else max(MIN_REQUESTS_PER_LEVEL, c) for c in levels}
 
 

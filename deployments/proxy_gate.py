@@ -3,12 +3,13 @@ would refuse is refused before Serve's proxy routes it, and a client that stops 
 is cut after ``router.client_send_timeout_s``.
 
 Past ``router.max_in_flight_requests`` a router replica refuses at once, but the refusal
-still travels Serve's proxy -> routing loop -> router replica -> back, a few ms of Python
-each in the proxy, and under a burst those add up (docs/measurements.md). This ASGI
+still travels Serve's proxy -> routing loop -> router replica -> back, Python in the proxy
+at each step, and under a burst those add up
+(docs/measurements.md#the-routers-bounds-serves-proxy-refuses-first). This ASGI
 middleware runs in the proxy ahead of all that. Per glm-serve application it counts the generation
 requests in flight through this proxy and, once they reach what the application's running
 router replicas admit (``router.max_in_flight_requests`` x replicas), answers 503 in
-OpenAI's shape with ``Retry-After``, the router's own refusal (docs/measurements.md).
+OpenAI's shape with ``Retry-After``, the router's own refusal.
 
 A client that stops reading: Serve's proxy and the router replica each queue a reply
 without bound and without waiting (docs/operations.md), so nothing pushes back on the

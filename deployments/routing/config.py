@@ -30,7 +30,7 @@ class RoutingConfig(BaseModel):
     )
     max_entries: int = Field(
         default=100_000, ge=16, le=10_000_000,
-        description="Most prefix records one router replica keeps (LRU); about 250 bytes each (24 MB at 100k).",
+        description="Most prefix records one router replica keeps (LRU). What they cost in memory: docs/scaling.md.",
     )
     chars_per_block: int = Field(
         default=256, ge=16, le=65_536,

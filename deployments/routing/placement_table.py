@@ -8,9 +8,9 @@ maps a conversation's key (its anchor hash, or the request's ``session_id``) to 
 replica, and answers every router the same for the same key until that replica leaves.
 
 Why a table and not a pure function of the key: rendezvous hashing (every router computes
-the same replica from the key alone) spreads conversations only as evenly as chance does;
-with a few dozen conversations per replica one replica got 17 of 24 new conversations
-while the other had 7 (docs/routing.md). A placement that looks at load cannot be
+the same replica from the key alone) spreads conversations only as evenly as chance does,
+which over a few dozen conversations per replica is unevenly enough to cost throughput
+(docs/measurements.md#routing). A placement that looks at load cannot be
 recomputed by another router later, so it has to be remembered where every router can
 read it. Pure logic: no Ray.
 """
@@ -36,8 +36,8 @@ class PlacementTable:
     requests (as the asking router sees them) plus the conversations it was given lately,
     each weighing exp(-age / ``memory_s``). A conversation placed a moment ago is load to
     come (its next turns are pinned there) and, within a burst, is not in the routers'
-    load yet: by current load alone a burst of new conversations that all saw one replica
-    a request lighter went to that replica, every one of them (the e2e suite saw 8 of 8).
+    load yet: by current load alone, a burst of new conversations that all see one replica
+    a request lighter would all go to that replica (docs/measurements.md#routing).
     Decayed, conversations that ended long ago (before a replica was replaced, say) do not
     send every new one to the newcomer."""
 

@@ -46,11 +46,11 @@ answers every router the same for the same key until that replica leaves.
 
 Why a shared table and not a pure function of the key: rendezvous hashing (every
 router computes the same replica from the key alone, which this module did first)
-spreads conversations only as evenly as chance does, and with a few dozen
-conversations per replica one replica got 17 of 24 new conversations while the
-other had 7 (docs/routing.md). A placement that looks at load cannot be recomputed
+spreads conversations only as evenly as chance does, which over a few dozen
+conversations per replica is unevenly enough to cost throughput
+(docs/measurements.md#routing). A placement that looks at load cannot be recomputed
 by another router later, so it has to be remembered where every router can read it.
-The cost is one remote call (about a millisecond) per new conversation and per
+The cost is one Ray actor call per new conversation and per
 first turn a router sees of a conversation, never per request of a conversation it
 already routes. It is made by the router deployment before the request enters Serve's
 handle, never inside Serve's routing step (deployments/routing/replica_chooser.py says why), and

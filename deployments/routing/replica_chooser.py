@@ -32,11 +32,11 @@ do for the candidates they look at.
 
 The shared placement table (``routing.directory``) is asked *before* a request enters the
 handle, not in :meth:`choose_replicas`: awaited inside Serve's routing step, the lookup
-held every routing task, so a burst waited in the handle's bounded queue and overflowed it
-(a 503 in the chaos test). The ingress has :meth:`PolicyReplicaChooser.place` run on this
-router's loop (:func:`deployments.routing.choosers.ask_placement_table`), which stamps the
-answer on the request (``GenerationRequest.placement``); :meth:`choose_replicas` only
-reads it. Only a request whose conversation this router has not routed before is looked
+held every routing task, so a burst waited in the handle's bounded queue and could overflow
+it into 503s (docs/measurements.md#routing). The ingress has
+:meth:`PolicyReplicaChooser.place` run on this router's loop
+(:func:`deployments.routing.choosers.ask_placement_table`), which stamps the answer on the
+request (``GenerationRequest.placement``); :meth:`choose_replicas` only reads it. Only a request whose conversation this router has not routed before is looked
 up: a new conversation, or turns another router replica routed so far.
 
 Learning happens in :meth:`on_request_routed`, which Serve calls when a replica has
