@@ -1,4 +1,4 @@
-"""What one streamed chunk costs to carry from an engine replica to the router, two ways.
+"""What one streamed chunk costs to carry from an engine replica to the router, three ways.
 
     python -m benchmarks.chunk_transport                 # make bench-transport
     python -m benchmarks.chunk_transport --chunks 400    # seconds (run by make test)
@@ -9,7 +9,10 @@ taken, through
 * ``ray``: a streaming ``DeploymentHandle`` call, one Ray object per chunk (how
   glm-serve streamed before the stream channel), and
 * ``channel``: ``EngineDeployment.generate``'s path, a Serve call that carries the
-  request while the chunks go over :mod:`deployments.stream_channel`.
+  request while the chunks go over :mod:`deployments.stream_channel` (TLS 1.3), and
+* ``zmq-curve``: the same frames over ZeroMQ with CURVE encryption (PUSH to a PULL socket
+  per router, libzmq's I/O thread doing the crypto), the design measured beside TLS for
+  the stream channel and not adopted (docs/measurements.md says why).
 
 It reports chunks per second and the CPU microseconds each side spends per chunk.
 No model runs: this is the serving layer's per-chunk cost alone, which on a GPU node
@@ -33,7 +36,65 @@ from benchmarks.cpu_usage import own_cpu_seconds
 from deployments.generation import GenerationChunk
 from deployments.stream_channel import IncomingStream, StreamReceiver, StreamSender
 
-MODES = ("ray", "channel")
+MODES = ("ray", "channel", "zmq-curve")
+
+
+class _CurveReceiver:
+    """The router side of the ZeroMQ candidate: a CURVE server PULL socket, frames routed
+    to per-stream queues by their key, as deployments.stream_channel's receiver does."""
+
+    def __init__(self) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self.public, secret = zmq.curve_keypair()
+        self._socket = zmq.asyncio.Context.instance().socket(zmq.PULL)
+        self._socket.curve_server = True
+        self._socket.curve_secretkey = secret
+        self._socket.curve_publickey = self.public
+        port = self._socket.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._task: asyncio.Task | None = None
+
+    def open(self, key: str) -> asyncio.Queue:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+        queue = self._queues[key] = asyncio.Queue()
+        return queue
+
+    def close(self, key: str) -> None:
+        self._queues.pop(key, None)
+
+    async def _pump(self) -> None:
+        from deployments.stream_channel.wire import decode_frames
+
+        while True:
+            buffer = bytearray(await self._socket.recv())
+            for key, chunk in decode_frames(buffer):
+                queue = self._queues.get(key)
+                if queue is not None:
+                    queue.put_nowait(chunk)
+
+
+class _CurveSender:
+    """The engine side of the ZeroMQ candidate: one CURVE client PUSH socket per router."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, object] = {}
+
+    def socket(self, endpoint: str, server_public: bytes):
+        import zmq
+        import zmq.asyncio
+
+        sock = self._sockets.get(endpoint)
+        if sock is None:
+            sock = zmq.asyncio.Context.instance().socket(zmq.PUSH)
+            public, secret = zmq.curve_keypair()
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server_public
+            sock.connect(endpoint)
+            self._sockets[endpoint] = sock
+        return sock
 
 
 async def _chunks(count: int):
@@ -48,13 +109,24 @@ class Producer:
 
     def __init__(self) -> None:
         self._sender = StreamSender()
+        self._curve = _CurveSender()
 
     async def stream(self, count: int):
         async for chunk in _chunks(count):
             yield chunk
 
-    async def generate(self, request_id: str, count: int, reply_to) -> int:
-        return await self._sender.send_all(reply_to, request_id, _chunks(count))
+    async def generate(self, count: int, reply_to) -> int:
+        return await self._sender.send_all(reply_to, _chunks(count))
+
+    async def generate_curve(self, count: int, endpoint: str, server_public: bytes, key: str) -> int:
+        from deployments.stream_channel.wire import encode_frame
+
+        sock = self._curve.socket(endpoint, server_public)
+        sent = 0
+        async for chunk in _chunks(count):
+            await sock.send(encode_frame(key, chunk))
+            sent += 1
+        return sent
 
     def cpu_s(self) -> float:
         return own_cpu_seconds()
@@ -68,6 +140,7 @@ class Consumer:
         self._producer = producer
         self._producer_stream = producer.options(stream=True)
         self._receiver = StreamReceiver("127.0.0.1")
+        self._curve: _CurveReceiver | None = None
 
     async def _one(self, mode: str, count: int) -> int:
         received = 0
@@ -75,10 +148,12 @@ class Consumer:
             async for _ in self._producer_stream.stream.remote(count):
                 received += 1
             return received
-        address = await self._receiver.start()
-        request_id = uuid.uuid4().hex
-        call = self._producer.generate.remote(request_id, count, address)
-        stream = IncomingStream(self._receiver, request_id, call, call.cancel)
+        if mode == "zmq-curve":
+            return await self._one_curve(count)
+        await self._receiver.start()
+        stream = IncomingStream(self._receiver)
+        call = self._producer.generate.remote(count, stream.reply_to)
+        stream.attach(call, call.cancel)
         try:
             async for chunk in stream:
                 received += 1
@@ -86,6 +161,22 @@ class Consumer:
                     break
         finally:
             stream.close()
+        return received
+
+    async def _one_curve(self, count: int) -> int:
+        if self._curve is None:
+            self._curve = _CurveReceiver()
+        key = uuid.uuid4().hex
+        queue = self._curve.open(key)
+        call = self._producer.generate_curve.remote(count, self._curve.endpoint, self._curve.public, key)
+        received = 0
+        try:
+            while received < count:
+                await queue.get()
+                received += 1
+            await call
+        finally:
+            self._curve.close(key)
         return received
 
     async def run(self, mode: str, chunks: int, streams: int) -> dict:

@@ -34,7 +34,7 @@ from deployments.generation import (
     GenerationRequest,
     GenerationResult,
 )
-from deployments.stream_channel import Address, StreamSender
+from deployments.stream_channel import FrameTooLarge, ReplyTo, StreamSender
 
 logger = logging.getLogger("glm_serve.engine")
 
@@ -165,19 +165,28 @@ class EngineDeployment:
             "gpu_ids": self.gpu_ids,
         }
 
-    async def generate(self, request: GenerationRequest, reply_to: Address) -> int:
+    async def generate(self, request: GenerationRequest, reply_to: ReplyTo) -> int:
         """Stream a request's chunks to the router's stream channel at ``reply_to``.
 
         Returns how many chunks were sent once the last one is written; raises
         :class:`APIError` (and sends nothing) when the request is refused. The call
         stays open for the whole generation, so Serve counts it as ongoing on this
-        replica, and cancelling it aborts the generation in vLLM.
+        replica, and cancelling it aborts the generation in vLLM. Past the request's
+        deadline the generation is aborted here too, so a router that vanished without
+        a word (its node gone) leaves no work running to ``max_tokens``.
         """
         from vllm.sampling_params import RequestOutputKind
 
         prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
-        return await self._sender.send_all(
-            reply_to, request.request_id, self._chunks(request, prompt, params, num_prompt))
+        sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt))
+        try:
+            if request.deadline is None:
+                return await sending
+            return await asyncio.wait_for(sending, max(0.0, request.deadline - time.time()))
+        except asyncio.TimeoutError:
+            raise APIError(504, "The request timed out.", "timeout_error", code="timeout") from None
+        except FrameTooLarge as exc:
+            raise APIError(500, f"A chunk of the reply could not be sent: {exc}", "server_error") from None
 
     async def _chunks(self, request: GenerationRequest, prompt: Any, params: Any,
                       num_prompt: int) -> AsyncIterator[GenerationChunk]:

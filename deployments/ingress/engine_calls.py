@@ -135,9 +135,10 @@ async def stream(ctx: IngressContext, record: RequestRecord, generation: Generat
     first_timeout_s = ctx.config.first_token_timeout_s
 
     async def attempt(g: GenerationRequest, will_retry: bool) -> tuple[IncomingStream, GenerationChunk]:
-        address = await ctx.receiver.start()
-        call = ctx.engine.generate.remote(g, address)
-        incoming = IncomingStream(ctx.receiver, g.request_id, call, call.cancel, choices)
+        await ctx.receiver.start()
+        incoming = IncomingStream(ctx.receiver, choices)
+        call = ctx.engine.generate.remote(g, incoming.reply_to)
+        incoming.attach(call, call.cancel)
         try:
             return incoming, await asyncio.wait_for(incoming.__anext__(), first_timeout_s)
         except StopAsyncIteration:

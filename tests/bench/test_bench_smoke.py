@@ -50,7 +50,7 @@ def test_chunk_transport_carries_every_chunk_both_ways(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = {r["mode"]: r for r in json.loads(out.read_text())}
-    assert set(rows) == {"ray", "channel"}
+    assert set(rows) == {"ray", "channel", "zmq-curve"}
     for row in rows.values():
         assert row["chunks"] == 400 and row["chunks_per_s"] > 0 and row["engine_side_us_per_chunk"] > 0
 
