@@ -392,6 +392,11 @@ class RequestLimits(StrictModel):
     max_tool_chars: int = Field(default=32_768, ge=1, description="Most characters of one tool's definition.")
     max_stop_sequences: int = Field(default=16, ge=0, description="Most stop strings in one request.")
     max_stop_chars: int = Field(default=512, ge=1, description="Most characters of one stop string.")
+    max_total_tokens: int = Field(
+        default=32_768, ge=1,
+        description="Most tokens one request may ask the engine to generate in all: n x max_tokens (the "
+                    "model's default_max_tokens when the request sets none).",
+    )
 
 
 def _check_queue_holds_admitted(where: str, max_queued: int, admitted: int | None) -> None:
@@ -438,6 +443,16 @@ class RouterConfig(StrictModel):
         default=60.0, gt=0,
         description="Longest wait, queues included, for a request's first token; past it, 504 and the "
                     "engine's work is aborted.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="A request's whole body must arrive within this; past it, 408 and its admitted place "
+                    "is freed (a client trickling its body would hold one).",
+    )
+    allow_ignore_eos: bool = Field(
+        default=False,
+        description="Whether requests may set ignore_eos (generate to max_tokens whatever the model says): "
+                    "a benchmark's tool, and a way for a caller to make every request cost the most.",
     )
     client_send_timeout_s: float | None = Field(
         default=60.0, gt=0,

@@ -28,7 +28,8 @@ def prompt_chars(messages: list[Any] | None, prompt: Any) -> int:
 
 def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, messages: list[Any] | None = None,
                  prompt: Any = None, tools: list[Any] | None = None, stop: Any = None,
-                 max_tokens: int | None = None, max_tokens_param: str = "max_tokens") -> None:
+                 max_tokens: int | None = None, max_tokens_param: str = "max_tokens", choices: int = 1,
+                 default_max_tokens: int | None = None) -> None:
     """Raise the APIError for the first cap a request goes over."""
     param = "messages" if messages is not None else "prompt"
     if messages is not None and len(messages) > limits.max_messages:
@@ -57,3 +58,7 @@ def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, message
     if max_tokens_limit is not None and max_tokens is not None and max_tokens > max_tokens_limit:
         raise APIError(400, f"{max_tokens_param}: {max_tokens} is more than this service's limit of "
                             f"{max_tokens_limit}.", param=max_tokens_param)
+    per_choice = max_tokens if max_tokens is not None else default_max_tokens
+    if per_choice is not None and choices * per_choice > limits.max_total_tokens:
+        raise APIError(400, f"n: {choices} choices of {per_choice} tokens is {choices * per_choice} tokens, more than "
+                            f"the {limits.max_total_tokens} one request may ask for.", param="n")

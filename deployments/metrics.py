@@ -84,7 +84,7 @@ class RouterMetrics:
             "Generation requests counted against router.max_in_flight_requests.")
         self.gate_bypassed = self._series(
             Counter, "glm_serve_requests_bypassing_gate",
-            "Generation requests that reached the router without glm-serve's gate in Serve's proxy.")
+            "Generation and /tokenize requests that reached the router without glm-serve's gate in Serve's proxy.")
         self.prompt_tokens = self._series(Counter, "glm_serve_prompt_tokens", "Prompt tokens of finished requests.")
         self.completion_tokens = self._series(
             Counter, "glm_serve_completion_tokens", "Generated tokens of finished requests.")

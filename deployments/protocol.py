@@ -7,6 +7,7 @@ and streamed chunks (see :mod:`deployments.sse`) never go through pydantic at al
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, ClassVar, Literal
 
@@ -43,8 +44,14 @@ def from_validation_error(exc: ValidationError) -> APIError:
 
 
 GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+ADMITTED_ROUTES = GENERATION_ROUTES | {"/tokenize"}
+"""Routes that hold a place under router.max_in_flight_requests while they run: each
+reaches an engine replica and costs it work in proportion to the input."""
 """The routes that generate, counted against ``router.max_in_flight_requests``."""
 MAX_CHOICES = 16
+MAX_LOGIT_BIAS = 300
+"""Most logit_bias entries in one request (OpenAI's own cap)."""
+_TOKEN_ID = re.compile(r"^[0-9]{1,10}$")
 """Most choices (``n``) one request may ask for."""
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit on chat ``top_logprobs``."""
@@ -210,9 +217,11 @@ class SamplingFields(WireModel):
     def _checked(self) -> SamplingFields:
         if isinstance(self.stop, list) and any(not s for s in self.stop):
             raise ValueError("stop: stop strings must not be empty")
+        if self.logit_bias and len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias: {len(self.logit_bias)} entries, more than the {MAX_LOGIT_BIAS} allowed")
         for key, bias in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias: keys are token ids, not {key!r}")
+            if not _TOKEN_ID.match(key):  # ASCII digits only: int() also takes "٣" and "-1"
+                raise ValueError(f"logit_bias: keys are token ids, not {key[:32]!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias: bias {bias} for token {key} is outside [-100, 100]")
         return self

@@ -51,7 +51,7 @@ from deployments import serve_private
 from deployments.access_log import to_stderr
 from deployments.config import AppConfig, is_builder
 from deployments.errors import overloaded
-from deployments.protocol import GENERATION_ROUTES
+from deployments.protocol import ADMITTED_ROUTES
 from deployments.route_path import route_path
 
 logger = logging.getLogger("glm_serve.proxy_gate")
@@ -93,7 +93,7 @@ class AppLimits:
 
 
 def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
-    """Generation paths (``/v1/chat/completions`` under each route prefix) to their
+    """Admitted paths (``/v1/chat/completions``, ``/tokenize``... under each route prefix) to their
     application's limits, from Serve's instance details (``get_serve_instance_details``).
 
     Only glm-serve applications deployed from a config are covered. Their cap is
@@ -116,7 +116,7 @@ def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
         limits = AppLimits(name, cap, running, router.client_send_timeout_s)
         if cap is None and limits.send_timeout_s is None:
             continue
-        for route in GENERATION_ROUTES:
+        for route in ADMITTED_ROUTES:
             found[prefix.rstrip("/") + route] = limits
     return found
 

@@ -32,7 +32,9 @@ class ChatCompletions:
                                                               await ctx.read_json(request))
         check_limits(ctx.config.limits, ctx.config.max_tokens_limit, messages=parsed.messages,
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
-                     max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens")
+                     max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens",
+                     choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
+        ctx.check_sampling(parsed)
         ctx.check_tool_support(parsed.tools)
         tools: list[dict[str, Any]] | None = parsed.active_tools()
         generation = ctx.with_deadlines(GenerationRequest(

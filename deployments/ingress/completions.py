@@ -28,7 +28,8 @@ class Completions:
         ctx = self.ctx
         parsed: protocol.CompletionRequest = ctx.validate(protocol.CompletionRequest, await ctx.read_json(request))
         check_limits(ctx.config.limits, ctx.config.max_tokens_limit, prompt=parsed.prompt, stop=parsed.stop,
-                     max_tokens=parsed.max_tokens)
+                     max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
+        ctx.check_sampling(parsed)
         generation = ctx.with_deadlines(GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)

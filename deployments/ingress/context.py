@@ -3,7 +3,7 @@ and the steps each request goes through (its body, validation, deadlines, respon
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from deployments.config import RouterConfig
 from deployments.errors import APIError
 from deployments.generation import GenerationRequest
 from deployments.ingress.admission import Admission
+from deployments.json_body import parse_object
 from deployments.metrics import RouterMetrics
 from deployments.stream_channel import StreamReceiver
 
@@ -39,27 +40,34 @@ class IngressContext:
     config: RouterConfig
     metrics: RouterMetrics
     admission: Admission
+    default_max_tokens: int | None = None
+    """The model's default_max_tokens: what a request that sets none may generate per choice."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         """The request's body as a JSON object: 413 past ``router.max_request_body_bytes``
-        (declared or read), 400 when it is not a JSON object."""
+        (declared or read), 408 when it has not all arrived within ``router.body_timeout_s``
+        (a client trickling it holds an admitted place), 400 when it is not a JSON object
+        (:func:`deployments.json_body.parse_object`)."""
         limit = self.config.max_request_body_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise _too_large(limit)
+
+        async def read() -> None:
+            async for part in request.stream():
+                body.extend(part)
+                if len(body) > limit:
+                    raise _too_large(limit)
+
+        timeout_s = self.config.body_timeout_s
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"Request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "Request body must be a JSON object.")
-        return data
+            await asyncio.wait_for(read(), timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"The request body did not arrive within {timeout_s:g} s.",
+                           code="body_timeout") from None
+        return parse_object(bytes(body))
 
     def validate(self, model_cls: type[Any], data: dict[str, Any]) -> Any:
         """``data`` as ``model_cls`` (400 naming the field), for this server's model (404)."""
@@ -82,6 +90,13 @@ class IngressContext:
         generation.first_token_deadline = now + self.config.first_token_timeout_s
         generation.deadline = now + self.config.request_timeout_s
         return generation
+
+    def check_sampling(self, parsed: Any) -> None:
+        """400 for sampling this service does not allow: ``ignore_eos`` unless
+        ``router.allow_ignore_eos``."""
+        if parsed.ignore_eos and not self.config.allow_ignore_eos:
+            raise APIError(400, "ignore_eos: this service does not allow it (router.allow_ignore_eos).",
+                           param="ignore_eos")
 
     def check_tool_support(self, tools: list[Any] | None) -> None:
         """400 when the request has tools and this model's chat format has no tool calls."""

@@ -38,7 +38,7 @@ from starlette.responses import Response, StreamingResponse
 from chat_formats import get_chat_format
 from deployments import protocol
 from deployments.access_log import RequestRecord
-from deployments.auth import check_bearer, load_api_keys
+from deployments.auth import ApiKeys
 from deployments.config import ModelConfig, RouterConfig
 from deployments.errors import APIError
 from deployments.ingress.admission import Admission
@@ -81,8 +81,9 @@ class RouterDeployment:
             config=config,
             metrics=metrics,
             admission=Admission(config.max_in_flight_requests, metrics),
+            default_max_tokens=model.default_max_tokens,
         )
-        self._api_keys = load_api_keys(config.api_keys_env, config.api_keys_file)
+        self._api_keys = ApiKeys(config.api_keys_env, config.api_keys_file)
         self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
         self._gate = ProxyGateWatch(metrics)
         handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate),
@@ -102,13 +103,13 @@ class RouterDeployment:
         # Unknown paths share one label: a scanner must not mint a metrics series per URL.
         record = RequestRecord(route=path if handler else "unmatched", method=request.method)
         try:
-            if self._api_keys and path not in self._open_paths:
-                check_bearer(request.headers.get("authorization"), self._api_keys)
+            if self._api_keys.enabled and path not in self._open_paths:
+                self._api_keys.check(request.headers.get("authorization"))
             if handler is None:
                 if path in self._paths:
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")
                 raise APIError(404, f"No route {path}.", "not_found_error")
-            if path in protocol.GENERATION_ROUTES:
+            if path in protocol.ADMITTED_ROUTES:
                 self._gate.saw(request.headers.get(GATE_HEADER))
                 ctx.admission.admit(record)
             response = await handler(request, record)

@@ -173,6 +173,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     # The router refuses past its cap, before reading the body, and Serve's proxy past what
     # the router replica holds and queues. A client that reads nothing is cut within seconds.
     args["router"] = {"max_request_body_bytes": 65536, "max_in_flight_requests": ROUTER_MAX_IN_FLIGHT,
+                      "allow_ignore_eos": True,
                       "client_send_timeout_s": CLIENT_SEND_TIMEOUT_S,
                       "deployment": {"max_ongoing_requests": ROUTER_MAX_IN_FLIGHT + ROUTER_HEADROOM,
                                      "max_queued_requests": ROUTER_MAX_IN_FLIGHT}}
@@ -189,7 +190,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                       "cpu": {"kvcache_space_gib": 1}},
             "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
             # API keys, request caps and short deadlines, each for a test to hit.
-            "router": {"api_keys_env": API_KEYS_ENV, "max_tokens_limit": 7000,
+            "router": {"api_keys_env": API_KEYS_ENV, "max_tokens_limit": 7000, "allow_ignore_eos": True,
                        # a 3 MB prompt must reach the engine (test_huge_prompt_...)
                        "limits": {"max_messages": 64, "max_stop_sequences": 4, "max_tools": 8,
                                   "max_prompt_chars": 4_000_000},
@@ -216,7 +217,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                                               "target_ongoing_requests": 2, "metrics_interval_s": 1,
                                               "look_back_period_s": 2, "upscale_delay_s": 1,
                                               "downscale_delay_s": 8}},
-            "router": {"max_request_body_bytes": 65536},
+            "router": {"max_request_body_bytes": 65536, "allow_ignore_eos": True},
         },
     })
     path.write_text(yaml.safe_dump(config))

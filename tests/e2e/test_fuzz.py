@@ -3,7 +3,8 @@ no replica may restart, and a good request is answered afterwards.
 
 Requests come from hypothesis strategies that follow the request models' shapes (the
 ones /openapi.json publishes) and then break them: wrong types, out-of-range values,
-unknown and OpenAI-only fields, deep nesting, odd Unicode, raw bytes that are not JSON.
+unknown and OpenAI-only fields, deep nesting, odd Unicode, raw bytes that are not JSON, and the
+hostile bodies of tests/hostile.py.
 ``make test`` runs about 200; ``make fuzz`` 1,000 (``--fuzz-examples``).
 """
 
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.conftest import MODEL_NAME, processes_named
+from tests.hostile import hostile_bodies
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=40))
@@ -87,6 +89,8 @@ REQUEST = st.one_of(
     st.tuples(st.sampled_from(sorted(ROUTES)), st.one_of(
         st.binary(max_size=300), st.text(max_size=300).map(str.encode),
         CHAT.map(lambda b: _json_bytes(b)[:-3]))),  # not JSON, or cut short
+    # nesting, huge integers, Unicode digits, lone surrogates, raw bytes (tests/hostile.py)
+    st.tuples(st.sampled_from(sorted(ROUTES)), hostile_bodies(MODEL_NAME)),
 )
 
 

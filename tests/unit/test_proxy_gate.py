@@ -26,12 +26,13 @@ def _app(name: str, prefix: str | None, args: dict, running: int = 1, starting: 
                    "deployments": {"GLMRouter": {"replicas": replicas}, "GLMEngine": {"replicas": [{"state": "RUNNING"}]}}}}
 
 
-def test_each_generation_path_of_a_capped_app_admits_its_running_routers_share():
+def test_each_admitted_path_of_a_capped_app_admits_its_running_routers_share():
     details = {"applications": {**_app("glm", "/", GLM_ARGS, running=2, starting=1),
                                 **_app("tiny", "/tiny-glm", {**GLM_ARGS, "router": {"max_in_flight_requests": 8}})}}
     glm, tiny = AppLimits("glm", 192, 2, 60.0), AppLimits("tiny", 8, 1, 60.0)
-    assert app_limits(details) == {"/v1/chat/completions": glm, "/v1/completions": glm,
-                                   "/tiny-glm/v1/chat/completions": tiny, "/tiny-glm/v1/completions": tiny}
+    assert app_limits(details) == {"/v1/chat/completions": glm, "/v1/completions": glm, "/tokenize": glm,
+                                   "/tiny-glm/v1/chat/completions": tiny, "/tiny-glm/v1/completions": tiny,
+                                   "/tiny-glm/tokenize": tiny}
 
 
 def test_without_a_cap_or_a_running_router_only_the_send_timeout_applies_and_other_apps_are_not_covered():

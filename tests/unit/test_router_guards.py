@@ -9,7 +9,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from deployments.access_log import RequestRecord
-from deployments.auth import check_bearer, load_api_keys
+from deployments.auth import ApiKeys, check_bearer
 from deployments.config import RequestLimits, RouterConfig
 from deployments.engine import stalled
 from deployments.errors import APIError, EngineUnavailable
@@ -23,20 +23,48 @@ def test_keys_come_from_the_named_variable_and_file(monkeypatch, tmp_path):
     monkeypatch.setenv("GLM_KEYS", " k1 , k2,,")
     keys_file = tmp_path / "keys"
     keys_file.write_text("# ops team\nk3\n\n")
-    assert load_api_keys("GLM_KEYS", str(keys_file)) == [b"k1", b"k2", b"k3"]
-    assert load_api_keys(None, None) == [], "no source configured: no auth"
+    keys = ApiKeys("GLM_KEYS", str(keys_file))
+    for key in ("k1", "k2", "k3"):
+        keys.check(f"Bearer {key}")
+    with pytest.raises(APIError):
+        keys.check("Bearer # ops team")
+    assert not ApiKeys(None, None).enabled, "no source configured: no auth"
 
 
 def test_a_configured_source_without_keys_fails_at_start(monkeypatch, tmp_path):
     monkeypatch.delenv("GLM_KEYS", raising=False)
     with pytest.raises(ValueError, match="GLM_KEYS is unset or empty"):
-        load_api_keys("GLM_KEYS", None)
+        ApiKeys("GLM_KEYS", None)
     empty = tmp_path / "keys"
     empty.write_text("# nothing\n")
     with pytest.raises(ValueError, match="holds no key"):
-        load_api_keys(None, str(empty))
+        ApiKeys(None, str(empty))
     with pytest.raises(ValueError, match="cannot read"):
-        load_api_keys(None, str(tmp_path / "missing"))
+        ApiKeys(None, str(tmp_path / "missing"))
+
+
+def test_a_key_removed_from_the_file_is_refused_within_the_reload_interval_and_a_broken_file_fails_closed(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("GLM_KEYS", "from-env")
+    now = [0.0]
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("alice\nbob\n")
+    keys = ApiKeys("GLM_KEYS", str(keys_file), clock=lambda: now[0])
+    keys.check("Bearer bob")
+    keys_file.write_text("alice\n")  # bob revoked
+    keys.check("Bearer bob")  # not looked at yet: within the interval
+    now[0] += 1.0
+    with pytest.raises(APIError):
+        keys.check("Bearer bob")
+    keys.check("Bearer alice")
+    keys_file.write_text("# emptied by mistake\n")
+    now[0] += 1.0
+    with pytest.raises(APIError):
+        keys.check("Bearer alice")
+    keys.check("Bearer from-env")  # the environment's keys still work
+    keys_file.write_text("carol\n")
+    now[0] += 1.0
+    keys.check("Bearer carol")
 
 
 @pytest.mark.parametrize("header,message", [

@@ -1,0 +1,94 @@
+"""Hostile bodies through the router's input steps, without Ray: every one ends in a 4xx in
+OpenAI's shape that can be written to the client, never in an exception that would be a 500.
+
+The strategies are the ones tests/e2e/test_fuzz.py sends to the running service too:
+deep nesting, integers past Python's digit limit, Unicode digits and signs where token ids
+go, lone UTF-16 surrogates in keys, names and content, and raw bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deployments import protocol
+from deployments.config import RouterConfig
+from deployments.errors import APIError
+from deployments.ingress.context import IngressContext, error_response
+from deployments.json_body import MAX_DEPTH, parse_object
+from deployments.limits import check_limits
+from tests.hostile import HUGE_INT, LONE, hostile_bodies, nested
+
+MODEL = "m"  # the model name tests/hostile.py uses
+
+
+def _context() -> IngressContext:
+    from chat_formats import get_chat_format
+    from deployments.ingress.admission import Admission
+    from deployments.metrics import RouterMetrics
+
+    metrics = RouterMetrics()
+    return IngressContext(engine=None, receiver=None, model_name=MODEL, chat_format=get_chat_format("template"),
+                          config=RouterConfig(), metrics=metrics, admission=Admission(None, metrics),
+                          default_max_tokens=512)
+
+
+def _answer(body: bytes, route: type) -> int:
+    """What the router's input steps make of ``body``: 200 if it passed them, else the error's
+    status, after writing the error as the client would get it."""
+    ctx = _context()
+    try:
+        data = parse_object(body)
+        parsed = ctx.validate(route, data)
+        if route is protocol.CompletionRequest:
+            check_limits(ctx.config.limits, None, prompt=parsed.prompt, max_tokens=parsed.max_tokens,
+                         choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
+            parsed.sampling_kwargs()
+        ctx.check_sampling(parsed)
+    except APIError as error:
+        response = error_response(error)  # renders the body now: it must be encodable
+        assert json.loads(response.body)["error"]["message"]
+        return error.status
+    return 200
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(body=hostile_bodies(MODEL), route=st.sampled_from([protocol.ChatCompletionRequest, protocol.CompletionRequest]))
+def test_hostile_bodies_get_a_4xx_that_can_be_written_never_an_exception(body, route):
+    assert 400 <= _answer(body, route) < 500 or _answer(body, route) == 200
+
+
+@pytest.mark.parametrize("body, says", [
+    (nested(MAX_DEPTH + 1, "["), "nests"), (nested(100_000, "{"), "nests"),
+    (f'{{"model":"m","prompt":"x","max_tokens":{HUGE_INT}}}'.encode(), "not valid JSON"),
+    (f'{{"model":"{LONE}","prompt":"x"}}'.encode(), "surrogate"),
+    (b"\xff\xfe{}", "not valid JSON"), (b'{"a":"\xff"}', "not valid UTF-8"),
+])
+def test_each_kind_is_refused_by_name(body, says):
+    with pytest.raises(APIError) as error:
+        parse_object(body)
+    assert error.value.status == 400 and says in error.value.message
+
+
+def test_valid_escaped_pairs_and_depth_within_the_limit_pass():
+    assert parse_object('{"content":"\\ud83d\\ude00"}'.encode()) == {"content": "😀"}
+    assert parse_object(nested(MAX_DEPTH - 3, "["))["model"] == "m"
+
+
+@pytest.mark.parametrize("key", ["٣", "²", "-1", "+1", "1e3", "99999999999"])
+def test_logit_bias_keys_are_ascii_token_ids(key):
+    assert _answer(json.dumps({"model": MODEL, "prompt": "x", "logit_bias": {key: 1}}).encode(),
+                   protocol.CompletionRequest) == 400
+
+
+def test_amplification_is_bounded():
+    def completion(**fields) -> int:
+        return _answer(json.dumps({"model": MODEL, "prompt": "x", **fields}).encode(), protocol.CompletionRequest)
+
+    assert completion(logit_bias={str(i): 1 for i in range(300)}) == 200
+    assert completion(logit_bias={str(i): 1 for i in range(301)}) == 400, "OpenAI's cap of 300"
+    assert completion(n=16, max_tokens=2048) == 200
+    assert completion(n=16, max_tokens=2049) == 400, "n x max_tokens past limits.max_total_tokens"
+    assert completion(ignore_eos=True) == 400, "ignore_eos needs router.allow_ignore_eos"
