@@ -83,19 +83,46 @@ def check_file(path: str) -> tuple[list[str], list[str], int]:
         text = Path(path).read_text()
     except OSError as e:
         return [f"cannot read it: {e.strerror}"], [], 0
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError:
+        documents = []
+    services = [d for d in documents if isinstance(d, dict) and d.get("kind") == "RayService"]
+    if services:
+        errors, warnings, apps = [], [], 0
+        for service in services:
+            e, w, n = check_rayservice(service)
+            errors, warnings, apps = errors + e, warnings + w, apps + n
+        if not any(isinstance(d, dict) and d.get("kind") == "NetworkPolicy" for d in documents):
+            warnings.append("no NetworkPolicy beside the RayService: Ray's dashboard, GCS and client ports are "
+                            "open to every pod of the Kubernetes cluster (docs/operations.md)")
+        return errors, warnings, apps
     data, error = _load_yaml(text)
     if error:
         return [error], [], 0
-    if isinstance(data, dict) and data.get("kind") == "RayService":
-        serve_config = (data.get("spec") or {}).get("serveConfigV2")
-        if not isinstance(serve_config, str):
-            return ["spec.serveConfigV2: a RayService needs its Serve config here, as a string"], [], 0
-        data, error = _load_yaml(serve_config)
-        if error:
-            return [f"spec.serveConfigV2: {error}"], [], 0
-        errors, warnings, apps = check_config(data)
-        return [f"spec.serveConfigV2: {e}" for e in errors], warnings, apps
     return check_config(data)
+
+
+def check_rayservice(service: dict) -> tuple[list[str], list[str], int]:
+    """:func:`check_file` for one KubeRay ``RayService``: its ``spec.serveConfigV2``, and
+    Ray's token authentication, which must be on: without it anyone who reaches the
+    dashboard submits a job, runs any code on the cluster and reads the API keys."""
+    spec = service.get("spec") or {}
+    errors: list[str] = []
+    cluster = spec.get("rayClusterConfig") or {}
+    mode = (cluster.get("authOptions") or {}).get("mode")
+    if mode != "token":
+        errors.append(f"spec.rayClusterConfig.authOptions.mode: {mode!r}, not 'token': Ray's token "
+                      "authentication is off, so anyone who reaches the dashboard runs code on the cluster "
+                      "(KubeRay >= 1.5.1, Ray >= 2.52)")
+    serve_config = spec.get("serveConfigV2")
+    if not isinstance(serve_config, str):
+        return errors + ["spec.serveConfigV2: a RayService needs its Serve config here, as a string"], [], 0
+    data, error = _load_yaml(serve_config)
+    if error:
+        return errors + [f"spec.serveConfigV2: {error}"], [], 0
+    config_errors, warnings, apps = check_config(data)
+    return errors + [f"spec.serveConfigV2: {e}" for e in config_errors], warnings, apps
 
 
 def check_config(data: Any) -> tuple[list[str], list[str], int]:

@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
 
 
+def _documents() -> list[dict]:
+    return list(yaml.safe_load_all(MANIFEST.read_text()))
+
+
 def _manifest() -> dict:
-    return yaml.safe_load(MANIFEST.read_text())
+    [service] = [d for d in _documents() if d["kind"] == "RayService"]
+    return service
 
 
 def _ray_pin() -> str:
@@ -62,12 +67,36 @@ def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
     # The autoscaler may add pods up to what Serve's autoscaling may ask for.
     assert workers["maxReplicas"] >= app.engine.autoscaling_config["max_replicas"]
     assert workers["minReplicas"] <= app.engine.autoscaling_config["min_replicas"]
-    # API keys from a Secret, on every node a router replica may run on.
-    for spec in (head["template"]["spec"], workers["template"]["spec"]):
-        env = {e["name"]: e for e in spec["containers"][0]["env"]}
-        assert "secretKeyRef" in env[app.router.api_keys_env]["valueFrom"]
-        # and the proxy gate in every node's Serve proxy
-        assert env[CALLBACK_ENV]["value"] == CALLBACK
+    # The proxy gate in every node's Serve proxy; API keys from a Secret, only where router
+    # replicas run: the workers, since the head offers no CPU to schedule them on.
+    head_env = {e["name"]: e for e in head["template"]["spec"]["containers"][0]["env"]}
+    worker_env = {e["name"]: e for e in container["env"]}
+    assert head_env[CALLBACK_ENV]["value"] == worker_env[CALLBACK_ENV]["value"] == CALLBACK
+    assert app.router.deployment.ray_actor_options.get("num_cpus", 1) > 0 and head["rayStartParams"]["num-cpus"] == "0"
+    assert app.router.api_keys_env not in head_env
+    assert "secretKeyRef" in worker_env[app.router.api_keys_env]["valueFrom"]
+
+
+def test_the_manifest_is_locked_down_and_check_refuses_one_without_ray_auth(tmp_path, capsys):
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    [policy] = [d for d in _documents() if d["kind"] == "NetworkPolicy"]
+    label = policy["spec"]["podSelector"]["matchLabels"]
+    pods = [cluster["headGroupSpec"]["template"], *(w["template"] for w in cluster["workerGroupSpecs"])]
+    assert all(p["metadata"]["labels"].items() >= label.items() for p in pods), "every Ray pod is covered"
+    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == [8000], "only Serve's HTTP port is public"
+    assert main(["check", str(MANIFEST)]) == 0
+
+    documents = _documents()
+    del documents[0]["spec"]["rayClusterConfig"]["authOptions"]
+    unlocked = tmp_path / "rayservice.yaml"
+    unlocked.write_text(yaml.safe_dump_all(documents))
+    assert main(["check", str(unlocked)]) == 2
+    assert "spec.rayClusterConfig.authOptions.mode" in capsys.readouterr().err
+    unlocked.write_text(yaml.safe_dump(_manifest()))  # without its NetworkPolicy: passes, with a warning
+    assert main(["check", str(unlocked)]) == 0
+    assert "no NetworkPolicy" in capsys.readouterr().err
 
 
 def test_the_image_is_rays_own_at_the_pinned_version_with_the_gpu_extra():
