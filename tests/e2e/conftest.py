@@ -50,6 +50,7 @@ STALL_TIMEOUT_S = 15
 # Room for the 2,000-token stream of the stalled-client test.
 MAX_MODEL_LEN = 2048
 CLIENT_SEND_TIMEOUT_S = 5
+BODY_TIMEOUT_S = 3
 START_TIMEOUT_S = 420
 
 
@@ -173,7 +174,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
     # The router refuses past its cap, before reading the body, and Serve's proxy past what
     # the router replica holds and queues. A client that reads nothing is cut within seconds.
     args["router"] = {"max_request_body_bytes": 65536, "max_in_flight_requests": ROUTER_MAX_IN_FLIGHT,
-                      "allow_ignore_eos": True,
+                      "allow_ignore_eos": True, "body_timeout_s": BODY_TIMEOUT_S,
                       "client_send_timeout_s": CLIENT_SEND_TIMEOUT_S,
                       "deployment": {"max_ongoing_requests": ROUTER_MAX_IN_FLIGHT + ROUTER_HEADROOM,
                                      "max_queued_requests": ROUTER_MAX_IN_FLIGHT}}

@@ -26,6 +26,7 @@ from deployments.proxy_gate import REFUSED_BY_HEADER
 from glm_client import APIStatusError, Conversation, Role, ServeClient
 from tests.e2e.conftest import (
     API_KEYS,
+    BODY_TIMEOUT_S,
     ENGINE_MAX_ONGOING,
     MODEL_NAME,
     ROUTER_MAX_IN_FLIGHT,
@@ -217,6 +218,38 @@ def test_a_burst_of_what_the_router_admits_is_all_served(base_url):
     refused = [text[:120] for status, text in results if status != 200]
     assert not refused, f"{len(refused)} of {ROUTER_MAX_IN_FLIGHT} refused: {refused[:3]}"
     assert all(text.endswith("data: [DONE]\n\n") for _, text in results)
+
+
+def test_trickled_bodies_free_their_places_and_a_normal_request_is_served(base_url):
+    """400 clients each send a request's headers and a sliver of its body, then nothing:
+    past router.body_timeout_s each gets 408 (those past the cap 503 at once) and the
+    places they held are free again."""
+    host, port = base_url.removeprefix("http://").split(":")
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n{\"model\": ").encode()
+
+    async def trickle() -> int:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head)
+        await writer.drain()
+        try:
+            status_line = await asyncio.wait_for(reader.readline(), BODY_TIMEOUT_S + 30)
+            return int(status_line.split()[1]) if status_line else 0
+        finally:
+            writer.close()
+
+    async def run():
+        return await asyncio.gather(*(trickle() for _ in range(400)))
+
+    started = time.monotonic()
+    statuses = asyncio.run(run())
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    assert set(counts) <= {408, 503} and counts.get(408, 0) >= 1, counts
+    assert time.monotonic() - started < BODY_TIMEOUT_S + 30
+    good = httpx.post(f"{base_url}{CHAT}", timeout=60, json={
+        "model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+    assert good.status_code == 200, good.text
+    print(f"\nFIGURE trickled bodies: 400 sent, statuses {counts}; a normal request then served")
 
 
 def test_health_answers_fast_while_streams_run_and_queue(base_url):
