@@ -380,6 +380,18 @@ class RouterDeploymentOptions(DeploymentOptions):
     )
 
 
+class SchemaLimits(StrictModel):
+    """Caps on a JSON schema that becomes a grammar (response_format, a forced tool call's
+    parameters): past one, 400 naming the parameter, before any engine compiles it."""
+
+    max_bytes: int = Field(default=16_384, ge=64, description="Most bytes of one schema, as compact JSON.")
+    max_depth: int = Field(default=16, ge=2, le=64, description="Deepest nesting of objects and arrays in one schema.")
+    max_alternatives: int = Field(
+        default=64, ge=1, description="Most anyOf, oneOf and allOf entries in one schema, all counted together.")
+    max_enum_values: int = Field(default=256, ge=1, description="Most values of one enum.")
+    max_pattern_chars: int = Field(default=256, ge=1, description="Most characters of one pattern.")
+
+
 class RequestLimits(StrictModel):
     """Caps on one request, checked by the router before anything is tokenized."""
 
@@ -392,6 +404,11 @@ class RequestLimits(StrictModel):
     max_tool_chars: int = Field(default=32_768, ge=1, description="Most characters of one tool's definition.")
     max_stop_sequences: int = Field(default=16, ge=0, description="Most stop strings in one request.")
     max_stop_chars: int = Field(default=512, ge=1, description="Most characters of one stop string.")
+    schemas: SchemaLimits = Field(
+        default_factory=SchemaLimits,
+        description="Caps on the JSON schemas that become grammars: response_format's and, for a forced tool "
+                    "call, each tool's parameters.",
+    )
     max_total_tokens: int = Field(
         default=32_768, ge=1,
         description="Most tokens one request may ask the engine to generate in all: n x max_tokens (the "

@@ -50,6 +50,10 @@ queue behind a huge one in the thread. What either costs:
 docs/measurements.md#the-render-thread-for-huge-prompts."""
 
 
+GRAMMAR_TIMEOUT_S = 10.0
+"""Longest a forced tool call's grammar may take to build before the request gets 400."""
+
+
 def render_size(request: GenerationRequest) -> int:
     """About how much text the chat template and the tokenizer must go through for
     ``request``: characters of content, tool calls and tools, a little per message (a
@@ -109,6 +113,9 @@ class EngineDeployment:
         # only read it.
         self._tokenizer.encode("warm-up", add_special_tokens=False)
         self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-render")
+        # Grammars build beside the event loop, in a thread of their own, so a slow one queues
+        # only other forced tool calls, not renders.
+        self._grammar_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-grammar")
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
@@ -150,9 +157,10 @@ class EngineDeployment:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
-        render_thread = getattr(self, "_render_thread", None)
-        if render_thread is not None:
-            render_thread.shutdown(wait=False, cancel_futures=True)
+        for name in ("_render_thread", "_grammar_thread"):
+            thread = getattr(self, name, None)
+            if thread is not None:
+                thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- what the router calls --------------------------------------------------
     async def model_info(self) -> dict[str, Any]:
@@ -177,7 +185,8 @@ class EngineDeployment:
         """
         from vllm.sampling_params import RequestOutputKind
 
-        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
+        rendered, structured = await self._render(request), await self._structured(request)
+        prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
         sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt))
         try:
             if request.deadline is None:
@@ -227,7 +236,8 @@ class EngineDeployment:
         first-token deadline can be kept: a final-only request shows nothing until the end."""
         from vllm.sampling_params import RequestOutputKind
 
-        prompt, params, num_prompt = self._prepare(request, await self._render(request), RequestOutputKind.DELTA)
+        rendered, structured = await self._render(request), await self._structured(request)
+        prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
         so_far: dict[int, ChoiceSoFar] = {}
         finish: dict[int, str | None] = {}
         cached = 0
@@ -293,8 +303,25 @@ class EngineDeployment:
             raise APIError(504, "The request timed out waiting for its first token.", "timeout_error",
                            code="timeout") from None
 
+    async def _structured(self, request: GenerationRequest) -> dict[str, Any] | None:
+        """vLLM's structured-output fields: the request's own, or for a forced tool call the
+        grammar of its tools, built in the grammar thread within :data:`GRAMMAR_TIMEOUT_S`
+        (the router already refused schemas past its caps: deployments/schema_limits.py)."""
+        if not request.force_tool_call:
+            return request.structured
+        building = asyncio.get_running_loop().run_in_executor(
+            self._grammar_thread, self._format.tool_call_grammar, request.tools or [])
+        try:
+            return {"grammar": await asyncio.wait_for(building, GRAMMAR_TIMEOUT_S)}
+        except asyncio.TimeoutError:
+            raise APIError(400, f"tools: the forced tool call's grammar took more than {GRAMMAR_TIMEOUT_S:g} s to "
+                                "build; simplify the tools' parameter schemas.", param="tools",
+                           code="schema_too_complex") from None
+        except ValueError as exc:
+            raise APIError(400, f"tools: {exc}", param="tools") from None
+
     def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]],
-                 output_kind: Any) -> tuple[Any, Any, int]:
+                 structured: dict[str, Any] | None, output_kind: Any) -> tuple[Any, Any, int]:
         """Token ids and SamplingParams for a rendered request; raises :class:`APIError`."""
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
@@ -326,12 +353,6 @@ class EngineDeployment:
             max_tokens = request.max_tokens
         else:
             max_tokens = min(room, self._config.default_max_tokens or room)
-        structured = request.structured
-        if request.force_tool_call:
-            try:
-                structured = {"grammar": self._format.tool_call_grammar(request.tools or [])}
-            except ValueError as exc:
-                raise APIError(400, f"tools: {exc}", param="tools") from None
         try:
             params = SamplingParams(
                 **{**self._sampling_defaults, **request.sampling},

@@ -14,6 +14,7 @@ from deployments.generation import GenerationRequest
 from deployments.ingress import engine_calls
 from deployments.ingress.context import IngressContext, json_response
 from deployments.limits import check_limits
+from deployments.schema_limits import check_schema
 from deployments.sse import StreamEncoder
 
 
@@ -37,6 +38,14 @@ class ChatCompletions:
         ctx.check_sampling(parsed)
         ctx.check_tool_support(parsed.tools)
         tools: list[dict[str, Any]] | None = parsed.active_tools()
+        schemas = ctx.config.limits.schemas
+        if parsed.response_format is not None and parsed.response_format.json_schema is not None:
+            check_schema(parsed.response_format.json_schema.schema_, schemas, "response_format.json_schema.schema")
+        if parsed.force_tool_call:  # only a forced call's parameters become a grammar
+            offered = {tool["function"]["name"] for tool in tools or ()}
+            for i, tool in enumerate(parsed.tools or ()):
+                if tool.function["name"] in offered:
+                    check_schema(tool.function.get("parameters") or {}, schemas, f"tools.{i}.function.parameters")
         generation = ctx.with_deadlines(GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             messages=[m.as_template_message() for m in parsed.messages],

@@ -1,11 +1,12 @@
 """The hop to an engine replica: a whole completion, or a stream relayed as SSE events.
 
-Both go through one retry policy (:func:`_with_one_retry`): a request whose engine call
-failed before any output, because the replica or its engine died or its stream was lost,
-is sent once more, under a new engine request id; a refusal, a deadline or a second
-failure is final. Before each call the deployment's request router may ask the shared
-placement table where the conversation lives (:func:`deployments.routing.choosers.
-ask_placement_table`).
+Both follow one retry policy: a request is sent to another replica only while no replica
+has accepted it, which Serve's request router does itself (a full or dead replica refuses
+it, and the next rank is tried). Once a replica has accepted it, a failure is the answer
+(503 with Retry-After, the client may retry): a request that killed one replica, by
+accident or on purpose, is never handed to the next one by glm-serve. Before the call the
+deployment's request router may ask the shared placement table where the conversation
+lives (:func:`deployments.routing.choosers.ask_placement_table`).
 
 A stream: start the engine's generation and peek its first chunk, to choose between an
 error status and a 200 stream; then relay the chunks as they arrive, with one timer for
@@ -16,12 +17,11 @@ the whole request. A failure after the first byte becomes an SSE error event and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
@@ -36,13 +36,6 @@ from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, even
 from deployments.stream_channel import ChannelClosed, IncomingStream
 
 logger = logging.getLogger("glm_serve.router")
-
-T = TypeVar("T")
-
-RETRY_SETTLE_S = 10.0
-"""Before retrying a stream whose connection was lost, wait this long at most for its
-engine call to fail too, so that Serve knows the replica is dead and routes elsewhere."""
-
 
 def engine_failure(exc: BaseException) -> APIError:
     """Map an exception from the engine hop to the answer a client should get.
@@ -63,35 +56,10 @@ def engine_failure(exc: BaseException) -> APIError:
     return APIError(500, f"Internal error in the engine: {type(exc).__name__}", "server_error")
 
 
-def retryable(exc: BaseException) -> bool:
-    """Whether a request whose engine call failed this way, before any output, may be sent
-    again: the replica or its engine died, or its stream was lost. A refusal is final."""
-    return isinstance(exc, (RayActorError, EngineUnavailable, ChannelClosed)) and not isinstance(exc, APIError)
-
-
 def deadline_error(what: str, seconds: float) -> APIError:
     """504 for a request past one of its deadlines."""
     return APIError(504, f"The request timed out: {what} took more than {seconds:g} s.", "timeout_error",
                     code="timeout")
-
-
-async def _with_one_retry(generation: GenerationRequest,
-                          attempt: Callable[[GenerationRequest, bool], Awaitable[T]]) -> T:
-    """``attempt(generation, will_retry=True)``, and once more under a new request id when it
-    failed in a :func:`retryable` way; any other failure, or a second one, as its
-    :class:`APIError`."""
-    try:
-        return await attempt(generation, True)
-    except Exception as exc:
-        if not retryable(exc):
-            raise engine_failure(exc) from None
-        logger.warning("request %s: engine call failed before any output (%s); retrying once",
-                       generation.request_id, type(exc).__name__)
-    try:
-        return await attempt(dataclasses.replace(generation, request_id=generation.request_id + "-retry"), False)
-    except Exception as again:
-        logger.warning("request %s: the retry failed too: %r", generation.request_id, again)
-        raise engine_failure(again) from None
 
 
 async def _place(ctx: IngressContext, generation: GenerationRequest) -> None:
@@ -105,18 +73,17 @@ async def complete(ctx: IngressContext, record: RequestRecord, generation: Gener
     """The whole completion of ``generation``; fills ``record`` with what it cost."""
     timeout_s = ctx.config.request_timeout_s
 
-    async def attempt(g: GenerationRequest, will_retry: bool) -> GenerationResult:
-        call = ctx.engine.complete.remote(g)
-        try:
-            return await asyncio.wait_for(call, timeout_s)
-        except asyncio.TimeoutError:
-            call.cancel()  # out of Serve's queue, or aborted in vLLM
-            raise deadline_error("the whole request", timeout_s) from None
-
     ctx.metrics.in_flight.inc()
     try:
         await _place(ctx, generation)
-        result = await _with_one_retry(generation, attempt)
+        call = ctx.engine.complete.remote(generation)
+        try:
+            result = await asyncio.wait_for(call, timeout_s)
+        except asyncio.TimeoutError:
+            call.cancel()  # out of Serve's queue, or aborted in vLLM
+            raise deadline_error("the whole request", timeout_s) from None
+        except Exception as exc:
+            raise engine_failure(exc) from None
     finally:
         ctx.metrics.in_flight.dec()
     record.replica = result.replica_id
@@ -134,30 +101,25 @@ async def stream(ctx: IngressContext, record: RequestRecord, generation: Generat
     choices = generation.sampling.get("n", 1)
     first_timeout_s = ctx.config.first_token_timeout_s
 
-    async def attempt(g: GenerationRequest, will_retry: bool) -> tuple[IncomingStream, GenerationChunk]:
-        await ctx.receiver.start()
-        incoming = IncomingStream(ctx.receiver, choices)
-        call = ctx.engine.generate.remote(g, incoming.reply_to)
-        incoming.attach(call, call.cancel)
-        try:
-            return incoming, await asyncio.wait_for(incoming.__anext__(), first_timeout_s)
-        except StopAsyncIteration:
-            incoming.close()
-            raise APIError(500, "The engine ended the stream without output.", "server_error") from None
-        except asyncio.TimeoutError:
-            incoming.close()  # cancels the engine call: out of Serve's queue, or aborted in vLLM
-            raise deadline_error("waiting for the first token", first_timeout_s) from None
-        except Exception as exc:
-            if will_retry and retryable(exc):  # let Serve learn the replica is gone before the retry
-                await incoming.call_settled(RETRY_SETTLE_S)
-            incoming.close()
-            raise
-        except BaseException:  # the client gone: stop the engine's work
-            incoming.close()
-            raise
-
     await _place(ctx, generation)
-    incoming, first = await _with_one_retry(generation, attempt)
+    await ctx.receiver.start()
+    incoming = IncomingStream(ctx.receiver, choices)
+    call = ctx.engine.generate.remote(generation, incoming.reply_to)
+    incoming.attach(call, call.cancel)
+    try:
+        first = await asyncio.wait_for(incoming.__anext__(), first_timeout_s)
+    except StopAsyncIteration:
+        incoming.close()
+        raise APIError(500, "The engine ended the stream without output.", "server_error") from None
+    except asyncio.TimeoutError:
+        incoming.close()  # cancels the engine call: out of Serve's queue, or aborted in vLLM
+        raise deadline_error("waiting for the first token", first_timeout_s) from None
+    except Exception as exc:
+        incoming.close()
+        raise engine_failure(exc) from None
+    except BaseException:  # the client gone: stop the engine's work
+        incoming.close()
+        raise
     record.ttft_s = time.perf_counter() - record.start
     record.replica = first.replica_id
     ctx.metrics.ttft.observe(record.ttft_s)

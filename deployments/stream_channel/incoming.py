@@ -79,13 +79,6 @@ class IncomingStream:
         """Make the reader raise ``exc`` (a deadline, say) after the chunks already queued."""
         self._queue.put_nowait(exc)
 
-    async def call_settled(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) for the engine call itself to end, without cancelling
-        it. After a lost connection, the call's own failure is what tells Serve's request
-        router that the replica died, so a retry sent before it may go to the same replica."""
-        if self._call is not None:
-            await asyncio.wait([self._call], timeout=timeout)
-
     def close(self) -> None:
         """Stop: drop later chunks, and cancel the engine call unless the stream is complete."""
         self._receiver.close(self.reply_to)

@@ -252,6 +252,68 @@ def test_trickled_bodies_free_their_places_and_a_normal_request_is_served(base_u
     print(f"\nFIGURE trickled bodies: 400 sent, statuses {counts}; a normal request then served")
 
 
+def _costly_schema(levels: int, tag: str) -> dict:
+    """About the costliest schema within the default caps at 6 levels (16 deep), enums,
+    a long pattern, 4 alternatives a level (within 16 KB and 64 alternatives)."""
+    schema: dict = {"type": "string", "pattern": "[a-z]{1,8}(x|y)*" * 14}
+    for level in range(levels):
+        schema = {"type": "object", "properties": {
+            "a": schema, "b": {"enum": [f"{tag}{level}-{i}" for i in range(40 if level else 256)]},
+            "c": {"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}, {"type": "boolean"}]}},
+            "required": ["a", "b", "c"]}
+    return schema
+
+
+def test_a_costly_schema_stalls_no_stream_and_one_past_the_caps_is_refused(http):
+    """One stream running on each engine replica; then the costliest schema within the caps,
+    then one past them. The streams never wait over 1 s between chunks, no replica
+    restarts, and the one past the caps gets 400 before any engine sees it."""
+    pids = {p.pid for p in processes_named("ray::ServeReplica:glm:GLMEngine")}
+    gaps: list[float] = []
+    replicas: set[str] = set()
+
+    async def stream(n: int) -> None:
+        body = {"model": MODEL_NAME, "max_tokens": 150, "ignore_eos": True, "stream": True,
+                "messages": [{"role": "user", "content": f"{uuid.uuid4().hex} {n}: tell a long story."}]}
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=120) as client:
+            async with client.stream("POST", CHAT, json=body) as response:
+                assert response.status_code == 200
+                replicas.add(response.headers["x-glm-serve-replica"])
+                last = None
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        now = time.monotonic()
+                        if last is not None:
+                            gaps.append(now - last)
+                        last = now
+
+    async def schemas() -> tuple[httpx.Response, httpx.Response]:
+        await asyncio.sleep(2)  # both streams are running
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=120) as client:
+            costly = _costly_schema(6, uuid.uuid4().hex[:6])
+            within = await client.post(CHAT, json={
+                "model": MODEL_NAME, "max_tokens": 8, "messages": [{"role": "user", "content": "JSON please"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": costly}}})
+            beyond = await client.post(CHAT, json={
+                "model": MODEL_NAME, "max_tokens": 8, "messages": [{"role": "user", "content": "JSON please"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                           "schema": _costly_schema(8, "z")}}})
+            return within, beyond
+
+    async def run():
+        return await asyncio.gather(stream(0), stream(1), schemas())
+
+    _, _, (within, beyond) = asyncio.run(run())
+    assert within.status_code < 500, within.text[:300]
+    assert beyond.status_code == 400, beyond.text[:300]
+    error = beyond.json()["error"]
+    assert error["param"] == "response_format.json_schema.schema" and error["code"] == "schema_too_complex"
+    assert max(gaps) < 1.0, f"a running stream waited {max(gaps):.2f} s between chunks"
+    assert {p.pid for p in processes_named("ray::ServeReplica:glm:GLMEngine")} == pids, "a replica restarted"
+    print(f"\nFIGURE costly schema: {within.status_code} within the caps, 400 past them; streams on "
+          f"{len(replicas)} replica(s), longest gap between chunks {max(gaps) * 1000:.0f} ms")
+
+
 def test_health_answers_fast_while_streams_run_and_queue(base_url):
     streams = 2 * ENGINE_MAX_ONGOING + 8
 

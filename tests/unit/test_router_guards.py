@@ -13,7 +13,7 @@ from deployments.auth import ApiKeys, check_bearer
 from deployments.config import RequestLimits, RouterConfig
 from deployments.engine import stalled
 from deployments.errors import APIError, EngineUnavailable
-from deployments.ingress.engine_calls import retryable
+from deployments.ingress.engine_calls import engine_failure
 from deployments.limits import check_limits
 from deployments.protocol import ChatCompletionRequest
 from deployments.stream_channel import ChannelClosed
@@ -141,6 +141,9 @@ def test_only_an_engine_with_work_and_no_output_is_stalled():
     assert not stalled(in_flight=0, quiet_s=10_000, timeout_s=120), "idle"
 
 
-def test_only_failures_of_the_engine_itself_are_retried():
-    assert retryable(ActorDiedError()) and retryable(EngineUnavailable("dead")) and retryable(ChannelClosed("x"))
-    assert not retryable(APIError(400, "too long")) and not retryable(RuntimeError("bug"))
+def test_a_replica_that_failed_after_accepting_a_request_is_a_503_to_retry_not_a_second_replica():
+    for failure in (ActorDiedError(), EngineUnavailable("dead"), ChannelClosed("x")):
+        error = engine_failure(failure)
+        assert error.status == 503 and error.headers()["retry-after"], failure
+    assert engine_failure(APIError(400, "too long")).status == 400
+    assert engine_failure(RuntimeError("bug")).status == 500
