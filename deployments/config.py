@@ -473,9 +473,10 @@ class RouterConfig(StrictModel):
     )
     client_send_timeout_s: float | None = Field(
         default=60.0, gt=0,
-        description="A generation request whose client has read nothing for this long, with its "
-                    "connection's buffers full, is cut: its engine work aborted, its connection closed. "
-                    "Enforced by glm-serve's proxy gate in Serve's proxy. None: wait on such a client.",
+        description="A generation request whose client has kept Serve's proxy waiting this long in all "
+                    "(reading nothing, or a little now and then, with its connection's buffers full) is cut: its "
+                    "engine work aborted, its connection closed. Enforced by glm-serve's proxy gate in Serve's "
+                    "proxy. None: wait on such a client.",
     )
     api_keys_env: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

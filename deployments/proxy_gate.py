@@ -50,9 +50,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from deployments import serve_private
 from deployments.access_log import to_stderr
 from deployments.config import AppConfig, is_builder
-from deployments.errors import overloaded
+from deployments.errors import APIError, overloaded
 from deployments.protocol import ADMITTED_ROUTES
-from deployments.route_path import route_path
+from deployments.route_path import ambiguity, route_path
 
 logger = logging.getLogger("glm_serve.proxy_gate")
 
@@ -69,6 +69,8 @@ _GATE_HEADER_BYTES = GATE_HEADER.encode()
 _GATE_MARK = (_GATE_HEADER_BYTES, b"1")
 
 _DISCONNECT = {"type": "http.disconnect"}
+_WRITE_S = 0.01
+"""A write that takes longer than this waited for the client (what a client's budget counts)."""
 _deadline = getattr(asyncio, "timeout", None)  # Python 3.11+: a timer, not a task, per send
 _REFUSAL = overloaded()
 _REFUSAL_BODY = json.dumps(_REFUSAL.body()).encode()
@@ -122,34 +124,42 @@ def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
 
 
 class _ClientWatch:
-    """One request's ``send`` and ``receive``, for a client that may stop reading: a
-    ``send`` that waits past ``timeout_s`` marks the client stalled; from then on sends
+    """One request's ``send`` and ``receive``, for a client that may stop reading: once the
+    writes to the client have waited ``timeout_s`` in all (not only in one write: a client
+    that reads a little every minute is cut too), the client is stalled; from then on sends
     are dropped and ``receive`` says the client disconnected (Serve's proxy then cancels
     the request in the router replica)."""
 
-    __slots__ = ("_receive", "_send", "_timeout_s", "_stalled")
+    __slots__ = ("_receive", "_send", "_timeout_s", "_stalled", "_waited_s", "_loop")
 
     def __init__(self, receive: Receive, send: Send, timeout_s: float) -> None:
         self._receive, self._send, self._timeout_s = receive, send, timeout_s
+        self._loop = asyncio.get_running_loop()
         # a future, not an Event: receive waits on it directly, with no task of its own
-        self._stalled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stalled: asyncio.Future[None] = self._loop.create_future()
+        self._waited_s = 0.0
 
     @property
     def stalled(self) -> bool:
-        """Whether a write to the client has waited past the timeout."""
+        """Whether the writes to the client have waited past the timeout in all."""
         return self._stalled.done()
 
     async def send(self, message: dict) -> None:
         if self.stalled:
             return
+        budget = self._timeout_s - self._waited_s
+        start = self._loop.time()
         try:
             if _deadline is not None:
-                async with _deadline(self._timeout_s):
+                async with _deadline(budget):
                     await self._send(message)
             else:  # Python 3.10
-                await asyncio.wait_for(self._send(message), self._timeout_s)
+                await asyncio.wait_for(self._send(message), budget)
         except (TimeoutError, asyncio.TimeoutError):
             self._stalled.set_result(None)
+            return
+        # Only waiting counts: a write into room in the socket's buffers takes microseconds.
+        self._waited_s += max(0.0, self._loop.time() - start - _WRITE_S)
 
     async def receive(self) -> dict:
         if self.stalled:
@@ -192,6 +202,10 @@ class ProxyGate:
         if self._refresher is None:
             self._start()
         if scope["type"] == "http":
+            why = ambiguity(scope)
+            if why is not None:
+                await self._refuse_ambiguous(send, why)
+                return
             scope = dict(scope)
             scope["headers"] = [h for h in scope.get("headers", ()) if h[0] != _GATE_HEADER_BYTES] + [_GATE_MARK]
         limits = self._limits_for(scope)
@@ -215,6 +229,13 @@ class ProxyGate:
                 self._count(self.stalled, "stalled", app)
         finally:
             self._in_flight[app] -= 1
+
+    @staticmethod
+    async def _refuse_ambiguous(send: Send, why: str) -> None:
+        body = json.dumps(APIError(400, f"Refused: {why}.").body()).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _limits_for(self, scope: Scope) -> AppLimits | None:
         if scope["type"] != "http" or scope.get("method") != "POST" or not self._limits:

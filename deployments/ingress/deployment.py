@@ -52,7 +52,7 @@ from deployments.ingress.models import Models
 from deployments.ingress.tokenize import Tokenize
 from deployments.metrics import RouterMetrics
 from deployments.proxy_gate import GATE_HEADER
-from deployments.route_path import route_path
+from deployments.route_path import ambiguity, route_path
 from deployments.stream_channel import StreamReceiver
 
 logger = logging.getLogger("glm_serve.router")
@@ -103,6 +103,9 @@ class RouterDeployment:
         # Unknown paths share one label: a scanner must not mint a metrics series per URL.
         record = RequestRecord(route=path if handler else "unmatched", method=request.method)
         try:
+            why = ambiguity(request.scope)
+            if why is not None:
+                raise APIError(400, f"Refused: {why}.")
             if self._api_keys.enabled and path not in self._open_paths:
                 self._api_keys.check(request.headers.get("authorization"))
             if handler is None:

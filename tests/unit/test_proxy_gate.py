@@ -10,6 +10,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from deployments import proxy_gate
 from deployments.proxy_gate import GATE_HEADER, REFUSED_BY_HEADER, AppLimits, ProxyGate, app_limits
 
@@ -69,7 +71,8 @@ async def _never() -> dict:
     return {}
 
 
-async def _call(gate: ProxyGate, path: str, method: str = "POST", root_path: str = "") -> tuple[int, dict, bytes]:
+async def _call(gate: ProxyGate, path: str, method: str = "POST", root_path: str = "", raw_path: bytes | None = None,
+                host: bytes | None = None) -> tuple[int, dict, bytes]:
     sent: list[dict] = []
 
     async def receive():
@@ -78,7 +81,11 @@ async def _call(gate: ProxyGate, path: str, method: str = "POST", root_path: str
     async def send(message):
         sent.append(message)
 
-    await gate({"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []}, receive, send)
+    scope = {"type": "http", "method": method, "path": path, "root_path": root_path,
+             "headers": [(b"host", host)] if host is not None else []}
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+    await gate(scope, receive, send)
     headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
     return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
@@ -206,7 +213,7 @@ def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_its_reque
         assert "disconnect" in events, "the app was told the client left"
         assert gate.stalled == {"glm": 1}
 
-        # a client that reads: nothing is cut, the timeout is per write
+        # a client that reads: nothing is cut, only waiting counts against the budget
         sent: list[dict] = []
 
         async def reading(message):
@@ -250,3 +257,53 @@ def test_every_request_the_gate_passes_carries_its_mark_and_a_clients_copy_is_dr
     asyncio.run(scenario())
     assert seen[0] == [(b"accept", b"*/*"), (GATE_HEADER.encode(), b"1")]
     assert seen[1] == [(GATE_HEADER.encode(), b"1")]
+
+
+def test_a_client_that_reads_a_little_now_and_then_is_cut_when_its_waits_add_up():
+    async def streaming_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for n in range(1000):
+            await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+
+    async def scenario():
+        gate = ProxyGate(streaming_app, read_details=_never)
+        gate.update(app_limits({"applications": _app("glm", "/", {**GLM_ARGS, "router": {"client_send_timeout_s": 0.3}})}))
+        accepted: list[dict] = []
+
+        async def trickling(message):  # takes each write, but only after 50 ms
+            await asyncio.sleep(0.05)
+            accepted.append(message)
+
+        async def receive():
+            await asyncio.Event().wait()
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(
+            gate({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, trickling), 5)
+        assert asyncio.get_running_loop().time() - started < 1
+        assert 5 <= len(accepted) <= 12, len(accepted)  # about 0.3 s / (50 ms - 10 ms) writes, not 1,000
+        assert gate.stalled == {"glm": 1}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("raw_path, host, refused", [
+    (b"/v1/chat/completions", b"127.0.0.1:8000", False),
+    (b"/v1/chat/completions%3Fx=1", b"127.0.0.1:8000", True),
+    (b"/v1/chat/completions%23frag", b"127.0.0.1:8000", True),
+    (b"/v1/chat/completions", b"evil.example/v1/chat/completions", True),
+    (b"/v1/chat/completions", b"user@host", True),
+])
+def test_a_target_that_could_be_read_two_ways_is_refused_by_the_gate(raw_path, host, refused):
+    async def scenario():
+        return await _call(gate_passing(), "/v1/chat/completions", raw_path=raw_path, host=host)
+
+    def gate_passing():
+        downstream = _Downstream()
+        downstream.release.set()
+        return ProxyGate(downstream, read_details=_never)
+
+    status, _, body = asyncio.run(scenario())
+    assert (status == 400) == refused, (status, body)
+    if refused:
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
