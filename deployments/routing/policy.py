@@ -25,10 +25,11 @@ fields of :class:`~deployments.routing.config.RoutingConfig`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from chat_formats.plugins import PluginRegistry
 
 if TYPE_CHECKING:
     from deployments.routing.config import RoutingConfig
@@ -91,66 +92,27 @@ class RoutingPolicy:
         """``replica`` died."""
 
 
-_POLICIES: dict[str, type[RoutingPolicy]] = {}
+def _load_builtins() -> None:
+    # The shipped policies register on import, the same way a plug-in does.
+    import deployments.routing.pow2_policy  # noqa: F401
+    import deployments.routing.prefix_policy  # noqa: F401
+
+
+_REGISTRY: PluginRegistry[type[RoutingPolicy]] = PluginRegistry("routing policy", RoutingPolicy, _load_builtins)
 
 
 def register_policy(cls: type[RoutingPolicy]) -> type[RoutingPolicy]:
     """Make ``cls`` choosable as ``routing.policy: <cls.name>`` (a class decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, RoutingPolicy)):
-        raise TypeError(f"{cls!r} is not a RoutingPolicy subclass")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
-    known = _POLICIES.get(name)
-    if known is not None and known is not cls and _path(known) != _path(cls):
-        raise ValueError(f"routing policy {name!r} is already {_path(known)}")
-    _POLICIES[name] = cls
-    return cls
+    return _REGISTRY.register(cls)
 
 
 def registered_policies() -> dict[str, type[RoutingPolicy]]:
     """The registered policies by name (the shipped ones, and any imported plug-in)."""
-    _load_builtins()
-    return dict(_POLICIES)
+    return _REGISTRY.classes()
 
 
 def policy_class(name_or_path: str) -> type[RoutingPolicy]:
     """The policy called ``name_or_path``, or the :class:`RoutingPolicy` subclass at that
     import path (``module:Class`` or ``module.Class``), which is then registered. Raises
-    ValueError naming the known policies."""
-    _load_builtins()
-    if name_or_path in _POLICIES:
-        return _POLICIES[name_or_path]
-    cls = import_by_path(name_or_path, what="routing policy", known=sorted(_POLICIES))
-    if not (isinstance(cls, type) and issubclass(cls, RoutingPolicy)):
-        raise ValueError(f"{name_or_path!r} is not a RoutingPolicy subclass")
-    if not getattr(cls, "name", None):
-        raise ValueError(f"{name_or_path!r} needs a class attribute `name`")
-    return register_policy(cls)
-
-
-def import_by_path(path: str, what: str, known: list[str]) -> Any:
-    """The object at ``module:attr`` or ``module.attr``; ValueError saying what was wrong."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"unknown {what} {path!r}; known: {known}, or an import path 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{what} {path!r}: cannot import {module_name!r} ({exc})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{what} {path!r}: module {module_name!r} has no {attr!r}") from None
-
-
-def _path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _load_builtins() -> None:
-    # The shipped policies register on import, the same way a plug-in does.
-    import deployments.routing.pow2_policy  # noqa: F401
-    import deployments.routing.prefix_policy  # noqa: F401
+    ValueError naming the known policies (:class:`chat_formats.plugins.PluginRegistry`)."""
+    return _REGISTRY.get(name_or_path)

@@ -66,16 +66,21 @@ ROUTED_METHODS = frozenset({"generate", "complete"})
 _DECISION_ATTR = "_glm_routing_decision"
 
 
+def _join_seam(router: Any, deployment_id: Any) -> None:
+    """What :mod:`deployments.routing.choosers` reads of every glm-serve request router."""
+    router.deployment_key = (deployment_id.app_name, deployment_id.name)
+    router.loop = None  # Serve's routing loop, once the router has run on it: where its state is touched
+    router.lookup_timeout_s = None  # with the shared placement table: how long a lookup may take
+    choosers.register(router)
+
+
 class Pow2ReplicaChooser(serve_private.pow2_router_class()):
     """Serve's default power-of-two-choices router, unchanged but for registering itself
     (:mod:`deployments.routing.choosers`)."""
 
     def __init__(self, deployment_id: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(deployment_id, *args, **kwargs)
-        self.deployment_key = (deployment_id.app_name, deployment_id.name)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.lookup_timeout_s: float | None = None
-        choosers.register(self)
+        _join_seam(self, deployment_id)
 
     def decision_counts(self) -> dict[str, int]:
         return {}
@@ -93,12 +98,7 @@ class PolicyReplicaChooser(RequestRouter):
 
     def __init__(self, deployment_id: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(deployment_id, *args, **kwargs)
-        self.deployment_key = (deployment_id.app_name, deployment_id.name)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """Serve's routing loop, once this router has run on it: where its state is touched."""
-        self.lookup_timeout_s: float | None = None
-        """With the shared placement table: how long a lookup may take."""
-        choosers.register(self)
+        _join_seam(self, deployment_id)
         self._policy: RoutingPolicy = policy_class("prefix")(RoutingConfig(policy="prefix"))
         self._table: PlacementClient | None = None
         self._in_flight: dict[str, int] = {}
