@@ -16,13 +16,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
 
 from chat_formats import get_chat_format
 from deployments.config import ModelConfig
+from deployments.engine_input import RequestInput
 from deployments.engine_lifetime import mark_engine_owner
 from deployments.engine_outputs import ChoiceSoFar
 from deployments.engine_setup import apply_cpu_settings, check_engine_kwargs, stop_and_sampling_defaults
@@ -37,36 +37,6 @@ from deployments.generation import (
 from deployments.stream_channel import FrameTooLarge, ReplyTo, StreamSender
 
 logger = logging.getLogger("glm_serve.engine")
-
-INLINE_RENDER_MAX_SIZE = 16_384
-"""Requests up to this :func:`render_size` are rendered and tokenized on the replica's
-event loop; larger ones in the replica's render thread.
-
-Why: the event loop also runs vLLM's output handling and sends every running stream's
-chunks, and tokenizing is linear in the input, so inline, one huge request would freeze
-every stream on the replica until it was refused as too long. The Rust tokenizer releases
-the GIL, so the loop keeps running beside it. Small requests stay inline: they never
-queue behind a huge one in the thread. What either costs:
-docs/measurements.md#the-render-thread-for-huge-prompts."""
-
-
-GRAMMAR_TIMEOUT_S = 10.0
-"""Longest a forced tool call's grammar may take to build before the request gets 400."""
-
-
-def render_size(request: GenerationRequest) -> int:
-    """About how much text the chat template and the tokenizer must go through for
-    ``request``: characters of content, tool calls and tools, a little per message (a
-    template renders each one), or the length of a prompt string or token-id list."""
-    if request.messages is None:
-        return len(request.prompt or "")
-    size = len(str(request.tools)) if request.tools else 0
-    for message in request.messages:
-        size += 32 + len(message.get("content") or "")
-        for call in message.get("tool_calls") or ():
-            size += len(str(call))
-    return size
-
 
 def stalled(in_flight: int, quiet_s: float, timeout_s: float) -> bool:
     """Whether an engine replica with ``in_flight`` generations whose engine has made no
@@ -106,16 +76,7 @@ class EngineDeployment:
         self._tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
         )
-        # One render thread (vLLM's own server renders and tokenizes in a pool of one by
-        # default): large inputs queue there one after another instead of taking every core.
-        # This first encode settles the Rust tokenizer's padding/truncation state (an encode
-        # may reset it, which needs exclusive access); afterwards the loop and the thread
-        # only read it.
-        self._tokenizer.encode("warm-up", add_special_tokens=False)
-        self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-render")
-        # Grammars build beside the event loop, in a thread of their own, so a slow one queues
-        # only other forced tool calls, not renders.
-        self._grammar_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glm-grammar")
+        self._input = RequestInput(self._format, self._tokenizer)
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
@@ -157,10 +118,9 @@ class EngineDeployment:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
-        for name in ("_render_thread", "_grammar_thread"):
-            thread = getattr(self, name, None)
-            if thread is not None:
-                thread.shutdown(wait=False, cancel_futures=True)
+        request_input = getattr(self, "_input", None)
+        if request_input is not None:
+            request_input.shutdown()
 
     # ---- what the router calls --------------------------------------------------
     async def model_info(self) -> dict[str, Any]:
@@ -185,7 +145,7 @@ class EngineDeployment:
         """
         from vllm.sampling_params import RequestOutputKind
 
-        rendered, structured = await self._render(request), await self._structured(request)
+        rendered, structured = await self._input.render(request), await self._input.structured(request)
         prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
         sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt))
         try:
@@ -236,7 +196,7 @@ class EngineDeployment:
         first-token deadline can be kept: a final-only request shows nothing until the end."""
         from vllm.sampling_params import RequestOutputKind
 
-        rendered, structured = await self._render(request), await self._structured(request)
+        rendered, structured = await self._input.render(request), await self._input.structured(request)
         prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
         so_far: dict[int, ChoiceSoFar] = {}
         finish: dict[int, str | None] = {}
@@ -257,7 +217,7 @@ class EngineDeployment:
 
     async def tokenize(self, request: GenerationRequest) -> dict[str, Any]:
         """The prompt text and token ids exactly as :meth:`generate` would give them to vLLM."""
-        text, token_ids = await self._render(request)
+        text, token_ids = await self._input.render(request)
         return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
     # ---- internals --------------------------------------------------------------
@@ -302,23 +262,6 @@ class EngineDeployment:
         except asyncio.TimeoutError:
             raise APIError(504, "The request timed out waiting for its first token.", "timeout_error",
                            code="timeout") from None
-
-    async def _structured(self, request: GenerationRequest) -> dict[str, Any] | None:
-        """vLLM's structured-output fields: the request's own, or for a forced tool call the
-        grammar of its tools, built in the grammar thread within :data:`GRAMMAR_TIMEOUT_S`
-        (the router already refused schemas past its caps: deployments/schema_limits.py)."""
-        if not request.force_tool_call:
-            return request.structured
-        building = asyncio.get_running_loop().run_in_executor(
-            self._grammar_thread, self._format.tool_call_grammar, request.tools or [])
-        try:
-            return {"grammar": await asyncio.wait_for(building, GRAMMAR_TIMEOUT_S)}
-        except asyncio.TimeoutError:
-            raise APIError(400, f"tools: the forced tool call's grammar took more than {GRAMMAR_TIMEOUT_S:g} s to "
-                                "build; simplify the tools' parameter schemas.", param="tools",
-                           code="schema_too_complex") from None
-        except ValueError as exc:
-            raise APIError(400, f"tools: {exc}", param="tools") from None
 
     def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]],
                  structured: dict[str, Any] | None, output_kind: Any) -> tuple[Any, Any, int]:
@@ -367,28 +310,3 @@ class EngineDeployment:
             raise APIError(400, f"Invalid sampling parameters: {exc}",
                                  param=getattr(exc, "parameter", None)) from None
         return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
-
-    async def _render(self, request: GenerationRequest) -> tuple[str | None, list[int]]:
-        """:meth:`_render_now`, in the render thread when the request is large."""
-        if render_size(request) <= INLINE_RENDER_MAX_SIZE:
-            return self._render_now(request)
-        return await asyncio.get_running_loop().run_in_executor(self._render_thread, self._render_now, request)
-
-    def _render_now(self, request: GenerationRequest) -> tuple[str | None, list[int]]:
-        """(prompt text, token ids) of a request; the text is None for a token-id prompt."""
-        if request.messages is not None:
-            try:
-                text = self._format.render(request.messages, request.tools, self._tokenizer)
-            except Exception as exc:  # jinja raises TemplateError and friends: the input's fault
-                raise APIError(400, f"The chat format could not render these messages: {exc}",
-                                     param="messages") from None
-            # The prompt already holds its special tokens ([gMASK]<sop>, BOS, role markers).
-            return text, self._tokenizer.encode(text, add_special_tokens=False)
-        if isinstance(request.prompt, str):
-            return request.prompt, self._tokenizer.encode(request.prompt)
-        vocab = len(self._tokenizer)
-        ids = list(request.prompt or [])
-        bad = [t for t in ids if t < 0 or t >= vocab]
-        if bad:
-            raise APIError(400, f"Token ids out of the vocabulary (size {vocab}): {bad[:5]}", param="prompt")
-        return None, ids

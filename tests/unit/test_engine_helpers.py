@@ -11,7 +11,7 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig, StreamingConfig
-from deployments.engine import INLINE_RENDER_MAX_SIZE, render_size
+from deployments.engine_input import INLINE_RENDER_MAX_SIZE, render_size
 from deployments.engine_setup import apply_cpu_settings, cpu_env, stop_and_sampling_defaults
 from deployments.errors import APIError, EngineUnavailable
 from deployments.generation import GenerationRequest
@@ -137,3 +137,50 @@ def test_a_chat_sized_request_renders_inline():
 ], ids=["long-message", "many-messages", "large-tools", "large-tool-call", "long-prompt", "many-token-ids"])
 def test_a_large_request_renders_in_the_render_thread(request_):
     assert render_size(request_) > INLINE_RENDER_MAX_SIZE
+
+
+def test_a_forced_tool_calls_grammar_builds_off_the_event_loop_within_its_timeout(monkeypatch):
+    import asyncio
+    import time
+
+    from chat_formats import ChatFormat
+    from deployments import engine_input
+    from deployments.engine_input import RequestInput
+
+    class SlowGrammar(ChatFormat):
+        name = "slow-grammar"
+        supports_tools = True
+
+        def tool_call_grammar(self, tools, name=None):
+            time.sleep(0.5)  # a schema that takes long to compile
+            return "root ::= \"x\""
+
+    class Tokenizer:
+        def encode(self, text, add_special_tokens=True):
+            return [1]
+
+    monkeypatch.setattr(engine_input, "GRAMMAR_TIMEOUT_S", 0.2)
+    request_input = RequestInput(SlowGrammar(), Tokenizer())
+    forced = GenerationRequest("r", messages=[{"role": "user", "content": "x"}], tools=[{"function": {"name": "f"}}],
+                               force_tool_call=True)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        with pytest.raises(APIError) as error:
+            await request_input.structured(forced)
+        task.cancel()
+        assert error.value.status == 400 and error.value.param == "tools"
+        assert ticks >= 10, "the event loop kept running while the grammar was built"
+        assert await request_input.structured(GenerationRequest("r", prompt="x", structured={"json_object": True})) \
+            == {"json_object": True}
+
+    asyncio.run(main())
+    request_input.shutdown()
