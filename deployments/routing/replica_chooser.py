@@ -78,8 +78,9 @@ class Pow2ReplicaChooser(serve_private.pow2_router_class()):
     """Serve's default power-of-two-choices router, unchanged but for registering itself
     (:mod:`deployments.routing.choosers`)."""
 
-    def __init__(self, deployment_id: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(deployment_id, *args, **kwargs)
+    def __init__(self, *args: Any, deployment_id: Any, **kwargs: Any) -> None:
+        # by keyword, as Serve passes it: Serve's own router puts mixins first in its MRO
+        super().__init__(*args, deployment_id=deployment_id, **kwargs)
         _join_seam(self, deployment_id)
 
     def decision_counts(self) -> dict[str, int]:
@@ -96,8 +97,9 @@ def _ranks(replicas: list[RunningReplica]) -> list[list[RunningReplica]]:
 class PolicyReplicaChooser(RequestRouter):
     """Tries first the engine replica a :class:`RoutingPolicy` chooses, then the others by load."""
 
-    def __init__(self, deployment_id: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(deployment_id, *args, **kwargs)
+    def __init__(self, *args: Any, deployment_id: Any, **kwargs: Any) -> None:
+        # by keyword, as Serve passes it: Serve's own router puts mixins first in its MRO
+        super().__init__(*args, deployment_id=deployment_id, **kwargs)
         _join_seam(self, deployment_id)
         self._policy: RoutingPolicy = policy_class("prefix")(RoutingConfig(policy="prefix"))
         self._table: PlacementClient | None = None

@@ -75,6 +75,27 @@ class FakeReplica:
         return self.queue_len
 
 
+def serve_builds(router_class: type) -> Any:
+    """A request router built as Serve 2.60's handle builds one: every argument by keyword
+    (ray/serve/_private/router.py), mixins' own arguments among them."""
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    return router_class(
+        deployment_id=DeploymentID(name="GLMEngine", app_name="glm"), handle_source=DeploymentHandleSource.REPLICA,
+        self_node_id="node", self_actor_id="actor", self_actor_handle=None, use_replica_queue_len_cache=True,
+        create_replica_wrapper_func=lambda r: r, prefer_local_node_routing=False, prefer_local_az_routing=False,
+        self_availability_zone=None)
+
+
+def test_both_request_routers_build_as_serve_builds_them_and_join_the_seam():
+    from deployments.routing import choosers
+    from deployments.routing.replica_chooser import PolicyReplicaChooser, Pow2ReplicaChooser
+
+    for router_class in (Pow2ReplicaChooser, PolicyReplicaChooser):
+        router = serve_builds(router_class)
+        assert router.deployment_key == ("glm", "GLMEngine") and router in choosers.choosers()
+
+
 def make_router(**kwargs: Any) -> Any:
     from ray.serve._private.common import DeploymentHandleSource, DeploymentID
 
