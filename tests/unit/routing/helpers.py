@@ -13,6 +13,12 @@ from deployments.routing.prefix_policy import PrefixPolicy
 SYSTEM = "You are a helpful assistant for ACME Corp. " * 40  # ~1,700 characters every chat shares
 
 
+def still() -> float:
+    """A clock that does not move: a placement table's decay then never breaks a tie, however
+    slowly a busy machine runs the test."""
+    return 0.0
+
+
 def replicas(n: int) -> list[str]:
     return [f"replica-{i:02d}" for i in range(n)]
 

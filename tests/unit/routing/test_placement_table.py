@@ -11,13 +11,13 @@ import pytest
 
 from deployments.routing.placement_table import PlacementTable
 from deployments.routing.prefix_policy import PrefixPolicy
-from tests.unit.routing.helpers import idle, policy, replicas, turns
+from tests.unit.routing.helpers import idle, policy, replicas, still, turns
 
 # --- the shared placement table --------------------------------------------------------
 
 
 def test_the_placement_table_places_by_load_then_recent_placements_and_remembers():
-    table = PlacementTable(max_entries=1000)
+    table = PlacementTable(max_entries=1000, clock=still)
     ids = replicas(3)
     assert table.resolve(1, {"replica-00": 5, "replica-01": 2, "replica-02": 9}) == ("replica-01", True)
     assert table.resolve(1, idle(ids)) == ("replica-01", False), "a known conversation stays put"
@@ -52,14 +52,14 @@ def test_a_burst_that_saw_one_replica_a_request_lighter_still_spreads():
     in which replica b runs one request more (or one long stream keeps it a request ahead
     while conversations come one after another): by current load alone all eight went to
     a. Counting what the table just placed spreads them."""
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     burst = Counter(table.resolve(key, {"a": 0, "b": 1})[0] for key in range(8))
     assert burst["a"] >= 4 and burst["b"] >= 3, burst  # 5 / 3 evens out the request b had
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     one_by_one = Counter(table.resolve(100 + key, {"a": 0, "b": 1})[0] for key in range(8))
     assert one_by_one["a"] >= 4 and one_by_one["b"] >= 3, one_by_one
     # A real imbalance still decides: a replica 20 requests behind gets the next ones.
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     assert Counter(table.resolve(200 + key, {"a": 0, "b": 20})[0] for key in range(8)) == {"a": 8}
 
 
@@ -91,7 +91,7 @@ def test_routers_sharing_the_placement_table_agree_and_spread_new_conversations_
     """Four router replicas; every turn lands on one at random. With the shared table each
     conversation stays on one replica, and conversations spread by load, not by chance."""
     ids = replicas(2)
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     routers = [policy() for _ in range(4)]
     rng = random.Random(11)
     homes: dict[int, set[str]] = {}
@@ -110,7 +110,7 @@ def test_routers_sharing_the_placement_table_agree_and_spread_new_conversations_
 
 def test_a_hot_system_prompt_splits_evenly_across_idle_replicas_with_the_table():
     ids = replicas(2)
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     a, b = policy(), policy()
     split = Counter(shared_serve((a, b)[u % 2], table, turns(u, 1)[0], idle(ids)) for u in range(24))
     assert sorted(split.values()) == [12, 12]
@@ -118,7 +118,7 @@ def test_a_hot_system_prompt_splits_evenly_across_idle_replicas_with_the_table()
 
 def test_a_conversation_the_table_placed_spills_and_the_table_follows():
     ids = replicas(2)
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     a, b = policy(max_load_gap=2), policy(max_load_gap=2)
     first, second, third = turns(0, 3)
     home = shared_serve(a, table, first, idle(ids))
@@ -133,7 +133,7 @@ def test_a_placement_made_without_the_table_is_published_so_the_others_agree():
     """The table was slow or not yet reachable: the router placed the conversation by
     rendezvous, and tells the table afterwards, so another router replica finds it."""
     ids = replicas(4)
-    table = PlacementTable()
+    table = PlacementTable(clock=still)
     first, second = turns(0, 2)
     a = policy()
     decision = a.choose(first, idle(ids))  # no `placed`: the table did not answer

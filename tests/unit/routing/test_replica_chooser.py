@@ -13,7 +13,7 @@ from deployments.routing import choosers
 from deployments.routing.config import RoutingConfig, request_router_config
 from deployments.routing.placement_table import PlacementTable
 from deployments.routing.prefix_policy import PrefixPolicy
-from tests.unit.routing.helpers import turns
+from tests.unit.routing.helpers import still, turns
 
 CHOOSERS = {"pow2": "deployments.routing.replica_chooser.Pow2ReplicaChooser",
             "prefix": "deployments.routing.replica_chooser.PolicyReplicaChooser"}
@@ -212,7 +212,7 @@ def test_the_serve_adapter_takes_the_tables_answer_from_the_request_without_awai
         fakes = [FakeReplica(f"r{i}", deployment_id) for i in range(4)]
         router.update_replicas(fakes)
         await asyncio.sleep(0.05)
-        table = PlacementTable()
+        table = PlacementTable(clock=still)
         table.assign(0, "r0")  # make r3 the one given fewest conversations lately: not rendezvous luck
         table.assign(1, "r1")
         table.assign(2, "r2")
