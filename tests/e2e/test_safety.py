@@ -341,6 +341,46 @@ def test_health_answers_fast_while_streams_run_and_queue(base_url):
     assert all(r[0] in (200, 503) for r in results) and all(r[3] for r in results if r[0] == 200)
 
 
+def test_a_stampede_of_unauthenticated_health_probes_leaves_keyed_chat_latency_near_its_own(base_url):
+    """600 /health GETs at once, with no key, on the keyed application: its chat latency
+    (p50 of 8 requests) stays within 1.5x of its value without them, since the probes are
+    answered from one cached controller call per router replica."""
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {API_KEYS[0]}"}
+    ask = {**ASK, "max_tokens": 2}
+
+    async def latency(session: aiohttp.ClientSession) -> float:
+        started = time.monotonic()
+        async with session.post(f"{base_url}{TINY_GLM_PREFIX}{CHAT}", json=ask, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            await response.read()
+        return time.monotonic() - started
+
+    async def probe(session: aiohttp.ClientSession) -> int:
+        async with session.get(f"{base_url}{TINY_GLM_PREFIX}/health") as response:
+            await response.read()
+            return response.status
+
+    async def run():
+        connector = aiohttp.TCPConnector(limit=700)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            await latency(session)  # warm
+            alone = [await latency(session) for _ in range(8)]
+            probes = [asyncio.create_task(probe(session)) for _ in range(600)]
+            await asyncio.sleep(0)
+            loaded = [await latency(session) for _ in range(8)]
+            return alone, loaded, await asyncio.gather(*probes)
+
+    alone, loaded, statuses = asyncio.run(run())
+    ratio = statistics.median(loaded) / statistics.median(alone)
+    print(f"\nFIGURE health stampede: chat p50 {statistics.median(alone) * 1000:.0f} ms alone, "
+          f"{statistics.median(loaded) * 1000:.0f} ms beside 600 /health probes ({ratio:.2f}x); "
+          f"probes answered {sorted(set(statuses))}")
+    assert set(statuses) <= {200, 503}
+    assert ratio <= 1.5, f"chat p50 went {ratio:.2f}x its value alone"
+
+
 # ---- access log -------------------------------------------------------------------------
 
 def _ray_logs() -> list[Path]:
