@@ -28,6 +28,7 @@ from typing import Any
 
 from deployments.stream_channel.tls import RouterCertificate, keep_alive
 from deployments.stream_channel.wire import (
+    ACCEPTED,
     HANDSHAKE_TIMEOUT_S,
     HELLO,
     SECRET_CHARS,
@@ -152,6 +153,7 @@ class _ReceiverProtocol(asyncio.Protocol):
                 self._refuse("wrong hello")
                 return
             self._passed_hello()
+            transport.write(ACCEPTED)
         try:
             frames = decode_frames(self._buffer)
         except ValueError as exc:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from deployments.generation import GenerationChunk
 from deployments.stream_channel.tls import client_context, keep_alive, matches
 from deployments.stream_channel.wire import (
+    ACCEPTED,
     HANDSHAKE_TIMEOUT_S,
     HELLO,
     Address,
@@ -19,6 +20,10 @@ from deployments.stream_channel.wire import (
     encode_frame,
 )
 
+CONNECT_ATTEMPTS = 3
+"""Tries to open a connection to a router replica before its streams fail."""
+RECONNECT_PAUSE_S = 0.2
+"""Pause before the second try; twice that before the third."""
 HIGH_WATER_BYTES = 1024 * 1024
 """Above this much unsent data a sender waits for the socket to drain (TCP back-pressure)."""
 
@@ -71,16 +76,34 @@ class StreamSender:
         return conn
 
     async def _open(self, address: Address) -> asyncio.StreamWriter:
+        """A connection the router has accepted (its :data:`ACCEPTED` byte read). A try that
+        the router cut (its handshake deadline, on a busy machine) is made again, at most
+        :data:`CONNECT_ATTEMPTS` times; a wrong certificate is final."""
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                return await self._open_once(address)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ChannelClosed) as exc:
+                if isinstance(exc, ChannelClosed) or attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(RECONNECT_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _open_once(self, address: Address) -> asyncio.StreamWriter:
         host, port, secret, fingerprint = address
-        _, writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=self._tls, server_hostname="",
                                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S),
             HANDSHAKE_TIMEOUT_S * 2)
-        if not matches(writer.get_extra_info("ssl_object"), fingerprint):
+        try:
+            if not matches(writer.get_extra_info("ssl_object"), fingerprint):
+                raise ChannelClosed(f"the stream channel at {host}:{port} presented another certificate")
+            keep_alive(writer.get_extra_info("socket"))
+            writer.write(HELLO + secret.encode())
+            if await asyncio.wait_for(reader.readexactly(len(ACCEPTED)), HANDSHAKE_TIMEOUT_S * 2) != ACCEPTED:
+                raise ChannelClosed(f"the stream channel at {host}:{port} answered the hello with something else")
+        except BaseException:
             writer.close()
-            raise ChannelClosed(f"the stream channel at {host}:{port} presented another certificate")
-        keep_alive(writer.get_extra_info("socket"))
-        writer.write(HELLO + secret.encode())
+            raise
         return writer
 
     async def send_all(self, reply_to: ReplyTo, chunks: AsyncIterator[GenerationChunk]) -> int:

@@ -23,6 +23,8 @@ ReplyTo = tuple[str, int, str, str, str]
 
 HELLO = b"GLMSTREAM2"
 """An engine's first bytes on a connection, before the router's secret."""
+ACCEPTED = b"\x01"
+"""The router's one-byte answer to a right hello: the engine sends frames only after it."""
 SECRET_CHARS = 32
 """The router's secret: this many hex characters (128 bits)."""
 HANDSHAKE_TIMEOUT_S = 0.9

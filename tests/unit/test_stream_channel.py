@@ -338,7 +338,9 @@ def test_a_peer_cannot_write_into_a_stream_it_was_not_given(opening):
             reader, rogue = await tls_peer(receiver)
             secret = receiver.secret if opening.startswith("right") else "0" * len(receiver.secret)
             rogue.write(HELLO + secret.encode())
-        for key in (request_id_like, stream.reply_to[4][:-1] + "A"):
+        real = stream.reply_to[4]
+        near_miss = real[:-1] + ("A" if real[-1] != "A" else "B")  # one character off the real key
+        for key in (request_id_like, near_miss):
             rogue.write(encode_frame(key, GenerationChunk("INJECTED", 1, "stop")))
         await rogue.drain()
         if opening != "right secret, guessed key":
@@ -499,6 +501,32 @@ def test_a_deadline_put_into_a_stream_ends_it_after_what_already_arrived():
             await asyncio.wait_for(stream.__anext__(), 5)
         stream.close()
         sender.close()
+        await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_an_engine_tries_again_when_the_router_cut_its_connection_before_accepting_it(monkeypatch):
+    """On a busy machine the router may cut a connection whose handshake ran past its
+    deadline; the engine sends frames only after the router's accepted byte, and tries again."""
+    original = _ReceiverProtocol.connection_made
+    cut = []
+
+    def cut_the_first(self, transport):
+        if not cut:
+            cut.append(True)
+            transport.close()
+            return
+        original(self, transport)
+
+    monkeypatch.setattr(_ReceiverProtocol, "connection_made", cut_the_first)
+
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        await receiver.start()
+        stream, call = incoming(receiver)
+        conn = await StreamSender().connection(receiver.address)
+        assert cut and await deliver(conn, ["after", "a retry"], stream, call) == ["after", "a retry"]
         await receiver.stop()
 
     asyncio.run(main())
