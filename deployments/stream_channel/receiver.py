@@ -19,6 +19,7 @@ others on the connection go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
@@ -57,59 +58,30 @@ class StreamOverflow(ChannelClosed):
 
 
 class _ReceiverProtocol(asyncio.Protocol):
-    """One engine replica's connection into the router: TLS, hello, then frames -> queues."""
+    """One engine replica's connection into the router, once its TLS handshake is done:
+    the hello, then frames -> queues. Counted as pending for its source address from the
+    accept (:meth:`StreamReceiver._accept_forever`) until the hello is through."""
 
-    def __init__(self, receiver: StreamReceiver):
+    def __init__(self, receiver: StreamReceiver, source: str, deadline: asyncio.TimerHandle | None):
         self._receiver = receiver
+        self._source = source
+        self._deadline: asyncio.TimerHandle | None = deadline
         self._buffer = bytearray()
         self._transport: asyncio.BaseTransport | None = None
-        self._source = ""
         self._seen: set[str] = set()  # open streams this connection has carried chunks for
         self._hello: bytes | None = HELLO + receiver.secret.encode()  # None once presented
-        self._deadline: asyncio.TimerHandle | None = None
-        self._tls_task: asyncio.Task | None = None
+        receiver._connections.add(self)
 
     # -- opening ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        receiver = self._receiver
-        peer = transport.get_extra_info("peername")
-        self._source = peer[0] if peer else ""
-        pending = receiver._pending
-        if len(receiver._connections) >= MAX_CONNECTIONS or pending.get(self._source, 0) >= MAX_PENDING_PER_SOURCE:
-            self._hello = None  # never counted
-            receiver.refused(self._source, "connection cap")
-            transport.close()
-            return
-        pending[self._source] = pending.get(self._source, 0) + 1
-        receiver._connections.add(self)
-        transport.pause_reading()  # the TLS handshake's first bytes are for start_tls, not for us
-        keep_alive(transport.get_extra_info("socket"))
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(HANDSHAKE_TIMEOUT_S, self._refuse, "no TLS handshake and hello in time")
-        self._tls_task = loop.create_task(self._start_tls(transport))
-
-    async def _start_tls(self, raw: Any) -> None:
-        try:
-            self._transport = await asyncio.get_running_loop().start_tls(
-                raw, self, self._receiver.certificate.server_context, server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:  # not a TLS client, or too slow
-            self._refuse(f"TLS handshake failed ({type(exc).__name__})")
-            self._forget()
-        except asyncio.CancelledError:
-            raw.close()
-            self._forget()
-            raise
 
     def _refuse(self, why: str) -> None:
         self._receiver.refused(self._source, why)
         self._buffer.clear()
         if self._transport is not None:
             self._transport.close()
-        if self._tls_task is not None and not self._tls_task.done():
-            self._tls_task.cancel()
         self._forget()
 
     def _passed_hello(self) -> None:
@@ -119,12 +91,7 @@ class _ReceiverProtocol(asyncio.Protocol):
             self._deadline.cancel()
 
     def _release_pending(self) -> None:
-        pending = self._receiver._pending
-        left = pending.get(self._source, 0) - 1
-        if left > 0:
-            pending[self._source] = left
-        else:
-            pending.pop(self._source, None)
+        self._receiver._release(self._source)
 
     def _forget(self) -> None:
         """Leave the receiver's counts (once, however the connection ended)."""
@@ -205,6 +172,7 @@ class StreamReceiver:
         try:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._socket.bind((host, port))
+            self._socket.setblocking(False)
         except OSError as exc:
             self._socket.close()
             raise OSError(f"stream channel cannot listen on {host}:{port} (router.stream_host): {exc}") from exc
@@ -213,22 +181,69 @@ class StreamReceiver:
         self.address: Address = (host, self._socket.getsockname()[1], self.secret, self.certificate.fingerprint)
         self._connections: set[_ReceiverProtocol] = set()
         self._pending: dict[str, int] = {}  # by source address: connections not yet past their hello
-        self._server: asyncio.Server | None = None
-        self._starting: asyncio.Lock | None = None
+        self._accepting: asyncio.Task | None = None
         self._queues: dict[str, asyncio.Queue[Any]] = {}
         self._refusals: dict[tuple[str, str], int] = {}
         self._refusals_logged_at = float("-inf")
 
     async def start(self) -> Address:
         """Start accepting engine connections (once); returns this channel's address."""
-        if self._server is None:
-            self._starting = self._starting or asyncio.Lock()
-            async with self._starting:  # the first requests may arrive together
-                if self._server is None:
-                    self._server = await asyncio.get_running_loop().create_server(
-                        lambda: _ReceiverProtocol(self), sock=self._socket)
-                    logger.info("stream channel listening on %s:%d (TLS)", *self.address[:2])
+        if self._accepting is None:
+            self._socket.listen(socket.SOMAXCONN)
+            self._accepting = asyncio.get_running_loop().create_task(self._accept_forever())
+            logger.info("stream channel listening on %s:%d (TLS)", *self.address[:2])
         return self.address
+
+    async def _accept_forever(self) -> None:
+        """Accept connections ourselves, so that a source's pending ones are counted from the
+        accept, before any TLS work; hand each within its caps to the loop's own TLS."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self._socket)
+            except OSError as exc:  # out of file descriptors, say: back off, keep listening
+                logger.warning("stream channel: accept failed (%s)", exc)
+                await asyncio.sleep(0.1)
+                continue
+            source = peer[0] if peer else ""
+            if len(self._connections) >= MAX_CONNECTIONS or self._pending.get(source, 0) >= MAX_PENDING_PER_SOURCE:
+                self.refused(source, "connection cap")
+                conn.close()
+                continue
+            self._pending[source] = self._pending.get(source, 0) + 1
+            keep_alive(conn)
+            loop.create_task(self._handshake(conn, source))
+
+    async def _handshake(self, conn: socket.socket, source: str) -> None:
+        loop = asyncio.get_running_loop()
+        protocol: _ReceiverProtocol | None = None
+
+        def made() -> _ReceiverProtocol:
+            nonlocal protocol
+            deadline = loop.call_at(started + HANDSHAKE_TIMEOUT_S, lambda: protocol._refuse(
+                "no hello in time"))
+            protocol = _ReceiverProtocol(self, source, deadline)
+            return protocol
+
+        started = loop.time()
+        try:
+            await asyncio.wait_for(loop.connect_accepted_socket(
+                made, conn, ssl=self.certificate.server_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S),
+                HANDSHAKE_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:  # not a TLS client, or too slow
+            conn.close()
+            if protocol is not None:
+                protocol._refuse(f"TLS handshake failed ({type(exc).__name__})")
+            else:
+                self._release(source)
+                self.refused(source, f"TLS handshake failed ({type(exc).__name__})")
+
+    def _release(self, source: str) -> None:
+        left = self._pending.get(source, 0) - 1
+        if left > 0:
+            self._pending[source] = left
+        else:
+            self._pending.pop(source, None)
 
     def open(self) -> tuple[ReplyTo, asyncio.Queue[Any]]:
         """A new stream: the address to give its engine, and the queue its chunks (and the
@@ -262,8 +277,11 @@ class StreamReceiver:
         return sum(self._pending.values())
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        else:
-            self._socket.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        self._socket.close()
+        for protocol in list(self._connections):
+            if protocol._transport is not None:
+                protocol._transport.close()

@@ -311,8 +311,8 @@ def test_the_sender_reconnects_after_a_router_restart_and_forgets_dead_routers()
 def test_streams_the_router_closed_early_are_not_remembered_forever():
     async def main():
         receiver = StreamReceiver("127.0.0.1")
-        protocol = _ReceiverProtocol(receiver)
-        protocol._transport = type("Open", (), {"is_closing": lambda self: False})()
+        protocol = _ReceiverProtocol(receiver, "127.0.0.1", None)
+        protocol._transport = type("Open", (), {"is_closing": lambda self: False, "close": lambda self: None})()
         protocol._hello = None  # past the hello
         for _ in range(200):  # clients that left after their first chunk
             stream, _ = incoming(receiver)
@@ -530,3 +530,20 @@ def test_an_engine_tries_again_when_the_router_cut_its_connection_before_accepti
         await receiver.stop()
 
     asyncio.run(main())
+
+
+def test_the_channel_works_on_uvloop_too():
+    """Serve's replicas may run on uvloop, whose TLS and accept paths are its own: a stream
+    from a sender to a receiver on uvloop, both ends (the first TLS design broke there)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        receiver = StreamReceiver("127.0.0.1")
+        await receiver.start()
+        for _ in range(3):
+            stream, call = incoming(receiver)
+            conn = await StreamSender().connection(stream.reply_to[:4])
+            assert await deliver(conn, ["on", "uvloop"], stream, call) == ["on", "uvloop"]
+        await receiver.stop()
+
+    uvloop.run(main())
