@@ -389,7 +389,9 @@ class SchemaLimits(StrictModel):
     max_alternatives: int = Field(
         default=64, ge=1, description="Most anyOf, oneOf and allOf entries in one schema, all counted together.")
     max_enum_values: int = Field(default=256, ge=1, description="Most values of one enum.")
-    max_pattern_chars: int = Field(default=256, ge=1, description="Most characters of one pattern.")
+    max_pattern_chars: int = Field(default=64, ge=1, description="Most characters of one pattern.")
+    max_total_pattern_chars: int = Field(
+        default=128, ge=1, description="Most characters of all of one schema's patterns together.")
 
 
 class RequestLimits(StrictModel):

@@ -58,7 +58,9 @@ def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, message
     if max_tokens_limit is not None and max_tokens is not None and max_tokens > max_tokens_limit:
         raise APIError(400, f"{max_tokens_param}: {max_tokens} is more than this service's limit of "
                             f"{max_tokens_limit}.", param=max_tokens_param)
+    # n x max_tokens as a whole; one choice is bounded by the context (the engine's 400) and
+    # max_tokens_limit already, and its own error names the field better.
     per_choice = max_tokens if max_tokens is not None else default_max_tokens
-    if per_choice is not None and choices * per_choice > limits.max_total_tokens:
+    if choices > 1 and per_choice is not None and choices * per_choice > limits.max_total_tokens:
         raise APIError(400, f"n: {choices} choices of {per_choice} tokens is {choices * per_choice} tokens, more than "
                             f"the {limits.max_total_tokens} one request may ask for.", param="n")

@@ -1,9 +1,10 @@
 """Caps on the JSON schemas a request hands to grammar compilation.
 
 A ``response_format`` schema, or a forced tool call's parameter schemas, become a grammar
-that the engine compiles (xgrammar) before the request can run, and a schema can be made
-to cost that compile minutes and gigabytes: deep nesting, thousands of alternatives, huge
-enums, long patterns. The compile cannot be cancelled once started, so the router refuses
+that the engine compiles (xgrammar, against the whole vocabulary) before the request can
+run, and a schema can be made to cost that compile minutes and gigabytes: deep nesting,
+thousands of alternatives, huge enums, and above all patterns, whose cost grows faster
+than their length (docs/measurements.md, "Schema caps"). The compile cannot be cancelled once started, so the router refuses
 such schemas before they reach an engine: each cap is a 400 naming the parameter.
 """
 
@@ -23,7 +24,7 @@ def check_schema(schema: Any, limits: SchemaLimits, param: str) -> None:
     size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode())
     if size > limits.max_bytes:
         _refuse(param, f"{size} bytes, more than the {limits.max_bytes} allowed")
-    alternatives = 0
+    alternatives = pattern_chars = 0
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
         node, depth = stack.pop()
@@ -42,14 +43,16 @@ def check_schema(schema: Any, limits: SchemaLimits, param: str) -> None:
         enum = node.get("enum")
         if isinstance(enum, list) and len(enum) > limits.max_enum_values:
             _refuse(param, f"an enum of {len(enum)} values, more than the {limits.max_enum_values} allowed")
-        pattern = node.get("pattern")
-        if isinstance(pattern, str) and len(pattern) > limits.max_pattern_chars:
-            _refuse(param, f"a pattern of {len(pattern)} characters, more than the {limits.max_pattern_chars} "
-                           "allowed")
-        for key in node.get("patternProperties") or {}:
-            if isinstance(key, str) and len(key) > limits.max_pattern_chars:
-                _refuse(param, f"a pattern of {len(key)} characters, more than the {limits.max_pattern_chars} "
+        patterns = [node.get("pattern"), *(node.get("patternProperties") or {})]
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                continue
+            if len(pattern) > limits.max_pattern_chars:
+                _refuse(param, f"a pattern of {len(pattern)} characters, more than the {limits.max_pattern_chars} "
                                "allowed")
+            pattern_chars += len(pattern)
+            if pattern_chars > limits.max_total_pattern_chars:
+                _refuse(param, f"patterns of more than {limits.max_total_pattern_chars} characters in all")
         stack.extend((value, depth + 1) for value in node.values() if isinstance(value, (dict, list)))
 
 

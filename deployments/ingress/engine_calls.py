@@ -33,7 +33,7 @@ from deployments.generation import GenerationChunk, GenerationRequest, Generatio
 from deployments.ingress.context import REPLICA_HEADER, IngressContext
 from deployments.routing.choosers import ask_placement_table
 from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
-from deployments.stream_channel import ChannelClosed, IncomingStream
+from deployments.stream_channel import IncomingStream
 
 logger = logging.getLogger("glm_serve.router")
 
@@ -49,7 +49,7 @@ def engine_failure(exc: BaseException) -> APIError:
         return overloaded()
     if isinstance(exc, DeploymentUnavailableError):
         return APIError(503, "No engine replica is available.", "service_unavailable")
-    if isinstance(exc, ChannelClosed):
+    if isinstance(exc, ConnectionError):  # ChannelClosed, or the engine could not reach this router
         return APIError(503, "The engine replica's stream was lost; retry the request.", "service_unavailable")
     if isinstance(exc, (EngineUnavailable, RayActorError)):
         return APIError(503, "The engine replica failed; retry the request.", "service_unavailable")

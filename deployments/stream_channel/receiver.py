@@ -46,8 +46,11 @@ MAX_CONNECTIONS = 1024
 MAX_PENDING_PER_SOURCE = 16
 """Connections from one address that have not finished their handshake and hello; more
 are closed at once. An engine replica opens one per router replica."""
-MAX_QUEUED_CHUNKS = 4096
-"""Chunks one stream may have waiting for the router to relay them."""
+MAX_QUEUED_CHUNKS = 65_536
+"""Chunks one stream may have waiting for the router to relay them: above what any request's
+token budget can produce (a chunk holds at least one token; n x max_tokens is capped at
+32,768 by default), so only a broken or hostile engine reaches it. A stream with logprobs
+can lag its engine by thousands of chunks while the router encodes them."""
 REFUSAL_LOG_EVERY_S = 10.0
 """Refused connections are logged as a count at most this often: a flood of them must not
 become a flood of log lines."""

@@ -91,4 +91,5 @@ def test_amplification_is_bounded():
     assert completion(logit_bias={str(i): 1 for i in range(301)}) == 400, "OpenAI's cap of 300"
     assert completion(n=16, max_tokens=2048) == 200
     assert completion(n=16, max_tokens=2049) == 400, "n x max_tokens past limits.max_total_tokens"
+    assert completion(max_tokens=100_000) == 200, "one choice: the engine's context check names max_tokens"
     assert completion(ignore_eos=True) == 400, "ignore_eos needs router.allow_ignore_eos"

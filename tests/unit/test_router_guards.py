@@ -142,7 +142,7 @@ def test_only_an_engine_with_work_and_no_output_is_stalled():
 
 
 def test_a_replica_that_failed_after_accepting_a_request_is_a_503_to_retry_not_a_second_replica():
-    for failure in (ActorDiedError(), EngineUnavailable("dead"), ChannelClosed("x")):
+    for failure in (ActorDiedError(), EngineUnavailable("dead"), ChannelClosed("x"), ConnectionResetError()):
         error = engine_failure(failure)
         assert error.status == 503 and error.headers()["retry-after"], failure
     assert engine_failure(APIError(400, "too long")).status == 400

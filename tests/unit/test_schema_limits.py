@@ -30,6 +30,8 @@ def _nested(depth: int) -> dict:
     ({"enum": list(range(300))}, "an enum of 300"),
     ({"type": "string", "pattern": "(a|b)*" * 60}, "a pattern of 360"),
     ({"type": "object", "patternProperties": {"x" * 300: {"type": "string"}}}, "a pattern of 300"),
+    ({"type": "object", "properties": {k: {"type": "string", "pattern": "[a-z]{1,8}(x|y)*" * 3} for k in "abc"}},
+     "patterns of more than 128 characters in all"),
 ])
 def test_each_cap_is_a_400_naming_the_parameter(schema, says):
     with pytest.raises(APIError) as error:
