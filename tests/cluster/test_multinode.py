@@ -73,7 +73,18 @@ def ray_env() -> dict[str, str]:
             "GLM_SERVE_API_KEYS": API_KEY}
 
 
-def deploy(config: dict[str, Any], path: Path) -> None:
+_DEPLOYED: dict[str, Any] = {}
+"""The config last deployed: tests that change the app start from it and put it back, so
+that they pass in any order."""
+
+
+def deployed_args() -> dict[str, Any]:
+    """``app_config``'s keyword arguments of the config last deployed."""
+    return dict(_DEPLOYED["args"])
+
+
+def deploy(config: dict[str, Any], path: Path, **args: Any) -> None:
+    """``serve deploy`` ``config`` (made by ``app_config(**args)``), as an operator would."""
     path.write_text(yaml.safe_dump(config))
     env = ray_env()
     checked = netns.run(HEAD, str(BIN / "glm-serve"), "check", str(path), env=env, check=False)
@@ -81,6 +92,7 @@ def deploy(config: dict[str, Any], path: Path) -> None:
     result = netns.run(HEAD, str(BIN / "serve"), "deploy", str(path), "--address", DASHBOARD, env=env,
                        check=False, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    _DEPLOYED["args"] = args
 
 
 def serve_status() -> dict[str, Any]:
@@ -166,7 +178,7 @@ def cluster(tmp_path_factory):
         netns.run(WORKER, str(BIN / "ray"), "start", f"--address={HEAD.ip}:6379", f"--node-ip-address={WORKER.ip}",
                   "--num-cpus=1", "--num-gpus=1", f"--metrics-export-port={METRICS_PORT}", "--disable-usage-stats",
                   env=env)
-        deploy(app_config(), tmp / "serve.yaml")
+        deploy(app_config(), tmp / "serve.yaml", engine_replicas=2, default_max_tokens=64)
 
         def healthy() -> bool:
             return all(httpx.get(f"{url(node)}/health", timeout=5).status_code == 200 for node in NODES)
@@ -293,7 +305,8 @@ def test_one_scrape_of_each_node_covers_every_replica_on_it(cluster):
 
 
 def test_a_replica_beyond_the_gpus_stays_pending_and_serve_status_says_why(cluster):
-    deploy(app_config(engine_replicas=3), cluster / "three.yaml")
+    before = deployed_args()
+    deploy(app_config(**{**before, "engine_replicas": 3}), cluster / "three.yaml", **{**before, "engine_replicas": 3})
     try:
         def pending_message() -> str | None:
             status, deployments = app_status(serve_status())
@@ -310,7 +323,7 @@ def test_a_replica_beyond_the_gpus_stays_pending_and_serve_status_says_why(clust
                 stream_chat(http, "Still serving?")
         assert len(engine_nodes()) == 2
     finally:
-        deploy(app_config(), cluster / "serve.yaml")
+        deploy(app_config(**before), cluster / "serve.yaml", **before)
     wait_until(lambda: app_status(serve_status())[0] == "RUNNING", 120, "the app RUNNING with 2 engines again")
 
 
@@ -337,7 +350,9 @@ def test_a_rolling_update_under_streaming_load_fails_no_request(cluster):
         time.sleep(5)
         # A new sampling default changes the application's arguments: Serve replaces every
         # engine (and router) replica, one at a time, while the load runs.
-        deploy(app_config(default_max_tokens=48), cluster / "updated.yaml")
+        # (from whatever this module deployed last, so the test passes in any order)
+        changed = {**deployed_args(), "default_max_tokens": 48 if deployed_args()["default_max_tokens"] != 48 else 64}
+        deploy(app_config(**changed), cluster / "updated.yaml", **changed)
         update_started = time.monotonic()
 
         def updated() -> bool:
