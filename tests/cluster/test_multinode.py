@@ -200,7 +200,10 @@ def test_a_request_through_either_nodes_proxy_streams_from_an_engine_on_the_othe
     for node in NODES:
         crossed = None
         with client(node) as http:
-            for i in range(12):
+            # New conversations go to the replica given fewer lately (placement_memory_s, 60 s):
+            # after a test that loaded one replica more, several in a row may go to the other
+            # before they alternate, so allow for that rather than assume a fresh table.
+            for i in range(48):
                 replica, chunks = stream_chat(http, f"{uuid.uuid4().hex} Name a colour, {i}.")
                 assert chunks >= 1
                 if placement[replica] != node.ip:
