@@ -153,12 +153,6 @@ class PrefixPolicy(RoutingPolicy):
         self._rng = rng or random.Random()
         self._clock = clock
 
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> PrefixPolicy:
-        """A policy from ``request_router_kwargs`` (the fields of :class:`RoutingConfig`)."""
-        kwargs.pop("policy", None)
-        return cls(RoutingConfig(policy="prefix", **kwargs))
-
     def __len__(self) -> int:
         return len(self._table)
 

@@ -89,12 +89,9 @@ class _ReceiverProtocol(asyncio.Protocol):
 
     def _passed_hello(self) -> None:
         self._hello = None
-        self._release_pending()
+        self._receiver._release(self._source)
         if self._deadline is not None:
             self._deadline.cancel()
-
-    def _release_pending(self) -> None:
-        self._receiver._release(self._source)
 
     def _forget(self) -> None:
         """Leave the receiver's counts (once, however the connection ended)."""
@@ -102,7 +99,7 @@ class _ReceiverProtocol(asyncio.Protocol):
         if self in receiver._connections:
             receiver._connections.discard(self)
             if self._hello is not None:
-                self._release_pending()
+                self._receiver._release(self._source)
         if self._deadline is not None:
             self._deadline.cancel()
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from deployments.routing import choosers
 from deployments.routing.config import RoutingConfig, request_router_config
 from deployments.routing.placement_table import PlacementTable
+from deployments.routing.policy import policy_class
 from deployments.routing.prefix_policy import PrefixPolicy
 from tests.unit.routing.helpers import still, turns
 
@@ -33,7 +34,9 @@ def test_routing_config_is_strict_and_maps_to_serve_options():
     assert options["request_router_kwargs"]["max_load_gap"] == 4 and options["request_router_kwargs"]["policy"] == "prefix"
     assert "stats_period_s" not in options["request_router_kwargs"]
     assert RoutingConfig(**options["request_router_kwargs"]) == cfg
-    assert PrefixPolicy.from_kwargs(**options["request_router_kwargs"]).config == cfg
+    # what PolicyReplicaChooser.initialize_state builds from them
+    built = policy_class(cfg.policy)(RoutingConfig(**options["request_router_kwargs"]))
+    assert isinstance(built, PrefixPolicy) and built.config == cfg
     # Serve takes both as it takes them from `.options()`, and imports the classes by path.
     for policy in ("pow2", "prefix"):
         config = DeploymentConfig()
