@@ -49,6 +49,14 @@ class RequestRecord:
     completion_tokens: int = 0
     ttft_s: float | None = None
     error_code: str | None = None
+    tenant: str | None = None
+    """The caller's tenant (its name, never its key); None before the key is checked."""
+    caller: Any = None
+    """The caller's :class:`~deployments.tenants.tenants_file.Tenant`."""
+    ticket: Any = None
+    """The request's hold on its tenant's limits (deployments/tenants/quota_service.py)."""
+    batch: bool = False
+    """The tenant's priority is batch."""
     admitted: bool = False
     """Counted against ``router.max_in_flight_requests`` until the request ends."""
     finished: bool = False
@@ -58,7 +66,8 @@ class RequestRecord:
     def line(self) -> str:
         """The access-log line of this record, as JSON."""
         entry: dict[str, Any] = {
-            "event": "request", "request_id": self.request_id, "method": self.method, "route": self.route,
+            "event": "request", "request_id": self.request_id, "tenant": self.tenant, "method": self.method,
+            "route": self.route,
             "status": self.status, "replica": self.replica, "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens, "completion_tokens": self.completion_tokens,
             "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 1),

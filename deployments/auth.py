@@ -1,22 +1,27 @@
-"""API keys: who may use the service.
+"""API keys: who is calling, as a tenant.
 
-Keys never sit in a config file. ``router.api_keys_env`` names an environment variable
-of the router replicas' processes that holds one or more comma-separated keys, and
-``router.api_keys_file`` names a file with one key per line (``#`` starts a comment).
-Both may be given; a configured source that yields no key is an error at start-up, so a
-typo never leaves the service open. Every key is compared on every request with
-:func:`hmac.compare_digest`, so the time taken does not tell a caller which key, or how
-much of one, it guessed.
+Keys come from three sources, none of them the config file:
 
-The file is read again when it changes (looked at no more than every
-:data:`RELOAD_CHECK_S`), so a key removed from it is refused within seconds, with no
-restart. A file that becomes unreadable or empty fails closed: none of its keys is
-accepted until it holds keys again (the environment's still are), and the router logs it.
+- ``router.tenants_file``: tenants, each with the SHA-256 digests of its keys and its own
+  limits (:mod:`deployments.tenants.tenants_file`);
+- ``router.api_keys_env``: an environment variable of the router replicas' processes with
+  comma-separated keys, and ``router.api_keys_file``: a file with one key per line (``#``
+  starts a comment). Their keys belong to the ``default`` tenant, which has no limits.
+
+A configured source that yields no key is an error at start-up, so a typo never leaves
+the service open. A presented key is hashed and looked up by digest: the lookup learns
+nothing about a key that is not held, and no key is kept in memory in the clear.
+
+Both files are read again when they change (looked at no more than every
+:data:`RELOAD_CHECK_S`), so a key removed from either is refused within seconds, with no
+restart. A keys file that becomes unreadable or empty fails closed: none of its keys is
+accepted until it holds keys again. A tenants file that stops validating (a half-saved
+edit) is logged and the last valid version stays in force; ``glm-serve check`` validates
+an edit before it is saved.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -24,23 +29,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deployments.errors import APIError
+from deployments.tenants.tenants_file import DEFAULT_TENANT, Tenant, hash_key, load_tenants
 
 logger = logging.getLogger("glm_serve.router")
 
 
 RELOAD_CHECK_S = 1.0
-"""Least time between two looks at whether ``router.api_keys_file`` changed."""
+"""Least time between two looks at whether a keys or tenants file changed."""
 
 
-def _env_keys(env_name: str) -> list[bytes]:
+def _env_keys(env_name: str) -> list[str]:
     found = [k.strip() for k in os.environ.get(env_name, "").split(",") if k.strip()]
     if not found:
         raise ValueError(f"router.api_keys_env: the environment variable {env_name} is unset or empty "
                          "in the router replica's process")
-    return [k.encode() for k in found]
+    return [hash_key(k) for k in found]
 
 
-def _file_keys(file_name: str) -> list[bytes]:
+def _file_keys(file_name: str) -> list[str]:
     try:
         lines = Path(file_name).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -49,7 +55,7 @@ def _file_keys(file_name: str) -> list[bytes]:
     found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not found:
         raise ValueError(f"router.api_keys_file: {file_name} holds no key")
-    return [k.encode() for k in found]
+    return [hash_key(k) for k in found]
 
 
 def _file_stamp(file_name: str) -> tuple[int, int, int] | None:
@@ -60,56 +66,100 @@ def _file_stamp(file_name: str) -> tuple[int, int, int] | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-class ApiKeys:
-    """The keys a router replica accepts, the file's kept current. Start-up fails (with the
-    field's name) when a configured source yields no key."""
+def default_tenant(digests: list[str] | None = None) -> Tenant:
+    """The tenant of the plain keys sources (and of every request when no key is needed):
+    no limits, the router's own settings."""
+    return Tenant.model_construct(name=DEFAULT_TENANT, keys=digests or [], priority="interactive",
+                                  max_concurrent_requests=None, requests_per_minute=None, tokens_per_minute=None,
+                                  max_tokens_limit=None, allow_ignore_eos=None, models=None)
 
-    def __init__(self, env_name: str | None, file_name: str | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._env = _env_keys(env_name) if env_name is not None else []
-        self._file_name = file_name
-        self._file: list[bytes] = []
-        self._stamp: tuple[int, int, int] | None = None
-        self._clock = clock
+
+class _Watched:
+    """A file read again when its stamp changes (looked at every RELOAD_CHECK_S at most)."""
+
+    def __init__(self, name: str, read: Callable[[str], object], clock: Callable[[], float]) -> None:
+        self.name, self._read, self._clock = name, read, clock
+        self._stamp = _file_stamp(name)
+        self.value = read(name)  # start-up: a bad file is an error
         self._looked_at = clock()
-        if file_name is not None:
-            self._stamp = _file_stamp(file_name)
-            self._file = _file_keys(file_name)
-        self.enabled = env_name is not None or file_name is not None
-        """Whether any key is required at all."""
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 unless ``authorization`` is ``Bearer <an accepted key>``."""
-        self._reload_if_changed()
-        check_bearer(authorization, self._env + self._file)
-
-    def _reload_if_changed(self) -> None:
-        if self._file_name is None:
-            return
+    def changed(self) -> bool:
+        """Read the file again if it changed; True when :attr:`value` may differ. A failed
+        read raises ValueError (once per change)."""
         now = self._clock()
         if now - self._looked_at < RELOAD_CHECK_S:
-            return
+            return False
         self._looked_at = now
-        stamp = _file_stamp(self._file_name)
+        stamp = _file_stamp(self.name)
         if stamp == self._stamp:
-            return
+            return False
         self._stamp = stamp
-        try:
-            self._file = _file_keys(self._file_name)
-        except ValueError as exc:
-            self._file = []  # fail closed: a broken file accepts nobody
-            logger.error("%s; none of its keys is accepted until it holds keys again", exc)
-        else:
-            logger.info("router.api_keys_file: %s changed; %d keys now", self._file_name, len(self._file))
+        self.value = self._read(self.name)
+        return True
 
 
-def check_bearer(authorization: str | None, keys: list[bytes]) -> None:
-    """Raise a 401 unless ``authorization`` is ``Bearer <one of keys>``."""
-    scheme, _, token = (authorization or "").partition(" ")
-    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-    matched = False
-    for key in keys:  # no early exit: every key is compared
-        matched |= hmac.compare_digest(presented, key)
-    if not matched:
-        message = "Missing API key." if not presented else "Incorrect API key provided."
-        raise APIError(401, message, "authentication_error", code="invalid_api_key")
+class ApiKeys:
+    """The keys a router replica accepts, each mapped to its tenant; files kept current.
+    Start-up fails (naming the field) when a configured source yields no key or the
+    tenants file does not validate."""
+
+    def __init__(self, env_name: str | None, file_name: str | None, tenants_file: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._env = _env_keys(env_name) if env_name is not None else []
+        self._keys_file = _Watched(file_name, _file_keys, clock) if file_name is not None else None
+        self._tenants_file = _Watched(tenants_file, load_tenants, clock) if tenants_file is not None else None
+        self.enabled = env_name is not None or file_name is not None or tenants_file is not None
+        """Whether any key is required at all."""
+        self.anonymous = default_tenant()
+        """The tenant of requests on a service that needs no key, and of open routes."""
+        self.tenants: dict[str, Tenant] = {}
+        """The tenants by name, the default one included while it has keys."""
+        self._by_digest: dict[str, Tenant] = {}
+        self._rebuild()
+
+    def identify(self, authorization: str | None) -> Tenant:
+        """The tenant whose key ``authorization`` (``Bearer <key>``) presents; a 401 if none."""
+        if not self.enabled:
+            return self.anonymous
+        self._reload_if_changed()
+        scheme, _, token = (authorization or "").partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else ""
+        tenant = self._by_digest.get(hash_key(presented)) if presented else None
+        if tenant is None:
+            message = "Missing API key." if not presented else "Incorrect API key provided."
+            raise APIError(401, message, "authentication_error", code="invalid_api_key")
+        return tenant
+
+    def _reload_if_changed(self) -> None:
+        changed = False
+        if self._keys_file is not None:
+            try:
+                changed |= self._keys_file.changed()
+            except ValueError as exc:
+                self._keys_file.value = []  # fail closed: a broken keys file accepts nobody
+                changed = True
+                logger.error("%s; none of its keys is accepted until it holds keys again", exc)
+        if self._tenants_file is not None:
+            try:
+                changed |= self._tenants_file.changed()
+            except ValueError as exc:  # a half-saved edit: keep the last valid tenants
+                logger.error("router.tenants_file did not validate, the last valid version stays in force: %s", exc)
+        if changed:
+            try:
+                self._rebuild()
+            except ValueError as exc:
+                logger.error("%s; the last valid keys stay in force", exc)
+
+    def _rebuild(self) -> None:
+        plain = self._env + (self._keys_file.value if self._keys_file is not None else [])  # type: ignore[operator]
+        tenants = list(self._tenants_file.value.tenants) if self._tenants_file is not None else []  # type: ignore[union-attr]
+        if plain:
+            if any(t.name == DEFAULT_TENANT for t in tenants):
+                raise ValueError(f"router.tenants_file: the name {DEFAULT_TENANT!r} is taken by the keys of "
+                                 "router.api_keys_env / api_keys_file")
+            tenants.append(default_tenant(plain))
+        by_digest = {digest: tenant for tenant in tenants for digest in tenant.keys}
+        self.tenants = {t.name: t for t in tenants}
+        self._by_digest = by_digest
+        if self._tenants_file is not None or self._keys_file is not None:
+            logger.info("API keys: %d tenants, %d keys", len(tenants), len(by_digest))

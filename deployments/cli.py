@@ -3,7 +3,8 @@
 `serve run` finds a bad config only in the Serve controller, after Ray has started, and
 then waits on. `glm-serve check` finds it in a second, one line per bad field, starting no
 Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`.
-`glm-serve config-docs` renders docs/configuration.md from deployments/config.py."""
+`glm-serve config-docs` renders docs/configuration.md from deployments/config.py;
+`glm-serve hash-key` prints the digest of an API key for the tenants file."""
 
 import argparse
 import os
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from deployments import config_docs
 from deployments.config import AppConfig, is_builder
 from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
+from deployments.tenants.tenants_file import hash_key, load_tenants, parse_tenants
 
 
 def _path(loc: tuple) -> str:
@@ -100,7 +102,18 @@ def check_file(path: str) -> tuple[list[str], list[str], int]:
     data, error = _load_yaml(text)
     if error:
         return [error], [], 0
+    if isinstance(data, dict) and "tenants" in data and "applications" not in data:
+        return check_tenants(text, path)
     return check_config(data)
+
+
+def check_tenants(text: str, path: str) -> tuple[list[str], list[str], int]:
+    """:func:`check_file` for a tenants file (``router.tenants_file``): the count is of tenants."""
+    try:
+        tenants = parse_tenants(text, path)
+    except ValueError as e:
+        return [line.removeprefix(f"{path}: ") for line in str(e).splitlines()], [], 0
+    return [], [], len(tenants.tenants)
 
 
 def check_rayservice(service: dict) -> tuple[list[str], list[str], int]:
@@ -144,10 +157,22 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
             continue
         args = app.get("args") or {}
         try:
-            model = AppConfig.model_validate(args).model.model
+            config = AppConfig.model_validate(args)
         except ValidationError as e:
             errors += _lines(e, args, ("applications", i, "args"))
             continue
+        model = config.model.model
+        tenants_file = config.router.tenants_file
+        if tenants_file is not None:
+            where = f"applications[{i}].args.router.tenants_file"
+            if os.path.exists(tenants_file):
+                try:
+                    load_tenants(tenants_file)
+                except ValueError as e:
+                    errors += [f"{where}: {line}" for line in str(e).splitlines()]
+            else:
+                warnings.append(f"{where}: {tenants_file!r} does not exist here (fine only if every router "
+                                "replica's node has it)")
         # Only a warning: `serve run --address` may target a cluster whose nodes have the path.
         if not os.path.isabs(model) and not os.path.exists(model):
             warnings.append(f"applications[{i}].args.model.model: {model!r} does not exist under {os.getcwd()} "
@@ -201,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glm-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="validate config files; exit 2, naming each bad field (CI, `serve deploy`)")
-    c.add_argument("configs", nargs="+", metavar="CONFIG", help="Serve config file, e.g. config/serve.yaml")
+    c = sub.add_parser("check", help="validate config files and tenants files; exit 2, naming each bad field "
+                                     "(CI, `serve deploy`)")
+    c.add_argument("configs", nargs="+", metavar="CONFIG",
+                   help="Serve config file, e.g. config/serve.yaml, or a tenants file (router.tenants_file)")
     r = sub.add_parser("run", help="check CONFIG, then exec `serve run CONFIG [SERVE_ARGS...]`")
     r.add_argument("config", metavar="CONFIG", help="Serve config file, e.g. config/serve-cpu.yaml")
     r.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",
@@ -211,7 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     mode = d.add_mutually_exclusive_group()
     mode.add_argument("--write", metavar="PATH", help="write it to PATH instead, e.g. docs/configuration.md")
     mode.add_argument("--check", metavar="PATH", help="exit 1 when PATH differs from it (CI: a stale copy)")
+    h = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key, for the tenants file")
+    h.add_argument("--stdin", action="store_true", help="read the key from standard input (kept out of "
+                                                        "the shell's history)")
+    h.add_argument("key", nargs="?", help="the key; omit it with --stdin")
     args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        key = sys.stdin.readline().strip() if args.stdin else (args.key or "")
+        if not key:
+            print("glm-serve hash-key: give a key, or --stdin and the key on standard input", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
     if args.command == "config-docs":
         return config_docs_command(args.write, args.check)
     failed = False

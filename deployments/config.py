@@ -155,6 +155,11 @@ class ModelConfig(StrictModel):
         description="Most tokens vLLM schedules in one engine step (prefill chunks included). None keeps vLLM's default.",
     )
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        default="priority",
+        description="vLLM's scheduling: 'priority' runs batch tenants' requests after interactive ones "
+                    "(router.tenants_file), first come first served within a priority; 'fcfs' ignores priority.",
+    )
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
     streaming: StreamingConfig = Field(
         default_factory=lambda: StreamingConfig(),
@@ -230,6 +235,7 @@ class ModelConfig(StrictModel):
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "enable_prefix_caching": self.enable_prefix_caching,
+            "scheduling_policy": self.scheduling_policy,
             "seed": self.seed,
             "stream_interval": self.streaming.min_chunk_tokens,
         }
@@ -488,6 +494,18 @@ class RouterConfig(StrictModel):
     )
     api_keys_file: str | None = Field(
         default=None, description="A file of API keys, one per line, readable by the router replicas.",
+    )
+    tenants_file: str | None = Field(
+        default=None,
+        description="A YAML file of tenants, readable by the router replicas: each with the SHA-256 digests of "
+                    "its API keys and its own limits, priority and models (docs/tenants.md). Read again when it "
+                    "changes. The keys of api_keys_env and api_keys_file are the tenant 'default', unlimited.",
+    )
+    batch_admission_share: float = Field(
+        default=0.75, gt=0, le=1,
+        description="Share of router.max_in_flight_requests that batch tenants' requests may fill on a router "
+                    "replica; past it they get 503 with Retry-After while interactive requests are still "
+                    "admitted. Without max_in_flight_requests, priority acts only in the engines.",
     )
     metrics_without_key: bool = Field(
         default=False, description="Serve GET /metrics without an API key (for a scraper inside the network).",

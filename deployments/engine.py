@@ -87,6 +87,7 @@ class EngineDeployment:
         self._in_flight = 0  # generations in vLLM, streamed or whole
         self._last_progress = time.monotonic()
         self._stall_timeout_s = stall_timeout_s
+        self._priority_scheduling = config.scheduling_policy == "priority"
         self._sender = StreamSender()
         logger.info(
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
@@ -230,7 +231,9 @@ class EngineDeployment:
 
         self._last_progress = time.monotonic()
         self._in_flight += 1
-        outputs = self._engine.generate(prompt, params, request.request_id)
+        # A priority other than 0 is an error in vLLM under 'fcfs': there, every request is equal.
+        priority = request.priority if self._priority_scheduling else 0
+        outputs = self._engine.generate(prompt, params, request.request_id, priority=priority)
         try:
             first = await self._first_output(outputs, request)
             if first is None:

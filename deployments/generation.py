@@ -49,6 +49,8 @@ class GenerationRequest:
     """Where the shared placement table keeps this request's conversation (engine replica id,
     and whether it was placed just now), asked by the router deployment before the handle
     call; read by the prefix request router. None: not asked, or no answer in time."""
+    priority: int = 0
+    """vLLM's request priority (lower runs first): 0 interactive, 1 batch tenants."""
     first_token_deadline: float | None = None
     """Wall-clock time (``time.time()``) by which the first output must exist, queues included."""
     deadline: float | None = None

@@ -97,6 +97,16 @@ class RouterMetrics:
         self.latency = self._series(Histogram, "glm_serve_request_latency_seconds",
                                     "Request arrival to last byte, by endpoint.", ("endpoint",), buckets=_BUCKETS)
 
+        self.tenant_requests = self._series(
+            Counter, "glm_serve_tenant_requests", "Generation and /tokenize requests by tenant and status code.",
+            ("tenant", "status"))
+        self.tenant_tokens = self._series(
+            Counter, "glm_serve_tenant_tokens", "Tokens of finished requests by tenant and kind (prompt, completion, "
+            "cached: prompt tokens found in the prefix cache).", ("tenant", "kind"))
+        self.tenant_rate_limited = self._series(
+            Counter, "glm_serve_tenant_rate_limited",
+            "Requests refused with 429 by tenant and limit (requests, tokens, concurrent).", ("tenant", "limit"))
+
         self.registry.register(_RoutingDecisions())
         self.registry.register(_EngineReplicas())
         # The request router counts its decisions on Serve's routing loop; they reach Ray's
@@ -125,6 +135,17 @@ class RouterMetrics:
                 if delta > 0:
                     counter.inc(delta, {tag: value})
                     self._routing_exported[tag, value] = total
+
+    def count_tenant(self, tenant: str, status: int, prompt: int, completion: int, cached: int,
+                     error_code: str | None) -> None:
+        """A finished request of ``tenant``: labelled by its name (a bounded set, from the
+        tenants file), never by its key."""
+        self.tenant_requests.labels(tenant, str(status)).inc()
+        for kind, count in (("prompt", prompt), ("completion", completion), ("cached", cached)):
+            if count:
+                self.tenant_tokens.labels(tenant, kind).inc(count)
+        if status == 429 and error_code and error_code.startswith("rate_limit:"):
+            self.tenant_rate_limited.labels(tenant, error_code.partition(":")[2]).inc()
 
     def _series(self, kind: type, name: str, help_text: str, labelnames: tuple[str, ...] = (),
                 buckets: tuple[float, ...] | None = None) -> _Series:

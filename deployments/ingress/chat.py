@@ -30,12 +30,12 @@ class ChatCompletions:
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
         parsed: protocol.ChatCompletionRequest = ctx.validate(protocol.ChatCompletionRequest,
-                                                              await ctx.read_json(request))
-        check_limits(ctx.config.limits, ctx.config.max_tokens_limit, messages=parsed.messages,
+                                                              await ctx.read_json(request), record)
+        check_limits(ctx.config.limits, ctx.max_tokens_limit(record), messages=parsed.messages,
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
                      max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens",
                      choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
-        ctx.check_sampling(parsed)
+        ctx.check_sampling(parsed, record)
         ctx.check_tool_support(parsed.tools)
         tools: list[dict[str, Any]] | None = parsed.active_tools()
         schemas = ctx.config.limits.schemas
@@ -57,6 +57,7 @@ class ChatCompletions:
             max_tokens=parsed.output_limit,
         ), request, parsed.user)
         record.request_id = generation.request_id
+        await ctx.reserve_tokens(record, generation)
         if ctx.config.log_prompts:
             record.text = {"messages": generation.messages}
         if parsed.stream:

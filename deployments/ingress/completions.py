@@ -26,10 +26,11 @@ class Completions:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: protocol.CompletionRequest = ctx.validate(protocol.CompletionRequest, await ctx.read_json(request))
-        check_limits(ctx.config.limits, ctx.config.max_tokens_limit, prompt=parsed.prompt, stop=parsed.stop,
+        parsed: protocol.CompletionRequest = ctx.validate(protocol.CompletionRequest,
+                                                          await ctx.read_json(request), record)
+        check_limits(ctx.config.limits, ctx.max_tokens_limit(record), prompt=parsed.prompt, stop=parsed.stop,
                      max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
-        ctx.check_sampling(parsed)
+        ctx.check_sampling(parsed, record)
         generation = ctx.with_deadlines(GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             prompt=parsed.prompt,  # type: ignore[arg-type]  (a one-string list was unwrapped)
@@ -38,6 +39,7 @@ class Completions:
             max_tokens=parsed.max_tokens,
         ), request, parsed.user)
         record.request_id = generation.request_id
+        await ctx.reserve_tokens(record, generation)
         if ctx.config.log_prompts:
             record.text = {"prompt": generation.prompt}
         if parsed.stream:

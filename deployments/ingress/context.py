@@ -23,6 +23,7 @@ from deployments.ingress.admission import Admission
 from deployments.json_body import parse_object
 from deployments.metrics import RouterMetrics
 from deployments.stream_channel import StreamReceiver
+from deployments.tenants.tenants_file import Tenant
 
 REPLICA_HEADER = "x-glm-serve-replica"
 """Names the engine replica that served a generation."""
@@ -69,12 +70,18 @@ class IngressContext:
                            code="body_timeout") from None
         return parse_object(bytes(body))
 
-    def validate(self, model_cls: type[Any], data: dict[str, Any]) -> Any:
-        """``data`` as ``model_cls`` (400 naming the field), for this server's model (404)."""
+    def validate(self, model_cls: type[Any], data: dict[str, Any], record: RequestRecord) -> Any:
+        """``data`` as ``model_cls`` (400 naming the field), for this server's model, which the
+        caller's tenant may call (404 otherwise, as for a model that does not exist: a tenant
+        does not learn what others may call)."""
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as exc:
             raise protocol.from_validation_error(exc) from None
+        tenant: Tenant | None = record.caller
+        if tenant is not None and not tenant.may_call(parsed.model):
+            raise APIError(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
+                           "not_found_error", param="model", code="model_not_found")
         if parsed.model != self.model_name:
             raise APIError(
                 404, f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`.",
@@ -91,12 +98,33 @@ class IngressContext:
         generation.deadline = now + self.config.request_timeout_s
         return generation
 
-    def check_sampling(self, parsed: Any) -> None:
-        """400 for sampling this service does not allow: ``ignore_eos`` unless
-        ``router.allow_ignore_eos``."""
-        if parsed.ignore_eos and not self.config.allow_ignore_eos:
+    def check_sampling(self, parsed: Any, record: RequestRecord) -> None:
+        """400 for sampling this service does not allow: ``ignore_eos`` unless the tenant's
+        ``allow_ignore_eos``, or else ``router.allow_ignore_eos``, allows it."""
+        tenant: Tenant | None = record.caller
+        allowed = self.config.allow_ignore_eos
+        if tenant is not None and tenant.allow_ignore_eos is not None:
+            allowed = tenant.allow_ignore_eos
+        if parsed.ignore_eos and not allowed:
             raise APIError(400, "ignore_eos: this service does not allow it (router.allow_ignore_eos).",
                            param="ignore_eos")
+
+    def max_tokens_limit(self, record: RequestRecord) -> int | None:
+        """The largest max_tokens the caller may ask for: its tenant's limit within the router's."""
+        limits = [self.config.max_tokens_limit, getattr(record.caller, "max_tokens_limit", None)]
+        return min((v for v in limits if v is not None), default=None)
+
+    async def reserve_tokens(self, record: RequestRecord, generation: GenerationRequest) -> None:
+        """Reserve the most ``generation`` may produce against its tenant's tokens per minute
+        (429 when it has not that many left), and give it its tenant's priority. The prompt's
+        tokens are charged when the request ends, with what it really generated."""
+        tenant: Tenant | None = record.caller
+        if tenant is None:
+            return
+        generation.priority = 1 if tenant.batch else 0
+        if record.ticket is not None and self.admission.quotas is not None:
+            per_choice = generation.max_tokens or self.default_max_tokens or self.max_tokens_limit(record) or 0
+            await self.admission.quotas.reserve_tokens(record.ticket, per_choice * generation.sampling.get("n", 1))
 
     def check_tool_support(self, tools: list[Any] | None) -> None:
         """400 when the request has tools and this model's chat format has no tool calls."""

@@ -9,14 +9,17 @@ engine's chunks, which arrive on this replica's stream channel
 
 Request life cycle::
 
-    API key (401) -> route (404/405) -> admission (503) -> read body (413) -> parse JSON (400)
-      -> validate (400) -> model name (404) -> limits (400/413)
+    API key -> tenant (401) -> route (404/405) -> admission (503) -> tenant's requests and
+      concurrency (429) -> read body (413) -> parse JSON (400) -> validate (400)
+      -> model name, and may the tenant call it (404) -> limits (400/413)
+      -> tenant's tokens, reserved (429)
       -> engine.generate (chunks over the stream channel) / engine.complete
          (sent once more to another replica if the engine failed before any output)
       -> an APIError (the router's or an engine's refusal, a deadline) -> its status, here
       -> first chunk -> 200 + SSE stream
       -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
-      -> one access-log line and the metrics, once, when the request ends
+      -> one access-log line and the metrics, once, when the request ends; the tenant's
+         place freed and its tokens settled
 
 Admission: glm-serve's gate in Serve's proxy refuses past ``router.max_in_flight_requests``
 x the router replicas (:mod:`deployments.proxy_gate`), this class past the cap on its own
@@ -54,6 +57,9 @@ from deployments.metrics import RouterMetrics
 from deployments.proxy_gate import GATE_HEADER
 from deployments.route_path import ambiguity, route_path
 from deployments.stream_channel import StreamReceiver
+from deployments.tenants.quota_service import TenantQuotas, quota_actor_name
+from deployments.tenants.rate_headers import RateLimited
+from deployments.tenants.tenants_file import Tenant
 
 logger = logging.getLogger("glm_serve.router")
 
@@ -80,10 +86,15 @@ class RouterDeployment:
             chat_format=get_chat_format(model.chat_format),
             config=config,
             metrics=metrics,
-            admission=Admission(config.max_in_flight_requests, metrics),
+            admission=Admission(config.max_in_flight_requests, metrics,
+                                TenantQuotas(quota_actor_name(engine.app_name),
+                                             _router_replicas(config)),
+                                config.batch_admission_share),
             default_max_tokens=model.default_max_tokens,
         )
-        self._api_keys = ApiKeys(config.api_keys_env, config.api_keys_file)
+        self._api_keys = ApiKeys(config.api_keys_env, config.api_keys_file, config.tenants_file)
+        if any(t.limited for t in self._api_keys.tenants.values()):
+            ctx.admission.quotas.start()  # type: ignore[union-attr]
         self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
         self._gate = ProxyGateWatch(metrics)
         handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate),
@@ -106,8 +117,14 @@ class RouterDeployment:
             why = ambiguity(request.scope)
             if why is not None:
                 raise APIError(400, f"Refused: {why}.")
-            if self._api_keys.enabled and path not in self._open_paths:
-                self._api_keys.check(request.headers.get("authorization"))
+            if not self._api_keys.enabled:
+                tenant: Tenant | None = self._api_keys.anonymous
+            elif path in self._open_paths:
+                tenant = None  # a probe or a scrape: nobody's
+            else:
+                tenant = self._api_keys.identify(request.headers.get("authorization"))
+            if tenant is not None:
+                record.caller, record.tenant, record.batch = tenant, tenant.name, tenant.batch
             if handler is None:
                 if path in self._paths:
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")
@@ -115,11 +132,14 @@ class RouterDeployment:
             if path in protocol.ADMITTED_ROUTES:
                 self._gate.saw(request.headers.get(GATE_HEADER))
                 ctx.admission.admit(record)
+                record.ticket = await ctx.admission.quotas.admit(tenant)  # type: ignore[union-attr,arg-type]
             response = await handler(request, record)
         except APIError as exc:
             record.status, record.error_code = exc.status, exc.code or exc.type
+            if isinstance(exc, RateLimited):
+                record.error_code = f"rate_limit:{exc.kind}"
             ctx.admission.finish(record)
-            return error_response(exc)
+            return _with_rate_headers(error_response(exc), record)
         except ClientDisconnect:
             record.status = 499
             ctx.admission.finish(record)
@@ -137,4 +157,21 @@ class RouterDeployment:
         if not isinstance(response, StreamingResponse):  # a stream's record ends in its relay
             record.status = response.status_code
             ctx.admission.finish(record)
-        return response
+        return _with_rate_headers(response, record)
+
+
+def _with_rate_headers(response: Response, record: RequestRecord) -> Response:
+    """``response`` with the tenant's x-ratelimit-* headers, when it has limits."""
+    if record.ticket is not None and record.ticket.headers:
+        for name, value in record.ticket.headers.items():
+            response.headers.setdefault(name, value)
+    return response
+
+
+def _router_replicas(config: RouterConfig) -> int:
+    """The router replicas a tenant's limit is split over when the quota actor is out of
+    reach: the configured count, or autoscaling's most (the strict side)."""
+    options = config.deployment
+    if isinstance(options.num_replicas, int):
+        return options.num_replicas
+    return int((options.autoscaling_config or {}).get("max_replicas", 1))

@@ -33,4 +33,7 @@ class Models:
             except Exception as exc:
                 raise engine_failure(exc) from None
             self._max_model_len = info["max_model_len"]
-        return json_response(protocol.model_list(ctx.model_name, self._max_model_len, ctx.created))
+        body = protocol.model_list(ctx.model_name, self._max_model_len, ctx.created)
+        if record.caller is not None:  # only what the caller's tenant may call
+            body["data"] = [m for m in body["data"] if record.caller.may_call(m["id"])]
+        return json_response(body)

@@ -26,7 +26,8 @@ class Tokenize:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: protocol.TokenizeRequest = ctx.validate(protocol.TokenizeRequest, await ctx.read_json(request))
+        parsed: protocol.TokenizeRequest = ctx.validate(protocol.TokenizeRequest,
+                                                        await ctx.read_json(request), record)
         check_limits(ctx.config.limits, None, messages=parsed.messages, prompt=parsed.prompt, tools=parsed.tools)
         ctx.check_tool_support(parsed.tools)
         generation = GenerationRequest(

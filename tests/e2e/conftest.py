@@ -52,6 +52,28 @@ MAX_MODEL_LEN = 2048
 CLIENT_SEND_TIMEOUT_S = 5
 BODY_TIMEOUT_S = 3
 START_TIMEOUT_S = 420
+# Tenants of the tiny GLM application (tests/e2e/test_tenants.py): name -> (key, limits).
+TENANTS = {
+    "metered": ("key-metered", {"requests_per_minute": 6000, "tokens_per_minute": 1_000_000}),
+    "tight": ("key-tight", {"requests_per_minute": 60}),  # a burst of 6, then one a second
+    "retrying": ("key-retrying", {"requests_per_minute": 60}),
+    "frugal": ("key-frugal", {"tokens_per_minute": 600}),  # a burst of 60 tokens
+    "single": ("key-single", {"max_concurrent_requests": 1}),
+    "elsewhere": ("key-elsewhere", {"models": ["some-other-model"]}),
+    "revocable": ("key-revocable", {}),
+    "background": ("key-background", {"priority": "batch", "max_tokens_limit": 8, "allow_ignore_eos": False}),
+}
+
+
+def write_tenants(path: Path, names: list[str] | None = None) -> None:
+    """The tenants file of the tiny GLM application: TENANTS (or those of ``names``)."""
+    from deployments.tenants.tenants_file import hash_key
+
+    tenants = [{"name": name, "keys": [hash_key(key)], **limits} for name, (key, limits) in TENANTS.items()
+               if names is None or name in names]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"tenants": tenants}))
+    tmp.replace(path)  # whole or not at all, as an operator's tool would write it
 
 
 def _free_port() -> int:
@@ -153,7 +175,7 @@ def whole_cluster(request):
         _disturbed.append(request.node.nodeid)
 
 
-def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
+def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: Path) -> dict:
     """config/serve-cpu.yaml with 2 GPU-pinned engine replicas, each bound to its own core,
     plus a tiny GLM-4 application under /tiny-glm."""
     config = yaml.safe_load((ROOT / "config" / "serve-cpu.yaml").read_text())
@@ -191,7 +213,8 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path) -> dict:
                       "cpu": {"kvcache_space_gib": 1}},
             "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
             # API keys, request caps and short deadlines, each for a test to hit.
-            "router": {"api_keys_env": API_KEYS_ENV, "max_tokens_limit": 7000, "allow_ignore_eos": True,
+            "router": {"api_keys_env": API_KEYS_ENV, "tenants_file": str(tenants_file),
+                       "max_tokens_limit": 7000, "allow_ignore_eos": True,
                        # a 3 MB prompt must reach the engine (test_huge_prompt_...)
                        "limits": {"max_messages": 64, "max_stop_sequences": 4, "max_tools": 8,
                                   "max_prompt_chars": 4_000_000},
@@ -233,7 +256,8 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     config_path = tmp / "serve-test.yaml"
-    write_test_config(config_path, port, tiny_glm.build(tmp / "tiny-glm"))
+    write_tenants(tmp / "tenants.yaml")
+    write_test_config(config_path, port, tiny_glm.build(tmp / "tiny-glm"), tmp / "tenants.yaml")
     # A throw-away cluster on loopback: no auth token to distribute to the test's own
     # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -277,7 +301,7 @@ def server(tmp_path_factory):
             time.sleep(2)
         print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
         yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log", "metrics_port": metrics_port,
-               "tiny_glm_dir": tmp / "tiny-glm"}
+               "tiny_glm_dir": tmp / "tiny-glm", "tenants_file": tmp / "tenants.yaml"}
     finally:
         engine_procs = vllm_processes()
         try:

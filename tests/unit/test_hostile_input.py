@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployments import protocol
+from deployments.access_log import RequestRecord
 from deployments.config import RouterConfig
 from deployments.errors import APIError
 from deployments.ingress.context import IngressContext, error_response
@@ -39,14 +40,15 @@ def _answer(body: bytes, route: type) -> int:
     """What the router's input steps make of ``body``: 200 if it passed them, else the error's
     status, after writing the error as the client would get it."""
     ctx = _context()
+    record = RequestRecord(route="/v1/chat/completions", method="POST")
     try:
         data = parse_object(body)
-        parsed = ctx.validate(route, data)
+        parsed = ctx.validate(route, data, record)
         if route is protocol.CompletionRequest:
             check_limits(ctx.config.limits, None, prompt=parsed.prompt, max_tokens=parsed.max_tokens,
                          choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
             parsed.sampling_kwargs()
-        ctx.check_sampling(parsed)
+        ctx.check_sampling(parsed, record)
     except APIError as error:
         response = error_response(error)  # renders the body now: it must be encodable
         assert json.loads(response.body)["error"]["message"]

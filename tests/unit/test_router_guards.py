@@ -9,7 +9,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from deployments.access_log import RequestRecord
-from deployments.auth import ApiKeys, check_bearer
+from deployments.auth import ApiKeys
 from deployments.config import RequestLimits, RouterConfig
 from deployments.engine import stalled
 from deployments.errors import APIError, EngineUnavailable
@@ -25,9 +25,9 @@ def test_keys_come_from_the_named_variable_and_file(monkeypatch, tmp_path):
     keys_file.write_text("# ops team\nk3\n\n")
     keys = ApiKeys("GLM_KEYS", str(keys_file))
     for key in ("k1", "k2", "k3"):
-        keys.check(f"Bearer {key}")
+        keys.identify(f"Bearer {key}")
     with pytest.raises(APIError):
-        keys.check("Bearer # ops team")
+        keys.identify("Bearer # ops team")
     assert not ApiKeys(None, None).enabled, "no source configured: no auth"
 
 
@@ -50,36 +50,39 @@ def test_a_key_removed_from_the_file_is_refused_within_the_reload_interval_and_a
     keys_file = tmp_path / "keys"
     keys_file.write_text("alice\nbob\n")
     keys = ApiKeys("GLM_KEYS", str(keys_file), clock=lambda: now[0])
-    keys.check("Bearer bob")
+    keys.identify("Bearer bob")
     keys_file.write_text("alice\n")  # bob revoked
-    keys.check("Bearer bob")  # not looked at yet: within the interval
+    keys.identify("Bearer bob")  # not looked at yet: within the interval
     now[0] += 1.0
     with pytest.raises(APIError):
-        keys.check("Bearer bob")
-    keys.check("Bearer alice")
+        keys.identify("Bearer bob")
+    keys.identify("Bearer alice")
     keys_file.write_text("# emptied by mistake\n")
     now[0] += 1.0
     with pytest.raises(APIError):
-        keys.check("Bearer alice")
-    keys.check("Bearer from-env")  # the environment's keys still work
+        keys.identify("Bearer alice")
+    keys.identify("Bearer from-env")  # the environment's keys still work
     keys_file.write_text("carol\n")
     now[0] += 1.0
-    keys.check("Bearer carol")
+    keys.identify("Bearer carol")
 
 
 @pytest.mark.parametrize("header,message", [
     (None, "Missing API key."), ("", "Missing API key."), ("Basic k1", "Missing API key."),
     ("Bearer k", "Incorrect API key provided."), ("Bearer k1x", "Incorrect API key provided."),
 ])
-def test_a_wrong_or_missing_key_is_a_401(header, message):
+def test_a_wrong_or_missing_key_is_a_401(header, message, monkeypatch):
+    monkeypatch.setenv("GLM_KEYS", "k1,k2")
     with pytest.raises(APIError) as info:
-        check_bearer(header, [b"k1", b"k2"])
+        ApiKeys("GLM_KEYS", None).identify(header)
     assert (info.value.status, info.value.type, info.value.message) == (401, "authentication_error", message)
 
 
-def test_any_configured_key_is_accepted():
-    check_bearer("Bearer k2", [b"k1", b"k2"])
-    check_bearer("bearer  k1", [b"k1", b"k2"])
+def test_any_configured_key_is_accepted_as_the_default_tenant(monkeypatch):
+    monkeypatch.setenv("GLM_KEYS", "k1,k2")
+    keys = ApiKeys("GLM_KEYS", None)
+    assert keys.identify("Bearer k2").name == "default"
+    assert keys.identify("bearer  k1").name == "default"
 
 
 def test_the_env_var_name_is_validated():
