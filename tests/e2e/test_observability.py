@@ -7,7 +7,9 @@ import re
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import MODEL_NAME, ROOT
+import httpx
+
+from tests.e2e.conftest import MODEL_NAME, ROOT, TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "glm-serve.json"
 
@@ -18,7 +20,7 @@ def _queried_series(path: Path) -> set[str]:
     return {name for e in exprs for name in re.findall(r"\b(glm_serve_[a-z_]+)", e)}
 
 
-def test_every_series_the_dashboard_queries_is_on_metrics(http):
+def test_every_series_the_dashboard_queries_is_on_metrics(http, base_url):
     queried = _queried_series(DASHBOARD)
     assert {"glm_serve_time_to_first_token_seconds_bucket", "glm_serve_time_per_output_token_seconds_bucket",
             "glm_serve_engine_kv_cache_usage", "glm_serve_engine_prefix_cache_hits_total",
@@ -31,12 +33,33 @@ def test_every_series_the_dashboard_queries_is_on_metrics(http):
         response.read()
     assert http.post("/v1/chat/completions", json={"model": MODEL_NAME}).status_code == 400
 
+    # The per-tenant refusals come from the tiny GLM application, whose tenants have limits.
+    tenant = {"authorization": f"Bearer {TENANTS['single'][0]}"}
+    refused = _refused_for_concurrency(base_url, tenant)
+
     deadline = time.monotonic() + 20  # engine series arrive with Serve's next stats poll (1 s here)
     while True:
         text = http.get("/metrics").text
+        if refused:
+            text += httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", headers=tenant, timeout=10).text
         present = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
         missing = sorted(queried - present)
         if not missing:
             break
         assert time.monotonic() < deadline, f"the dashboard queries series /metrics does not have: {missing}"
         time.sleep(1)
+
+
+def _refused_for_concurrency(base_url: str, headers: dict[str, str]) -> bool:
+    """Hold the tenant's one place with a stream, and be refused a second: True once done."""
+    url = f"{base_url}{TINY_GLM_PREFIX}/v1/completions"
+    body = {"model": TINY_GLM_NAME, "prompt": "hi", "max_tokens": 6000, "ignore_eos": True, "stream": True}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # a place an earlier test's stream held may take a moment to free
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as stream:
+            if stream.status_code == 200:  # begun: its place is held until it ends
+                second = httpx.post(url, json={**body, "stream": False, "max_tokens": 1}, headers=headers,
+                                    timeout=60)
+                return second.status_code == 429
+        time.sleep(0.3)
+    return False
