@@ -103,6 +103,10 @@ class RouterMetrics:
         self.tenant_tokens = self._series(
             Counter, "glm_serve_tenant_tokens", "Tokens of finished requests by tenant and kind (prompt, completion, "
             "cached: prompt tokens found in the prefix cache).", ("tenant", "kind"))
+        self.tenant_quota_fallbacks = self._series(
+            Counter, "glm_serve_tenant_quota_fallbacks",
+            "Requests of limited tenants admitted on this router replica's own share of the limits, because the "
+            "shared ledger (a Ray actor) did not answer within 1 s.")
         self.tenant_rate_limited = self._series(
             Counter, "glm_serve_tenant_rate_limited",
             "Requests refused with 429 by tenant and limit (requests, tokens, concurrent).", ("tenant", "limit"))

@@ -87,8 +87,8 @@ class RouterDeployment:
             config=config,
             metrics=metrics,
             admission=Admission(config.max_in_flight_requests, metrics,
-                                TenantQuotas(quota_actor_name(engine.app_name),
-                                             _router_replicas(config)),
+                                TenantQuotas(quota_actor_name(engine.app_name), _router_replicas(config),
+                                             on_fallback=metrics.tenant_quota_fallbacks.inc),
                                 config.batch_admission_share),
             default_max_tokens=model.default_max_tokens,
         )

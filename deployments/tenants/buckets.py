@@ -116,9 +116,11 @@ Limits = dict[str, int]
 class QuotaBook:
     """Every tenant's buckets and pools. Units are handed out in leases: a router replica
     takes what a request needs and a little more, spends it locally, and gives back what it
-    did not spend, so most requests need no call to the book."""
+    did not spend, so most requests need no call to the book. ``start_full``: a new bucket
+    holds its burst (False: it starts empty and fills at its rate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_full: bool = True) -> None:
+        self._start_full = start_full
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._pools: dict[str, ConcurrencyPool] = {}
 
@@ -132,6 +134,8 @@ class QuotaBook:
         bucket = self._buckets.get((tenant, kind))
         if bucket is None:
             bucket = self._buckets[tenant, kind] = TokenBucket.full(limit, now)
+            if not self._start_full:
+                bucket.level = 0.0
         elif bucket.per_minute != limit:
             bucket.retune(limit, now)
         return bucket

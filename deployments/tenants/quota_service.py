@@ -117,12 +117,15 @@ class TenantQuotas:
     """One router replica's enforcement of its tenants' limits."""
 
     def __init__(self, actor_name: str, router_replicas: int, clock: Callable[[], float] = time.monotonic,
-                 actor: Any = None) -> None:
+                 actor: Any = None, on_fallback: Callable[[], None] | None = None) -> None:
         self.name = actor_name
         self.router_replicas = max(1, router_replicas)
         self._clock = clock
         self._actor = actor
-        self._local = QuotaBook()
+        # A replica that loses the ledger starts its share empty: the ledger may have just
+        # handed out the burst, and a full share on every replica would hand it out again.
+        self._local = QuotaBook(start_full=False)
+        self._on_fallback = on_fallback
         self._leases: dict[str, _Lease] = {}
         self._connecting: asyncio.Task | None = None
         self._last_attempt = float("-inf")
@@ -216,6 +219,8 @@ class TenantQuotas:
             raise self._refusal(ticket, grant)
         if not ticket.local:
             self.fallbacks += 1
+            if self._on_fallback is not None:
+                self._on_fallback()
         ticket.local = True
         ticket.headers = rate_headers(ticket.limits, grant.standing)
 

@@ -166,17 +166,23 @@ def test_concurrency_counts_a_request_until_it_finishes():
     _run(scenario())
 
 
-def test_without_the_ledger_each_replica_enforces_its_share():
-    tenant = _tenant(requests_per_minute=120)  # a burst of 12; 6 per replica of 2
+def test_without_the_ledger_each_replica_enforces_its_share_starting_empty():
+    tenant = _tenant(requests_per_minute=120)  # a burst of 12; 6 per replica of 2, filling at 1/s
+    now = [0.0]
+    fallbacks = []
 
     async def scenario():
-        quotas = TenantQuotas("q", 2, clock=lambda: 0.0)  # no Ray here: the actor is out of reach
+        # No Ray here: the actor is out of reach.
+        quotas = TenantQuotas("q", 2, clock=lambda: now[0], on_fallback=lambda: fallbacks.append(1))
+        with pytest.raises(RateLimited):
+            await quotas.admit(tenant)
+        now[0] = 60.0
         for _ in range(6):
             ticket = await quotas.admit(tenant)
             assert ticket.local and ticket.headers["x-ratelimit-limit-requests"] == "120"
         with pytest.raises(RateLimited):
             await quotas.admit(tenant)
-        assert quotas.fallbacks == 6
+        assert quotas.fallbacks == len(fallbacks) == 6
 
     _run(scenario())
 
