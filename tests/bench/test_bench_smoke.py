@@ -78,3 +78,19 @@ def test_bench_routing_smoke_runs_each_workload_on_each_variant_and_pools_rounds
     for row in data["rounds"]:  # a gap needs two replicas, and the smoke's 2 users may share one
         assert (row["in_flight_gap"] is None) == (len(row["replica_requests"]) < 2), row
     assert (tmp_path / "routing.png").stat().st_size > 10_000
+
+
+def test_bench_tenants_smoke_runs_every_phase_and_writes_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_tenants", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "tenants.json").read_text())
+    assert list(data["results"]) == ["1x", "10x", "flood, priority on", "flood, priority off"]
+    ten = data["results"]["10x"]
+    assert ten["quiet"]["by_status"] == {"200": ten["quiet"]["sent"]}, ten
+    assert ten["noisy"]["by_status"].get("429", 0) > 0, "10x its limits: most of noisy's requests are refused"
+    for phase in ("flood, priority on", "flood, priority off"):
+        assert data["results"][phase]["flood"]["by_status"].get("200", 0) > 0
+    assert (tmp_path / "tenants.png").stat().st_size > 10_000
