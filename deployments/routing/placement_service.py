@@ -8,7 +8,7 @@ Lifetime. The first router replica that needs the table creates the actor by nam
 (``get_if_exists``), so every router replica of the deployment finds the same one. It
 is not detached: it dies with the router replica that created it, with the
 application. A router that finds it gone creates it again (at most once every
-``_RETRY_S``), and meanwhile places conversations by rendezvous hashing. Losing the
+``deployments.named_actor.RETRY_S``), and meanwhile places conversations by rendezvous hashing. Losing the
 table loses only placements: conversations that go on are placed again, and their
 next turns may miss the prefix cache once.
 
@@ -24,26 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import ray
-
+from deployments.named_actor import NamedActor
 from deployments.routing.placement_table import PlacementTable
 
 logger = logging.getLogger("ray.serve")
 
-_RETRY_S = 5.0
-"""Least time between two attempts to reach (or create) the actor."""
 _MAX_PENDING_MOVES = 10_000
 """Placements kept for the table while it cannot be reached (the newest)."""
 _MIN_FLUSH_TIMEOUT_S = 1.0
 """Least time a batch of placements may take to reach the table (a lookup's timeout is
 far shorter; a batch is not on any request's path)."""
-_CONNECT_TIMEOUT_S = 30.0
-"""How long a new actor may take to answer its first call (it may be starting a worker)."""
 LOOKUP_RESULTS = ("hit", "placed", "timeout", "unavailable")
 """Outcomes of a router's lookup in the table, as ``/metrics`` labels them."""
 
@@ -83,9 +77,8 @@ class PlacementClient:
         self.memory_s = memory_s
         self.timeout_s = timeout_s
         self.counts: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
-        self._actor: Any = None
-        self._connecting: asyncio.Task | None = None
-        self._last_attempt = float("-inf")
+        self._link = NamedActor(name, PlacementTableActor, (max_entries, memory_s), "size", "placement table",
+                                "placing by rendezvous", logger, on_ready=self._flush_soon)
         # Placements the table did not make, waiting to be sent (also while it is unreachable).
         self._moves: deque[tuple[int, str]] = deque(maxlen=_MAX_PENDING_MOVES)
         self._flushing: asyncio.Task | None = None
@@ -94,11 +87,15 @@ class PlacementClient:
     def available(self) -> bool:
         return self._actor is not None
 
+    @property
+    def _actor(self) -> Any:
+        return self._link.handle
+
     async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool] | None:
         """Where conversation ``key`` lives (placing it if new), or None if the table
         cannot answer within ``timeout_s``."""
         if self._actor is None:
-            self._connect_soon()
+            self._link.connect_soon()
             self.counts["unavailable"] += 1
             return None
         try:
@@ -107,7 +104,7 @@ class PlacementClient:
             self.counts["timeout"] += 1
             return None
         except Exception as exc:  # the actor died (its creator left) or cannot be reached
-            self._lost(exc)
+            self._link.lost(exc)
             self.counts["unavailable"] += 1
             return None
         self.counts["placed" if placed else "hit"] += 1
@@ -136,41 +133,8 @@ class PlacementClient:
                 await asyncio.wait_for(self._actor.assign.remote(moves), max(_MIN_FLUSH_TIMEOUT_S, self.timeout_s))
             except Exception as exc:
                 self._moves.extendleft(reversed(moves))
-                self._lost(exc)
-
-    def _lost(self, exc: BaseException) -> None:
-        if self._actor is not None:
-            logger.warning("placement table %s lost (%s); placing by rendezvous until it is back",
-                           self.name, type(exc).__name__)
-        self._actor = None
-
-    def _connect_soon(self) -> None:
-        now = time.monotonic()
-        if (self._connecting is not None and not self._connecting.done()) or now - self._last_attempt < _RETRY_S:
-            return
-        self._last_attempt = now
-        self._connecting = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        try:
-            # Creating or looking up a named actor talks to the GCS synchronously.
-            actor = await asyncio.get_running_loop().run_in_executor(None, self._get_or_create)
-            await asyncio.wait_for(actor.size.remote(), _CONNECT_TIMEOUT_S)
-        except Exception as exc:
-            logger.warning("placement table %s unavailable (%s: %s); placing by rendezvous",
-                           self.name, type(exc).__name__, exc)
-            return
-        self._actor = actor
-        self._flush_soon()
-
-    def _get_or_create(self) -> Any:
-        if not ray.is_initialized():  # a router driven outside Ray (unit tests) must not start a cluster
-            raise RuntimeError("Ray is not initialized")
-        actor_class = ray.remote(PlacementTableActor)
-        return actor_class.options(
-            name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1000,
-        ).remote(self.max_entries, self.memory_s)
+                self._link.lost(exc)
 
     def start(self) -> None:
         """Begin connecting (on the running loop) so the first request finds the table."""
-        self._connect_soon()
+        self._link.connect_soon()

@@ -28,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-
+from deployments.named_actor import NamedActor
 from deployments.tenants.buckets import BURST_S, Grant, Limits, QuotaBook, Standing
 from deployments.tenants.rate_headers import RateLimited, rate_headers
 from deployments.tenants.tenants_file import Tenant
@@ -45,9 +44,6 @@ FLUSH_S = 0.1
 replica would refuse the tenant on the others."""
 CALL_TIMEOUT_S = 1.0
 """Longest wait for the quota actor on a request's path; past it, the replica's own share."""
-_RETRY_S = 5.0
-"""Least time between two attempts to reach (or create) the actor."""
-_CONNECT_TIMEOUT_S = 30.0
 
 
 def quota_actor_name(app_name: str) -> str:
@@ -121,14 +117,14 @@ class TenantQuotas:
         self.name = actor_name
         self.router_replicas = max(1, router_replicas)
         self._clock = clock
-        self._actor = actor
+        self._link = NamedActor(actor_name, QuotaActor, (), "ping", "tenant quota actor",
+                                f"each router replica enforces 1/{self.router_replicas} of each limit", logger)
+        self._link.handle = actor  # given: tests drive replicas on one ledger without Ray
         # A replica that loses the ledger starts its share empty: the ledger may have just
         # handed out the burst, and a full share on every replica would hand it out again.
         self._local = QuotaBook(start_full=False)
         self._on_fallback = on_fallback
         self._leases: dict[str, _Lease] = {}
-        self._connecting: asyncio.Task | None = None
-        self._last_attempt = float("-inf")
         self._flusher: asyncio.Task | None = None
         self.fallbacks = 0
         """Requests admitted on this replica's own share because the actor was unreachable."""
@@ -244,44 +240,22 @@ class TenantQuotas:
 
     # The actor: found or created by name, given back idle leases in the background.
 
+    @property
+    def _actor(self) -> Any:
+        return self._link.handle
+
     async def _reachable(self) -> bool:
         if self._actor is None:
-            self._connect_soon()
+            self._link.connect_soon()
         return self._actor is not None
 
     def _lost(self, exc: BaseException) -> None:
-        if self._actor is not None:
-            logger.warning("tenant quota actor %s unreachable (%s); each router replica enforces 1/%d of each "
-                           "limit until it is back", self.name, type(exc).__name__, self.router_replicas)
-        self._actor = None
+        self._link.lost(exc)
         self._leases.clear()  # the ledger they came from may be gone; a new one starts full
-
-    def _connect_soon(self) -> None:
-        now = time.monotonic()
-        if (self._connecting is not None and not self._connecting.done()) or now - self._last_attempt < _RETRY_S:
-            return
-        self._last_attempt = now
-        self._connecting = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        try:
-            actor = await asyncio.get_running_loop().run_in_executor(None, self._get_or_create)
-            await asyncio.wait_for(actor.ping.remote(), _CONNECT_TIMEOUT_S)
-        except Exception as exc:
-            logger.warning("tenant quota actor %s unavailable (%s: %s); enforcing 1/%d of each limit here",
-                           self.name, type(exc).__name__, exc, self.router_replicas)
-            return
-        self._actor = actor
-
-    def _get_or_create(self) -> Any:
-        if not ray.is_initialized():  # driven outside Ray (unit tests): never start a cluster
-            raise RuntimeError("Ray is not initialized")
-        return ray.remote(QuotaActor).options(
-            name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1000).remote()
 
     def start(self) -> None:
         """Begin connecting (on the running loop) so the first request finds the actor."""
-        self._connect_soon()
+        self._link.connect_soon()
 
     def _flush_soon(self) -> None:
         if self._flusher is None or self._flusher.done():
