@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from benchmarks import chat_sessions, http_load, servers
 from benchmarks.chat_sessions import Shape, TurnRecord, User
+from benchmarks.plots import bar_panels
 from deployments.config import AppConfig
 from deployments.routing.config import RoutingConfig
 
@@ -215,30 +216,11 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[tuple[str, bool, 
 
 
 def plot(results: dict[str, dict[str, dict]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workloads = list(results)
     panels = (("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p90_s", "TTFT p90 (s)"), ("output_tok_s", "output tokens/s"),
               ("cache_hit_rate", "prefix-cache hit rate"))
     variants = list(dict.fromkeys(label for by_variant in results.values() for label in by_variant))
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
-    width = 0.76 / max(1, len(variants))
-    for ax, (key, label) in zip(axes, panels):
-        for n, variant in enumerate(variants):
-            offset = (n - (len(variants) - 1) / 2) * width
-            values = [(results[w].get(variant) or {}).get(key) or 0 for w in workloads]
-            ax.bar([i + offset for i in range(len(workloads))], values, width, label=variant)
-        ax.set_xticks(range(len(workloads)), workloads)
-        ax.set_ylabel(label)
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bar_panels(path, title, list(results), variants, panels,
+               lambda workload, variant, key: (results[workload].get(variant) or {}).get(key))
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:

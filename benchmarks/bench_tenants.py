@@ -35,6 +35,7 @@ import yaml
 
 from benchmarks import servers
 from benchmarks.http_load import sse_events
+from benchmarks.plots import bar_panels
 from benchmarks.workload import _pct, prompts
 from deployments.config import AppConfig
 from deployments.tenants.tenants_file import hash_key
@@ -82,6 +83,7 @@ def bench_config(base: dict, tenants_path: Path, max_num_seqs: int) -> dict:
     config = copy.deepcopy(base)
     args = config["applications"][0]["args"]
     args["model"]["max_num_seqs"] = max_num_seqs
+    args["model"]["scheduling_policy"] = "priority"
     args["model"].setdefault("cpu", {})["threads_bind"] = ["0", "1"]
     args["engine"].update({"num_replicas": 2, "max_ongoing_requests": 64, "max_queued_requests": 256})
     router = args["router"]
@@ -203,35 +205,15 @@ def check_targets(results: dict, noisy_rpm: int, noisy_tpm: int) -> list[tuple[s
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
+    def value(phase: str, tenant: str, key: str) -> float | None:
+        row = results[phase].get(tenant) or {}
+        if key == "refused":
+            return sum(row.get("by_status", {}).get(s, 0) for s in ("401", "429", "503"))
+        return row.get(key)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = list(results)
-    tenants = ("quiet", "noisy", "flood", "stranger")
     panels = (("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p90_s", "TTFT p90 (s)"), ("tok_s", "completion tokens/s"),
               ("refused", "401 + 429 + 503 answers"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
-    width = 0.2
-    for ax, (key, label) in zip(axes, panels):
-        for n, tenant in enumerate(tenants):
-            values = []
-            for p in phases:
-                row = results[p].get(tenant) or {}
-                if key == "refused":
-                    values.append(sum(row.get("by_status", {}).get(s, 0) for s in ("401", "429", "503")))
-                else:
-                    values.append(row.get(key) or 0)
-            ax.bar([i + (n - 1.5) * width for i in range(len(phases))], values, width, label=tenant)
-        ax.set_xticks(range(len(phases)), [p.replace(", ", "\n") for p in phases], fontsize=8)
-        ax.set_ylabel(label)
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bar_panels(path, title, list(results), ("quiet", "noisy", "flood", "stranger"), panels, value, width=16)
 
 
 def main(argv: list[str] | None = None) -> int:
