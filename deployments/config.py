@@ -155,10 +155,11 @@ class ModelConfig(StrictModel):
         description="Most tokens vLLM schedules in one engine step (prefill chunks included). None keeps vLLM's default.",
     )
     enable_prefix_caching: bool | None = Field(default=None, description="None keeps vLLM's default.")
-    scheduling_policy: Literal["priority", "fcfs"] = Field(
-        default="priority",
-        description="vLLM's scheduling: 'priority' runs batch tenants' requests after interactive ones "
-                    "(router.tenants_file), first come first served within a priority; 'fcfs' ignores priority.",
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        default="fcfs",
+        description="vLLM's scheduling: 'fcfs', first come first served; 'priority' runs batch tenants' waiting "
+                    "requests after interactive ones (router.tenants_file), first come first served within a "
+                    "priority.",
     )
     seed: int | None = Field(default=None, description="Engine seed for reproducible sampling.")
     streaming: StreamingConfig = Field(

@@ -209,6 +209,7 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: P
         "import_path": "deployments.app:build_app",
         "args": {
             "model": {"model": str(tiny_glm_dir), "served_model_name": TINY_GLM_NAME, "chat_format": "glm4",
+                      "scheduling_policy": "priority",  # the batch tenant's requests go in at priority 1
                       "dtype": "float32", "max_model_len": 8192, "enforce_eager": True,
                       "cpu": {"kvcache_space_gib": 1}},
             "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
