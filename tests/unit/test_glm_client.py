@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 import warnings
 
 import httpx
@@ -139,6 +140,19 @@ def test_both_clients_retry_503_then_give_up_after_max_retries(client_class):
         _stream(client_class, busy, options={"model": "m", "max_retries": 2})
     assert info.value.status == 503 and info.value.message == "busy"
     assert len(busy) == 1  # three requests: the first and two retries
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+def test_both_clients_wait_as_a_429_says_then_retry(client_class):
+    limited = httpx.Response(429, headers={"retry-after": "1", "retry-after-ms": "150"},
+                             json={"error": {"message": "Rate limit reached", "type": "requests",
+                                             "code": "rate_limit_exceeded"}})
+    answer = httpx.Response(200, content=_sse(_chunk({"role": "assistant", "content": "ok"}, "stop")))
+    started = time.monotonic()
+    items, seen = _stream(client_class, [limited, answer], options={"model": "m"})
+    waited = time.monotonic() - started
+    assert items == ["ok"] and len(seen) == 2
+    assert 0.15 <= waited < 0.9, "retry-after-ms, finer than Retry-After, is the one honoured"
 
 
 @pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])

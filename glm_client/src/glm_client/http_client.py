@@ -6,9 +6,9 @@ server that speaks GLM-4 tool calls).
         ...   # response: the text so far, or {"name": ..., "parameters": {...}} for a tool call
 
 :class:`AsyncServeClient` is the same for asyncio code. Both retry a request that the
-service answers with 503 (overloaded, or no healthy engine), waiting as its
-``Retry-After`` header says or with exponential backoff; a stream that has begun is
-never retried.
+service answers with 503 (overloaded, or no healthy engine) or 429 (past one of the
+caller's rate limits), waiting as its ``retry-after-ms`` or ``Retry-After`` header says,
+or with exponential backoff; a stream that has begun is never retried.
 
 Exceptions: what went wrong with the service, or with the connection to it, is one of
 these; httpx's transport errors never reach the caller (they are chained as ``__cause__``).
@@ -94,13 +94,14 @@ def _status_error(response: httpx.Response, body: bytes) -> APIStatusError:
 
 
 def _retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float) -> float:
-    if response is not None:
-        header = response.headers.get("retry-after")
-        if header:
-            try:
-                return min(float(header), 60.0)
-            except ValueError:
-                pass
+    if response is not None:  # OpenAI's retry-after-ms first: finer than whole seconds
+        for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+            value = response.headers.get(header)
+            if value:
+                try:
+                    return min(max(0.0, float(value) * scale), 60.0)
+                except ValueError:
+                    pass
     return backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
 
 
@@ -180,10 +181,11 @@ class _ServeClientBase:
     def _retry_after(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before sending the request again, or None to take this answer.
 
-        Only a 503 is retried (the service is overloaded, or has no healthy engine): the
-        request did not start, so sending it again is safe.
+        Only a 503 (the service is overloaded, or has no healthy engine) and a 429 (a rate
+        limit of the caller's tenant) are retried: the request did not start, so sending it
+        again is safe.
         """
-        if response.status_code == 503 and attempt < self._max_retries:
+        if response.status_code in (429, 503) and attempt < self._max_retries:
             return _retry_delay(response, attempt, self._backoff_s)
         return None
 
