@@ -68,9 +68,9 @@ def test_requests_per_minute_hold_across_both_router_replicas(base_url):
     admitted = [a for a in answers if not isinstance(a, Exception)]
     refused = [a for a in answers if isinstance(a, openai.RateLimitError)]
     assert len(admitted) + len(refused) == 16, answers
-    # A burst of 6 (60 a minute, 6 s of it) and a refill of one a second: split per router
-    # replica instead of shared, the two would admit 12.
-    assert 6 <= len(admitted) <= 8, len(admitted)
+    # A burst of 6 (60 a minute, 6 s of it) and a refill of one a second while the burst is
+    # answered: split per router replica instead of shared, the two would admit 12.
+    assert 6 <= len(admitted) <= 9, len(admitted)
     error = refused[0]
     assert error.status_code == 429 and error.body["code"] == "rate_limit_exceeded"
     assert int(error.response.headers["retry-after"]) >= 1 and int(error.response.headers["retry-after-ms"]) > 0
@@ -79,12 +79,20 @@ def test_requests_per_minute_hold_across_both_router_replicas(base_url):
 
 
 def test_the_openai_sdk_waits_as_told_and_then_gets_through(base_url):
-    answers = _burst(_client(base_url, "retrying"), 10)
-    assert any(isinstance(a, openai.RateLimitError) for a in answers)
-    started = time.monotonic()
-    raw = _complete(_client(base_url, "retrying", retries=4))
-    assert raw.http_response.status_code == 200
-    assert time.monotonic() - started >= 0.5, "it waited for Retry-After before it retried"
+    for _ in range(3):  # on a slow machine the bucket may refill between the burst and the call
+        answers = _burst(_client(base_url, "retrying"), 10)
+        refusals = [a for a in answers if isinstance(a, openai.RateLimitError)]
+        assert refusals
+        told_s = int(refusals[-1].response.headers["retry-after-ms"]) / 1000
+        started = time.monotonic()
+        raw = _complete(_client(base_url, "retrying", retries=4))
+        assert raw.http_response.status_code == 200
+        if raw.retries_taken:
+            break
+    assert raw.retries_taken >= 1, "every call went through at once: the test never saw a retry"
+    # The SDK sleeps what retry-after-ms says (minus nothing), so at least a good part of
+    # the last refusal's wait, which the next refusal repeats less what has passed.
+    assert time.monotonic() - started >= min(told_s, 1.0) * 0.3, (told_s, time.monotonic() - started)
 
 
 def test_tokens_per_minute_are_reserved_at_admission(base_url):
