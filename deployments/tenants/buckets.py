@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 BURST_S = 6.0
 """Seconds of a per-minute limit a full bucket holds."""
 
+def burst(per_minute: float) -> float:
+    """What a full bucket of a ``per_minute`` limit holds: BURST_S seconds of it, at least 1."""
+    return max(1.0, per_minute * BURST_S / 60.0)
+
+
 KINDS = ("requests", "tokens", "concurrent")
 """What a tenant spends: requests and tokens per minute (buckets), requests at once (a pool)."""
 
@@ -39,7 +44,7 @@ class TokenBucket:
 
     @property
     def capacity(self) -> float:
-        return max(1.0, self.per_minute * BURST_S / 60.0)
+        return burst(self.per_minute)
 
     @property
     def rate(self) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.named_actor import NamedActor
-from deployments.tenants.buckets import BURST_S, Grant, Limits, QuotaBook, Standing
+from deployments.tenants.buckets import Grant, Limits, QuotaBook, Standing, burst
 from deployments.tenants.rate_headers import RateLimited, rate_headers
 from deployments.tenants.tenants_file import Tenant
 
@@ -141,8 +141,8 @@ class TenantQuotas:
         return ticket
 
     async def reserve_tokens(self, ticket: Ticket, tokens: int) -> None:
-        """Reserve ``tokens`` (the prompt's estimate plus the most the request may generate)
-        against the tenant's tokens per minute; settled in :meth:`finish`."""
+        """Reserve ``tokens`` (the most the request may generate) against the tenant's
+        tokens per minute; settled in :meth:`finish` on prompt plus completion."""
         if "tokens" not in ticket.limits or tokens <= 0:
             return
         await self._take(ticket, {"tokens": float(tokens)})
@@ -234,7 +234,7 @@ class TenantQuotas:
         for kind, known in lease.standing.items():
             remaining = known.remaining + max(0.0, lease.held.get(kind, 0.0))
             rate = known.limit / 60.0
-            remaining = min(remaining + elapsed * rate, max(1.0, known.limit * BURST_S / 60.0))
+            remaining = min(remaining + elapsed * rate, burst(known.limit))
             standing[kind] = Standing(known.limit, remaining, max(0.0, known.reset_s - elapsed))
         return rate_headers(limits, standing)
 
@@ -291,5 +291,5 @@ class TenantQuotas:
 def _lease_extra(kind: str, limit: int) -> float:
     if kind == "concurrent":
         return 0.0  # places come back to the lease as requests end
-    extra = max(1.0, limit * BURST_S / 60.0) * LEASE_SHARE
+    extra = burst(limit) * LEASE_SHARE
     return float(math.floor(extra)) if kind == "requests" else extra
