@@ -49,19 +49,26 @@ class RequestRecord:
     completion_tokens: int = 0
     ttft_s: float | None = None
     error_code: str | None = None
-    tenant: str | None = None
-    """The caller's tenant (its name, never its key); None before the key is checked."""
     caller: Any = None
-    """The caller's :class:`~deployments.tenants.tenants_file.Tenant`."""
+    """The caller's :class:`~deployments.tenants.tenants_file.Tenant`; None before the key is
+    checked, and on open routes."""
     ticket: Any = None
     """The request's hold on its tenant's limits (deployments/tenants/quota_service.py)."""
-    batch: bool = False
-    """The tenant's priority is batch."""
     admitted: bool = False
     """Counted against ``router.max_in_flight_requests`` until the request ends."""
     finished: bool = False
     text: dict[str, Any] | None = None
     """Prompt and completion text; only filled when ``router.log_prompts`` is on."""
+
+    @property
+    def tenant(self) -> str | None:
+        """The caller's tenant by name (never by key), as logs and metrics name it."""
+        return None if self.caller is None else self.caller.name
+
+    @property
+    def batch(self) -> bool:
+        """Whether the caller's tenant has batch priority."""
+        return self.caller is not None and self.caller.batch
 
     def line(self) -> str:
         """The access-log line of this record, as JSON."""

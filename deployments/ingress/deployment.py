@@ -123,8 +123,7 @@ class RouterDeployment:
                 tenant = None  # a probe or a scrape: nobody's
             else:
                 tenant = self._api_keys.identify(request.headers.get("authorization"))
-            if tenant is not None:
-                record.caller, record.tenant, record.batch = tenant, tenant.name, tenant.batch
+            record.caller = tenant
             if handler is None:
                 if path in self._paths:
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")

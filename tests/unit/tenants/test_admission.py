@@ -8,10 +8,12 @@ from deployments.access_log import RequestRecord
 from deployments.errors import APIError
 from deployments.ingress.admission import Admission
 from deployments.metrics import RouterMetrics
+from deployments.tenants.tenants_file import Tenant, hash_key
 
 
 def _record(batch: bool) -> RequestRecord:
-    return RequestRecord(route="/v1/chat/completions", method="POST", tenant="t", batch=batch)
+    caller = Tenant(name="t", keys=[hash_key("t")], priority="batch" if batch else "interactive")
+    return RequestRecord(route="/v1/chat/completions", method="POST", caller=caller)
 
 
 def test_batch_requests_are_refused_first_when_the_replica_is_nearly_full():
