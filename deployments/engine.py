@@ -21,7 +21,9 @@ from typing import Any
 from ray import serve
 
 from chat_formats import get_chat_format
+from deployments.adapters import AdapterCatalog
 from deployments.config import ModelConfig
+from deployments.engine_adapters import EngineAdapters
 from deployments.engine_input import RequestInput
 from deployments.engine_lifetime import mark_engine_owner
 from deployments.engine_outputs import ChoiceSoFar
@@ -77,6 +79,7 @@ class EngineDeployment:
             config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
         )
         self._input = RequestInput(self._format, self._tokenizer)
+        self._adapters = EngineAdapters(self._engine, AdapterCatalog(config.lora)) if config.lora else None
         self.max_model_len: int = self._engine.model_config.max_model_len
         eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
@@ -110,7 +113,10 @@ class EngineDeployment:
         """Serve's routing-stats hook, polled by the controller every
         ``engine.routing.stats_period_s``: vLLM's scheduler totals for the routers'
         ``/metrics`` (deployments/engine_stats.py)."""
-        return self._stats.snapshot()
+        stats = self._stats.snapshot()
+        if self._adapters is not None:
+            stats.update(self._adapters.snapshot())
+        return stats
 
     def __del__(self) -> None:
         sender = getattr(self, "_sender", None)
@@ -148,7 +154,8 @@ class EngineDeployment:
 
         rendered, structured = await self._input.render(request), await self._input.structured(request)
         prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
-        sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt))
+        lora = await self._lora(request)
+        sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt, lora))
         try:
             if request.deadline is None:
                 return await sending
@@ -159,7 +166,7 @@ class EngineDeployment:
             raise APIError(500, f"A chunk of the reply could not be sent: {exc}", "server_error") from None
 
     async def _chunks(self, request: GenerationRequest, prompt: Any, params: Any,
-                      num_prompt: int) -> AsyncIterator[GenerationChunk]:
+                      num_prompt: int, lora: Any = None) -> AsyncIterator[GenerationChunk]:
         """Each choice's text deltas as the engine makes them, gathered per
         :meth:`~deployments.config.StreamingConfig.chunk_tokens` under load.
 
@@ -171,7 +178,7 @@ class EngineDeployment:
         streaming = self._config.streaming
         self._running += 1
         try:
-            async for output in self._outputs(prompt, params, request):
+            async for output in self._outputs(prompt, params, request, lora):
                 for completion in output.outputs:
                     h = so_far.setdefault(completion.index, ChoiceSoFar()).add(completion, request.logprobs)
                     if completion.finish_reason is None and not first and (
@@ -199,10 +206,11 @@ class EngineDeployment:
 
         rendered, structured = await self._input.render(request), await self._input.structured(request)
         prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
+        lora = await self._lora(request)
         so_far: dict[int, ChoiceSoFar] = {}
         finish: dict[int, str | None] = {}
         cached = 0
-        async for output in self._outputs(prompt, params, request):
+        async for output in self._outputs(prompt, params, request, lora):
             cached = max(cached, output.num_cached_tokens or 0)
             for completion in output.outputs:
                 so_far.setdefault(completion.index, ChoiceSoFar()).add(completion, request.logprobs)
@@ -222,7 +230,18 @@ class EngineDeployment:
         return {"prompt": text, "tokens": token_ids, "count": len(token_ids), "max_model_len": self.max_model_len}
 
     # ---- internals --------------------------------------------------------------
-    async def _outputs(self, prompt: Any, params: Any, request: GenerationRequest) -> AsyncIterator[Any]:
+    async def _lora(self, request: GenerationRequest) -> Any:
+        """The request's adapter, loaded (deployments/engine_adapters.py), or None for the base
+        model; :class:`APIError` when it names one this replica cannot serve."""
+        if request.adapter is None:
+            return None
+        if self._adapters is None:
+            raise APIError(404, f"The model `{request.adapter}` does not exist.", "not_found_error",
+                           param="model", code="model_not_found")
+        return await self._adapters.lora_request(request.adapter)
+
+    async def _outputs(self, prompt: Any, params: Any, request: GenerationRequest,
+                       lora: Any = None) -> AsyncIterator[Any]:
         """vLLM's outputs for one request, with its failures in this module's two kinds:
         the request's fault or a missed deadline (:class:`APIError`), or the engine's
         (:class:`EngineUnavailable`). Leaving this generator early aborts the request in vLLM."""
@@ -233,7 +252,7 @@ class EngineDeployment:
         self._in_flight += 1
         # A priority other than 0 is an error in vLLM under 'fcfs': there, every request is equal.
         priority = request.priority if self._priority_scheduling else 0
-        outputs = self._engine.generate(prompt, params, request.request_id, priority=priority)
+        outputs = self._engine.generate(prompt, params, request.request_id, priority=priority, lora_request=lora)
         try:
             first = await self._first_output(outputs, request)
             if first is None:

@@ -49,6 +49,8 @@ class GenerationRequest:
     """Where the shared placement table keeps this request's conversation (engine replica id,
     and whether it was placed just now), asked by the router deployment before the handle
     call; read by the prefix request router. None: not asked, or no answer in time."""
+    adapter: str | None = None
+    """The LoRA adapter to generate with (a name of ``model.lora``); None: the base model."""
     priority: int = 0
     """vLLM's request priority (lower runs first): 0 interactive, 1 batch tenants."""
     first_token_deadline: float | None = None

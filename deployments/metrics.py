@@ -111,6 +111,13 @@ class RouterMetrics:
             Counter, "glm_serve_tenant_rate_limited",
             "Requests refused with 429 by tenant and limit (requests, tokens, concurrent).", ("tenant", "limit"))
 
+        self.adapter_requests = self._series(
+            Counter, "glm_serve_adapter_requests", "Generation requests that named a LoRA adapter, by adapter and "
+            "status code.", ("adapter", "status"))
+        self.adapter_tokens = self._series(
+            Counter, "glm_serve_adapter_tokens", "Tokens of finished requests by LoRA adapter and kind (prompt, "
+            "completion).", ("adapter", "kind"))
+
         self.registry.register(_RoutingDecisions())
         self.registry.register(_EngineReplicas())
         # The request router counts its decisions on Serve's routing loop; they reach Ray's
@@ -150,6 +157,14 @@ class RouterMetrics:
                 self.tenant_tokens.labels(tenant, kind).inc(count)
         if status == 429 and error_code and error_code.startswith("rate_limit:"):
             self.tenant_rate_limited.labels(tenant, error_code.partition(":")[2]).inc()
+
+    def count_adapter(self, adapter: str, status: int, prompt: int, completion: int) -> None:
+        """A finished request of ``adapter``: a name the catalog found (a bounded set: the
+        configured adapters and the folders of adapters_dir), never an unknown one."""
+        self.adapter_requests.labels(adapter, str(status)).inc()
+        for kind, count in (("prompt", prompt), ("completion", completion)):
+            if count:
+                self.adapter_tokens.labels(adapter, kind).inc(count)
 
     def _series(self, kind: type, name: str, help_text: str, labelnames: tuple[str, ...] = (),
                 buckets: tuple[float, ...] | None = None) -> _Series:
@@ -228,3 +243,29 @@ class _EngineReplicas:
                 if field in values:
                     family.add_metric([replica], values[field])
             yield family
+        yield from _adapter_families(stats)
+
+
+# (name, help, position in EngineAdapters.snapshot()'s [loads, load_seconds, evictions]).
+_ADAPTER_SERIES = (
+    ("glm_serve_engine_adapter_loads", "LoRA adapters loaded into the engine (vLLM's add_lora of one not loaded).", 0),
+    ("glm_serve_engine_adapter_load_seconds", "Time spent loading LoRA adapters.", 1),
+    ("glm_serve_engine_adapter_evictions", "LoRA adapters the engine dropped to make room (max_cpu_loras).", 2),
+)
+
+
+def _adapter_families(stats: dict[str, dict[str, Any]]):
+    """Each engine replica's LoRA loads, load time and evictions by adapter, and how many it
+    holds now (deployments/engine_adapters.py)."""
+    for name, help_text, position in _ADAPTER_SERIES:
+        family = CounterMetricFamily(name, help_text, labels=["replica", "adapter"])
+        for replica, values in sorted(stats.items()):
+            for adapter, counts in sorted(values.get("adapter_counts", {}).items()):
+                family.add_metric([replica, adapter], counts[position])
+        yield family
+    loaded = GaugeMetricFamily("glm_serve_engine_adapters_loaded", "LoRA adapters the engine holds now.",
+                               labels=["replica"])
+    for replica, values in sorted(stats.items()):
+        if "adapters" in values:
+            loaded.add_metric([replica], len(values["adapters"]))
+    yield loaded

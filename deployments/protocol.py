@@ -409,18 +409,14 @@ def text_completion(request_id: str, model: str, choices: list[Choice], prompt_t
     }
 
 
-def model_list(model_id: str, max_model_len: int, created: int) -> dict[str, Any]:
-    """``GET /v1/models``."""
-    return {
-        "object": "list",
-        "data": [{
-            "id": model_id,
-            "object": "model",
-            "created": created,
-            "owned_by": "glm-serve",
-            "max_model_len": max_model_len,
-        }],
-    }
+def model_list(model_id: str, max_model_len: int, created: int, adapters: list[str] = ()) -> dict[str, Any]:
+    """``GET /v1/models``: the base model, then each LoRA adapter with the base as its ``parent``
+    (vLLM's own server lists adapters the same way)."""
+    models = [{"id": model_id, "object": "model", "created": created, "owned_by": "glm-serve",
+               "max_model_len": max_model_len, "parent": None}]
+    models += [{"id": name, "object": "model", "created": created, "owned_by": "glm-serve",
+                "max_model_len": max_model_len, "parent": model_id} for name in adapters]
+    return {"object": "list", "data": models}
 
 
 def openapi_document(model: str) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class Admission:
         if record.tenant is not None and record.route in protocol.ADMITTED_ROUTES:
             metrics.count_tenant(record.tenant, record.status, record.prompt_tokens, record.completion_tokens,
                                  record.cached_tokens, record.error_code)
+        if record.adapter is not None and record.route in protocol.GENERATION_ROUTES:
+            metrics.count_adapter(record.adapter, record.status, record.prompt_tokens, record.completion_tokens)
         if record.route in protocol.GENERATION_ROUTES:
             metrics.export_routing()
         if record.status != 200 or record.route not in QUIET_ROUTES:

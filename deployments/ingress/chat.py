@@ -55,13 +55,14 @@ class ChatCompletions:
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs_count,
             max_tokens=parsed.output_limit,
+            adapter=record.adapter,
         ), request, parsed.user)
         record.request_id = generation.request_id
         await ctx.reserve_tokens(record, generation)
         if ctx.config.log_prompts:
             record.text = {"messages": generation.messages}
         if parsed.stream:
-            encoder = StreamEncoder("chat", generation.request_id, ctx.model_name)
+            encoder = StreamEncoder("chat", generation.request_id, parsed.model)
             return await engine_calls.stream(ctx, record, generation, encoder, parsed.include_usage,
                                              lambda: ctx.chat_format.stream_parser(tools))
         result = await engine_calls.complete(ctx, record, generation)
@@ -72,6 +73,6 @@ class ChatCompletions:
                 index, None if call else choice.text, "tool_calls" if call else choice.finish_reason,
                 tool_calls=[call.openai()] if call else None, logprobs=choice.logprobs,
             ))
-        body = protocol.chat_completion(generation.request_id, ctx.model_name, choices,
+        body = protocol.chat_completion(generation.request_id, parsed.model, choices,
                                         result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         return json_response(body, record)

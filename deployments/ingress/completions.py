@@ -37,15 +37,16 @@ class Completions:
             sampling=parsed.sampling_kwargs(),
             logprobs=parsed.logprobs,
             max_tokens=parsed.max_tokens,
+            adapter=record.adapter,
         ), request, parsed.user)
         record.request_id = generation.request_id
         await ctx.reserve_tokens(record, generation)
         if ctx.config.log_prompts:
             record.text = {"prompt": generation.prompt}
         if parsed.stream:
-            encoder = StreamEncoder("text", generation.request_id, ctx.model_name)
+            encoder = StreamEncoder("text", generation.request_id, parsed.model)
             return await engine_calls.stream(ctx, record, generation, encoder, parsed.include_usage)
         result = await engine_calls.complete(ctx, record, generation)
-        body = protocol.text_completion(generation.request_id, ctx.model_name, result.choices,
+        body = protocol.text_completion(generation.request_id, parsed.model, result.choices,
                                         result.prompt_tokens, result.cached_tokens)
         return json_response(body, record)

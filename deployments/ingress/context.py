@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from chat_formats import ChatFormat
 from deployments import protocol
 from deployments.access_log import RequestRecord
+from deployments.adapters import AdapterCatalog
 from deployments.config import RouterConfig
 from deployments.errors import APIError
 from deployments.generation import GenerationRequest
@@ -43,6 +44,8 @@ class IngressContext:
     admission: Admission
     default_max_tokens: int | None = None
     """The model's default_max_tokens: what a request that sets none may generate per choice."""
+    adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog(None))
+    """The model's LoRA adapters, each a ``model`` a request may name (deployments/adapters.py)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     async def read_json(self, request: Request) -> dict[str, Any]:
@@ -71,9 +74,9 @@ class IngressContext:
         return parse_object(bytes(body))
 
     def validate(self, model_cls: type[Any], data: dict[str, Any], record: RequestRecord) -> Any:
-        """``data`` as ``model_cls`` (400 naming the field), for this server's model, which the
-        caller's tenant may call (404 otherwise, as for a model that does not exist: a tenant
-        does not learn what others may call)."""
+        """``data`` as ``model_cls`` (400 naming the field), for this server's model or one of
+        its adapters (``record.adapter``), which the caller's tenant may call (404 otherwise,
+        as for a model that does not exist: a tenant does not learn what others may call)."""
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as exc:
@@ -83,10 +86,13 @@ class IngressContext:
             raise APIError(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
                            "not_found_error", param="model", code="model_not_found")
         if parsed.model != self.model_name:
-            raise APIError(
-                404, f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`.",
-                "not_found_error", param="model", code="model_not_found",
-            )
+            if self.adapters.find(parsed.model) is None:
+                raise APIError(
+                    404, f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`"
+                    + (" and its adapters (GET /v1/models lists them)." if self.adapters.enabled else "."),
+                    "not_found_error", param="model", code="model_not_found",
+                )
+            record.adapter = parsed.model
         return parsed
 
     def with_deadlines(self, generation: GenerationRequest, request: Request, user: str | None) -> GenerationRequest:

@@ -41,6 +41,7 @@ from starlette.responses import Response, StreamingResponse
 from chat_formats import get_chat_format
 from deployments import protocol
 from deployments.access_log import RequestRecord
+from deployments.adapters import AdapterCatalog
 from deployments.auth import ApiKeys
 from deployments.config import ModelConfig, RouterConfig
 from deployments.errors import APIError
@@ -83,6 +84,7 @@ class RouterDeployment:
             # carries the request (deployments/stream_channel.py says why).
             receiver=StreamReceiver(config.stream_host or _node_ip()),
             model_name=model.name,
+            adapters=AdapterCatalog(model.lora),
             chat_format=get_chat_format(model.chat_format),
             config=config,
             metrics=metrics,

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the one model this service serves, with its context length."""
+"""``GET /v1/models``: the model this service serves and its LoRA adapters, with the context length."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Models:
             except Exception as exc:
                 raise engine_failure(exc) from None
             self._max_model_len = info["max_model_len"]
-        body = protocol.model_list(ctx.model_name, self._max_model_len, ctx.created)
+        body = protocol.model_list(ctx.model_name, self._max_model_len, ctx.created, ctx.adapters.names())
         if record.caller is not None:  # only what the caller's tenant may call
             body["data"] = [m for m in body["data"] if record.caller.may_call(m["id"])]
         return json_response(body)
