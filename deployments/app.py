@@ -27,7 +27,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if config.model.engine_kwargs:
         check_engine_kwargs(config.model)  # imports vLLM (seconds), so only when there is something to check
     options = config.engine.serve_options()
-    options["request_router_config"] = request_router_config(config.engine.routing)
+    lora = config.model.lora
+    options["request_router_config"] = request_router_config(config.engine.routing, lora.slots if lora else 1)
     engine = EngineDeployment.options(name=ENGINE_DEPLOYMENT, **options).bind(
         config.model, config.engine.stall_timeout_s, config.engine.export_ray_metrics)
     return RouterDeployment.options(

@@ -85,6 +85,12 @@ class RoutingConfig(BaseModel):
         description="How long a router waits for the shared placement table before placing the conversation "
                     "by rendezvous hashing instead.",
     )
+    adapter_load_cost: float = Field(
+        default=2.0, ge=0, le=1_000,
+        description="With LoRA adapters and the shared placement table: how many ongoing requests loading an adapter "
+                    "onto a replica is worth. A replica without the request's adapter counts this much busier, so an "
+                    "adapter stays where it is loaded until that replica is this much busier than another.",
+    )
     stats_period_s: float = Field(
         default=10.0, gt=0, le=3600,
         description="How often Serve's controller collects each engine replica's vLLM statistics (load, KV cache, "
@@ -103,12 +109,18 @@ class RoutingConfig(BaseModel):
         return self.model_dump(exclude={"stats_period_s"})
 
 
-def request_router_config(cfg: RoutingConfig) -> dict[str, Any]:
-    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``.
+ADAPTER_SLOTS = "adapter_slots"
+"""The request router's keyword for how many adapters an engine replica holds (the model's
+``lora.max_cpu_loras``): not a routing field, so the chooser takes it out before validating."""
+
+
+def request_router_config(cfg: RoutingConfig, adapter_slots: int = 1) -> dict[str, Any]:
+    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``, with engine
+    replicas that each hold ``adapter_slots`` LoRA adapters.
     (``DeploymentConfig`` validates on assignment, so the dict becomes a
     ``RequestRouterConfig``.) Every policy runs in a Serve router class of glm-serve's, so
     that ``/metrics`` can read the engine statistics Serve hands to request routers."""
     router = policy_class(cfg.policy).serve_router
-    kwargs = cfg.policy_kwargs() if router == POLICY_CHOOSER else {}
+    kwargs = {**cfg.policy_kwargs(), ADAPTER_SLOTS: adapter_slots} if router == POLICY_CHOOSER else {}
     return {"request_router_class": router, "request_router_kwargs": kwargs,
             "request_routing_stats_period_s": cfg.stats_period_s}

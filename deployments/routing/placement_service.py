@@ -46,17 +46,21 @@ class PlacementTableActor:
     """The actor: a :class:`~deployments.routing.placement_table.PlacementTable` behind async methods
     (one event loop, so calls never interleave inside the table)."""
 
-    def __init__(self, max_entries: int, memory_s: float) -> None:
-        self._table = PlacementTable(max_entries, memory_s)
+    def __init__(self, max_entries: int, memory_s: float, adapter_slots: int = 1, adapter_cost: float = 2.0) -> None:
+        self._table = PlacementTable(max_entries, memory_s, adapter_slots=adapter_slots, adapter_cost=adapter_cost)
 
-    async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
+    async def resolve(self, key: int | None, loads: Mapping[str, int], adapter: str | None = None) -> tuple[str, bool]:
         """:meth:`PlacementTable.resolve`."""
-        return self._table.resolve(key, loads)
+        return self._table.resolve(key, loads, adapter)
 
-    async def assign(self, moves: list[tuple[int, str]]) -> None:
-        """:meth:`PlacementTable.assign` for each (key, replica)."""
-        for key, replica in moves:
-            self._table.assign(key, replica)
+    async def assign(self, moves: list[tuple[int | None, str, str | None]]) -> None:
+        """For each (key, replica, adapter): :meth:`PlacementTable.assign` of the key, and
+        :meth:`PlacementTable.touch_adapter` of the adapter, where given."""
+        for key, replica, adapter in moves:
+            if key is not None:
+                self._table.assign(key, replica)
+            if adapter is not None:
+                self._table.touch_adapter(replica, adapter)
 
     async def size(self) -> int:
         return len(self._table)
@@ -71,16 +75,17 @@ class PlacementClient:
     """One router replica's access to the table. ``counts`` has each lookup's outcome
     (``hit``, ``placed``, ``timeout``, ``unavailable``) for ``/metrics``."""
 
-    def __init__(self, name: str, max_entries: int, timeout_s: float, memory_s: float = 60.0) -> None:
+    def __init__(self, name: str, max_entries: int, timeout_s: float, memory_s: float = 60.0,
+                 adapter_slots: int = 1, adapter_cost: float = 2.0) -> None:
         self.name = name
         self.max_entries = max_entries
         self.memory_s = memory_s
         self.timeout_s = timeout_s
         self.counts: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
-        self._link = NamedActor(name, PlacementTableActor, (max_entries, memory_s), "size", "placement table",
-                                "placing by rendezvous", logger, on_ready=self._flush_soon)
+        self._link = NamedActor(name, PlacementTableActor, (max_entries, memory_s, adapter_slots, adapter_cost),
+                                "size", "placement table", "placing by rendezvous", logger, on_ready=self._flush_soon)
         # Placements the table did not make, waiting to be sent (also while it is unreachable).
-        self._moves: deque[tuple[int, str]] = deque(maxlen=_MAX_PENDING_MOVES)
+        self._moves: deque[tuple[int | None, str, str | None]] = deque(maxlen=_MAX_PENDING_MOVES)
         self._flushing: asyncio.Task | None = None
 
     @property
@@ -91,15 +96,16 @@ class PlacementClient:
     def _actor(self) -> Any:
         return self._link.handle
 
-    async def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool] | None:
-        """Where conversation ``key`` lives (placing it if new), or None if the table
-        cannot answer within ``timeout_s``."""
+    async def resolve(self, key: int | None, loads: Mapping[str, int],
+                      adapter: str | None = None) -> tuple[str, bool] | None:
+        """Where conversation ``key`` lives (placing it if new; where ``adapter`` is loaded,
+        if any), or None if the table cannot answer within ``timeout_s``."""
         if self._actor is None:
             self._link.connect_soon()
             self.counts["unavailable"] += 1
             return None
         try:
-            replica, placed = await asyncio.wait_for(self._actor.resolve.remote(key, dict(loads)), self.timeout_s)
+            replica, placed = await asyncio.wait_for(self._actor.resolve.remote(key, dict(loads), adapter), self.timeout_s)
         except asyncio.TimeoutError:
             self.counts["timeout"] += 1
             return None
@@ -110,11 +116,15 @@ class PlacementClient:
         self.counts["placed" if placed else "hit"] += 1
         return replica, placed
 
-    def assign(self, key: int, replica: str) -> None:
+    def assign(self, key: int | None, replica: str, adapter: str | None = None) -> None:
         """Tell the table that conversation ``key`` lives on ``replica`` (a placement it did
-        not make: a spill, or rendezvous while it was slow or unreachable). Sent in the
-        background; kept until the table is reachable (the newest ``_MAX_PENDING_MOVES``)."""
-        self._moves.append((key, replica))
+        not make: a spill, or rendezvous while it was slow or unreachable), and that
+        ``replica`` served ``adapter``. Sent in the background; kept until the table is
+        reachable (the newest ``_MAX_PENDING_MOVES``)."""
+        move = (key, replica, adapter)
+        if key is None and self._moves and self._moves[-1] == move:
+            return  # the same adapter on the same replica, already on its way
+        self._moves.append(move)
         self._flush_soon()
 
     def _flush_soon(self) -> None:

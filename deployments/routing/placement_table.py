@@ -12,7 +12,13 @@ the same replica from the key alone) spreads conversations only as evenly as cha
 which over a few dozen conversations per replica is unevenly enough to cost throughput
 (docs/measurements.md#routing). A placement that looks at load cannot be
 recomputed by another router later, so it has to be remembered where every router can
-read it. Pure logic: no Ray.
+read it.
+
+The table also knows which LoRA adapters each replica holds: the last ``adapter_slots``
+(``model.lora.max_cpu_loras``) it saw go there, as vLLM keeps the last ones used. A
+request for an adapter weighs a replica without it ``adapter_cost`` ongoing requests
+more, so an adapter stays where it is loaded until that replica is that much busier
+than another: then the other loads it too, and a hot adapter spreads. Pure logic: no Ray.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from deployments.routing.prefix_keys import rendezvous
+from deployments.routing.prefix_keys import rendezvous, stable_hash
 
 
 class PlacementTable:
@@ -42,10 +48,14 @@ class PlacementTable:
     send every new one to the newcomer."""
 
     def __init__(self, max_entries: int = 100_000, memory_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, adapter_slots: int = 1,
+                 adapter_cost: float = 2.0) -> None:
         self.max_entries = max_entries
         self.memory_s = memory_s
+        self.adapter_slots = adapter_slots
+        self.adapter_cost = adapter_cost
         self._clock = clock
+        self._adapters: dict[str, OrderedDict[str, None]] = {}  # replica -> its adapters, least recent first
         self._homes: OrderedDict[int, str] = OrderedDict()
         self._held: dict[str, int] = {}
         self._recent: dict[str, tuple[float, float]] = {}  # replica -> (decayed count, when)
@@ -66,24 +76,50 @@ class PlacementTable:
         now = self._clock() if now is None else now
         return count * math.exp(-max(0.0, now - when) / self.memory_s)
 
-    def resolve(self, key: int, loads: Mapping[str, int]) -> tuple[str, bool]:
+    def has_adapter(self, replica: str, adapter: str) -> bool:
+        """Whether ``replica`` holds ``adapter``, as far as the table knows."""
+        return adapter in self._adapters.get(replica, ())
+
+    def touch_adapter(self, replica: str, adapter: str) -> None:
+        """``replica`` served ``adapter`` just now (it loaded it, or used it again)."""
+        held = self._adapters.setdefault(replica, OrderedDict())
+        held[adapter] = None
+        held.move_to_end(adapter)
+        while len(held) > self.adapter_slots:
+            held.popitem(last=False)
+
+    def resolve(self, key: int | None, loads: Mapping[str, int], adapter: str | None = None) -> tuple[str, bool]:
         """The replica of conversation ``key`` among the live replicas in ``loads``, and
         whether it was placed just now: a key the table does not have, or whose replica
         left, goes to the replica of least ongoing plus recent load (the class docstring),
-        ties to the rendezvous choice."""
+        plus ``adapter_cost`` where ``adapter`` is not loaded, ties to the rendezvous choice.
+        ``key`` None (an adapter request that is no conversation): chosen the same way, and
+        not remembered but for the adapter."""
         if not loads:
             raise ValueError("no replica to choose from")
-        home = self._homes.get(key)
+        home = self._homes.get(key) if key is not None else None
         if home is not None and home in loads:
             self._homes.move_to_end(key)
+            if adapter is not None:
+                self.touch_adapter(home, adapter)
             return home, False
         now = self._clock()
         expected = {replica: load + self.recent(replica, now) for replica, load in loads.items()}
+        if adapter is not None:
+            for gone in [r for r in self._adapters if r not in loads]:
+                del self._adapters[gone]
+            for replica in expected:
+                if not self.has_adapter(replica, adapter):
+                    expected[replica] += self.adapter_cost
         least = min(expected.values())
         # Within a hair of the least: decayed counts are floats, and a tie must be a tie.
         best = [replica for replica, value in expected.items() if value - least < 1e-6]
-        target = best[0] if len(best) == 1 else rendezvous(key, best, self._seeds)
-        self.assign(key, target)
+        tie_key = key if key is not None else stable_hash(b"glm-adapter", adapter or "")
+        target = best[0] if len(best) == 1 else rendezvous(tie_key, best, self._seeds)
+        if key is not None:
+            self.assign(key, target)
+        if adapter is not None:
+            self.touch_adapter(target, adapter)
         return target, True
 
     def assign(self, key: int, replica: str) -> None:

@@ -76,6 +76,12 @@ class RoutingPolicy:
         """The conversation key to ask the shared placement table about, or None."""
         return None
 
+    def placement_query(self, request: Any, loads: Mapping[str, int]) -> tuple[int | None, str | None] | None:
+        """What to ask the shared placement table: (conversation key or None, LoRA adapter
+        or None), or None to ask nothing. The base asks about :meth:`placement_key` alone."""
+        key = self.placement_key(request, loads)
+        return None if key is None else (key, None)
+
     def routed(self, decision: Decision | None, request: Any, replica: str) -> int | None:
         """``replica`` accepted ``request`` (``decision``: this policy's, or None when it made
         none). Returns a conversation key the placement table should map to ``replica``

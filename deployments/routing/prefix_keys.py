@@ -68,8 +68,17 @@ def stable_hash(kind: bytes, value: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int) -> PrefixKeys:
-    h = blake2b(digest_size=8, person=b"glm-chat")
+def _adapter_salt(h: Any, adapter: str | None) -> Any:
+    # vLLM's prefix cache keys blocks by adapter too: a prompt cached for one adapter is not
+    # cached for another, or for the base model.
+    if adapter:
+        _field(h, b"\x00adapter")
+        _field(h, adapter.encode("utf-8", "surrogatepass"))
+    return h
+
+
+def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int, adapter: str | None = None) -> PrefixKeys:
+    h = _adapter_salt(blake2b(digest_size=8, person=b"glm-chat"), adapter)
     hashes: list[int] = []
     anchors: list[int] = []
     if tools:
@@ -97,14 +106,14 @@ def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int) -> PrefixKe
     return PrefixKeys(tuple(hashes), tuple(anchors))
 
 
-def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int) -> PrefixKeys:
+def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int, adapter: str | None = None) -> PrefixKeys:
     if isinstance(prompt, str):
-        h = blake2b(digest_size=8, person=b"glm-text")
+        h = _adapter_salt(blake2b(digest_size=8, person=b"glm-text"), adapter)
 
         def encode(chunk: Any) -> bytes:
             return chunk.encode("utf-8", "surrogatepass")
     else:
-        h = blake2b(digest_size=8, person=b"glm-ids")
+        h = _adapter_salt(blake2b(digest_size=8, person=b"glm-ids"), adapter)
 
         def encode(chunk: Any) -> bytes:
             try:
@@ -122,15 +131,16 @@ def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int) -> Pref
 
 def prefix_keys(request: Any, chars_per_block: int, tokens_per_block: int, min_match_blocks: int) -> PrefixKeys:
     """The prefix keys of a :class:`~deployments.generation.GenerationRequest` (or any
-    object with ``messages`` / ``prompt`` / ``tools``)."""
+    object with ``messages`` / ``prompt`` / ``tools``, and ``adapter``, which salts every key)."""
     messages = getattr(request, "messages", None)
+    adapter = getattr(request, "adapter", None)
     if messages is not None:
-        return _chat_keys(messages, getattr(request, "tools", None), min_match_blocks)
+        return _chat_keys(messages, getattr(request, "tools", None), min_match_blocks, adapter)
     prompt = getattr(request, "prompt", None)
     if isinstance(prompt, str):
-        return _chunk_keys(prompt, chars_per_block, min_match_blocks)
+        return _chunk_keys(prompt, chars_per_block, min_match_blocks, adapter)
     if isinstance(prompt, Sequence) and prompt:
-        return _chunk_keys(prompt, tokens_per_block, min_match_blocks)
+        return _chunk_keys(prompt, tokens_per_block, min_match_blocks, adapter)
     return EMPTY
 
 

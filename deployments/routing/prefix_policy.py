@@ -81,7 +81,22 @@ of a conversation with history) the request's specific prefix. ``hint``: placed 
 the request's session id. ``spilled``: the affine or hinted replica was overloaded
 (or refused the request), so another one was taken. ``new``: no useful prefix (a new
 conversation, a shared or empty prompt), or a conversation the shared table had not
-seen (placed now).
+seen (placed now). ``adapter``: a LoRA request with no conversation to follow, placed
+where its adapter is loaded.
+
+LoRA adapters
+-------------
+One decision weighs both caches. A request's prefix keys are salted with its adapter
+(vLLM caches a prompt per adapter), so a learned match is a replica that served this
+adapter *and* this prefix: it wins, as above. A new conversation, or an adapter request
+with no conversation (no anchor, no session), is placed by the shared table, which adds
+``adapter_load_cost`` to the expected load of each replica that does not hold the
+adapter (:class:`~deployments.routing.placement_table.PlacementTable`): the adapter stays
+where it is loaded until that replica is busier by that much, then spreads. Every router
+tells the table where it sent each adapter request, so the table's view of what each
+replica holds follows what vLLM holds. Without the table (off, slow, down), an adapter
+request with no conversation goes where rendezvous hashing of the adapter's name says:
+every router agrees, so the adapter is loaded once.
 """
 
 from __future__ import annotations
@@ -97,7 +112,7 @@ from deployments.routing.config import RoutingConfig
 from deployments.routing.policy import Decision, RoutingPolicy, register_policy
 from deployments.routing.prefix_keys import EMPTY, PrefixKeys, prefix_keys, rendezvous, stable_hash
 
-LABELS = ("affinity", "spilled", "new", "hint")
+LABELS = ("affinity", "spilled", "new", "hint", "adapter")
 
 
 class _Entry:
@@ -193,6 +208,7 @@ class PrefixPolicy(RoutingPolicy):
                 return PrefixDecision(replica, "spilled" if spilled else "affinity", i + 1, anchor_blocks, keys)
 
         key, label = self._conversation_key(request, keys, anchor)
+        adapter = getattr(request, "adapter", None)
         if key is not None:
             confirmed = placed is not None and placed[0] in loads
             if confirmed:
@@ -205,6 +221,11 @@ class PrefixPolicy(RoutingPolicy):
                 return PrefixDecision(target, "spilled" if spilled else label, 0, anchor_blocks, keys, key,
                                 publish=spilled or not confirmed)
             spilled = spilled or label != "new"
+        elif adapter is not None:
+            confirmed = placed is not None and placed[0] in loads
+            target = placed[0] if confirmed else self.rendezvous(stable_hash(b"glm-adapter", adapter), loads)
+            if not overloaded(target):
+                return PrefixDecision(target, "spilled" if spilled else "adapter", 0, anchor_blocks, keys)
         return PrefixDecision(self._least_loaded(loads, least), "spilled" if spilled else "new", 0, anchor_blocks, keys,
                         key, publish=spilled and key is not None)
 
@@ -218,6 +239,19 @@ class PrefixPolicy(RoutingPolicy):
         if anchor is not None and next(self._holders(keys, anchor, loads), None) is not None:
             return None
         return self._conversation_key(request, keys, anchor)[0]
+
+    def placement_query(self, request: Any, loads: Mapping[str, int],
+                        keys: PrefixKeys | None = None) -> tuple[int | None, str | None] | None:
+        """:meth:`placement_key`, with the request's adapter: an adapter request with no
+        conversation key is still placed by the table (where its adapter is loaded)."""
+        if keys is None:
+            keys = self.keys(request)
+        anchor = self._anchor(keys)
+        if anchor is not None and next(self._holders(keys, anchor, loads), None) is not None:
+            return None
+        key = self._conversation_key(request, keys, anchor)[0]
+        adapter = getattr(request, "adapter", None)
+        return None if key is None and adapter is None else (key, adapter)
 
     def _holders(self, keys: PrefixKeys, anchor: int, loads: Mapping[str, int]):
         """(block index, replica) of every live replica that served a prefix of ``keys``

@@ -54,7 +54,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 from deployments import serve_private
 from deployments.generation import GenerationRequest
 from deployments.routing import choosers
-from deployments.routing.config import RoutingConfig
+from deployments.routing.config import ADAPTER_SLOTS, RoutingConfig
 from deployments.routing.placement_service import PlacementClient, placement_table_name
 from deployments.routing.policy import Decision, RoutingPolicy, policy_class
 
@@ -110,12 +110,14 @@ class PolicyReplicaChooser(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         """Build the policy from ``request_router_kwargs`` (the fields of
         :class:`~deployments.routing.config.RoutingConfig`); a wrong field fails here."""
+        adapter_slots = kwargs.pop(ADAPTER_SLOTS, 1)  # the model's, not a routing field (request_router_config)
         cfg = RoutingConfig(**kwargs)
         self._policy = policy_class(cfg.policy)(cfg)
         self._policy.set_replicas([rid.unique_id for rid in self.curr_replicas])
         if cfg.directory and self._policy.uses_placement_table:
             name = placement_table_name(*self.deployment_key)
-            self._table = PlacementClient(name, cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s)
+            self._table = PlacementClient(name, cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s,
+                                          adapter_slots, cfg.adapter_load_cost)
             self.lookup_timeout_s = cfg.directory_timeout_s
             try:
                 self._table.start()
@@ -144,9 +146,9 @@ class PolicyReplicaChooser(RequestRouter):
         loads = self._loads(list(self.curr_replicas.values()))
         if not loads:
             return
-        key = self._policy.placement_key(request, loads)
-        if key is not None:
-            request.placement = await self._table.resolve(key, loads)
+        query = self._policy.placement_query(request, loads)
+        if query is not None:
+            request.placement = await self._table.resolve(query[0], loads, query[1])
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -223,8 +225,15 @@ class PolicyReplicaChooser(RequestRouter):
             if decision is None and request is None:
                 return
             key = self._policy.routed(decision, request, uid)
-            if key is not None and self._table is not None:
-                self._table.assign(key, uid)
+            if self._table is None:
+                return
+            # The table learns where each adapter went, unless it sent it there itself.
+            adapter = getattr(request, "adapter", None)
+            placed = getattr(request, "placement", None)
+            if adapter is not None and placed is not None and placed[0] == uid:
+                adapter = None
+            if key is not None or adapter is not None:
+                self._table.assign(key, uid, adapter)
         except Exception:
             logger.exception("recording a routing decision failed")
 

@@ -29,13 +29,16 @@ def test_routing_config_is_strict_and_maps_to_serve_options():
     pow2 = request_router_config(RoutingConfig(stats_period_s=3))
     assert pow2["request_router_kwargs"] == {} and pow2["request_routing_stats_period_s"] == 3
     cfg = RoutingConfig(policy="prefix", max_load_gap=4)
-    options = request_router_config(cfg)
+    options = request_router_config(cfg, adapter_slots=4)
     assert options["request_router_class"] == CHOOSERS["prefix"]
     assert options["request_router_kwargs"]["max_load_gap"] == 4 and options["request_router_kwargs"]["policy"] == "prefix"
     assert "stats_period_s" not in options["request_router_kwargs"]
-    assert RoutingConfig(**options["request_router_kwargs"]) == cfg
+    # the model's adapter slots ride along, and the chooser takes them out before validating
+    kwargs = dict(options["request_router_kwargs"])
+    assert kwargs.pop("adapter_slots") == 4
+    assert RoutingConfig(**kwargs) == cfg
     # what PolicyReplicaChooser.initialize_state builds from them
-    built = policy_class(cfg.policy)(RoutingConfig(**options["request_router_kwargs"]))
+    built = policy_class(cfg.policy)(RoutingConfig(**kwargs))
     assert isinstance(built, PrefixPolicy) and built.config == cfg
     # Serve takes both as it takes them from `.options()`, and imports the classes by path.
     for policy in ("pow2", "prefix"):
@@ -154,7 +157,7 @@ def test_the_serve_adapter_routes_turns_to_their_replica():
         ranks = await router.choose_replicas(list(router.curr_replicas.values()), spill)
         assert ranks[0] != [chosen] and ranks[-1][-1] is chosen
         router.on_request_routed(spill, ranks[0][0].replica_id, None)
-        assert router.decision_counts() == {"affinity": 0, "spilled": 1, "new": 1, "hint": 0}
+        assert router.decision_counts() == {"affinity": 0, "spilled": 1, "new": 1, "hint": 0, "adapter": 0}
         assert choosers.decision_counts()["spilled"] >= 1
         assert choosers.chooser_for("glm", "GLMEngine") is router
 
@@ -197,12 +200,13 @@ class TableStandIn:
         self.assigned: list[tuple[int, str]] = []
         self.counts: dict[str, int] = {}
 
-    async def resolve(self, key: int, loads: dict[str, int]) -> tuple[str, bool] | None:
+    async def resolve(self, key: int | None, loads: dict[str, int], adapter: str | None = None
+                      ) -> tuple[str, bool] | None:
         self.asked.append(key)
-        return self.table.resolve(key, loads) if self.answer else None
+        return self.table.resolve(key, loads, adapter) if self.answer else None
 
-    def assign(self, key: int, replica: str) -> None:
-        self.assigned.append((key, replica))
+    def assign(self, key: int | None, replica: str, adapter: str | None = None) -> None:
+        self.assigned.append((key, replica) if adapter is None else (key, replica, adapter))
 
 
 def test_the_serve_adapter_takes_the_tables_answer_from_the_request_without_awaiting():

@@ -1,0 +1,79 @@
+"""LoRA adapters in routing: the placement table keeps each adapter where it is loaded and
+spreads a busy one; the prefix policy salts prefixes by adapter and asks the table."""
+
+from __future__ import annotations
+
+from deployments.generation import GenerationRequest
+from deployments.routing.config import RoutingConfig
+from deployments.routing.placement_table import PlacementTable
+from deployments.routing.prefix_keys import prefix_keys
+from deployments.routing.prefix_policy import PrefixPolicy
+
+REPLICAS = ("r0", "r1", "r2")
+
+
+def _loads(**loads: int) -> dict[str, int]:
+    return {r: loads.get(r, 0) for r in REPLICAS}
+
+
+def test_an_adapter_stays_where_it_is_loaded_until_that_replica_is_busier_by_its_cost():
+    table = PlacementTable(adapter_slots=2, adapter_cost=2.0)
+    first, placed = table.resolve(None, _loads(), "sql")
+    assert placed and table.has_adapter(first, "sql") and len(table) == 0  # no conversation pinned
+    others = [r for r in REPLICAS if r != first]
+    assert table.resolve(None, _loads(**{first: 2}), "sql")[0] == first  # busier by the cost: a tie, it stays
+    spread, _ = table.resolve(None, _loads(**{first: 3}), "sql")
+    assert spread in others and table.has_adapter(spread, "sql")  # busier by more: a second replica loads it
+    # then both hold it, and the less busy of the two takes it
+    assert table.resolve(None, {first: 3, spread: 1, others[0] if others[0] != spread else others[1]: 0},
+                         "sql")[0] == spread
+
+
+def test_the_table_forgets_an_adapter_as_vllm_would_evict_it():
+    table = PlacementTable(adapter_slots=2, adapter_cost=5.0)
+    for adapter in ("a", "b", "c"):
+        table.touch_adapter("r0", adapter)
+    assert not table.has_adapter("r0", "a") and table.has_adapter("r0", "b") and table.has_adapter("r0", "c")
+    table.touch_adapter("r0", "b")  # used again: "c" is now the least recent
+    table.touch_adapter("r0", "d")
+    assert table.has_adapter("r0", "b") and not table.has_adapter("r0", "c")
+
+
+def test_a_new_conversation_weighs_both_load_and_its_adapter():
+    table = PlacementTable(adapter_slots=4, adapter_cost=3.0)
+    table.touch_adapter("r2", "sql")
+    assert table.resolve(11, _loads(r2=2), "sql") == ("r2", True)  # 2 < 0 + 3 elsewhere
+    assert table.resolve(11, _loads(r2=9), "sql") == ("r2", False)  # a known conversation stays
+    assert table.resolve(12, _loads(r2=4), "sql")[0] != "r2"  # 4 + placed-lately > 3
+
+
+def test_a_replica_that_left_takes_its_adapters_with_it():
+    table = PlacementTable(adapter_slots=2, adapter_cost=100.0)
+    table.touch_adapter("gone", "sql")
+    target, _ = table.resolve(None, _loads(), "sql")
+    assert target in REPLICAS and not table.has_adapter("gone", "sql")
+
+
+def _request(adapter: str | None, prompt: str = "x" * 600) -> GenerationRequest:
+    return GenerationRequest(request_id="r", prompt=prompt, adapter=adapter)
+
+
+def test_prefix_keys_are_salted_by_adapter_as_vllms_cache_is():
+    base, sql, chat = (prefix_keys(_request(a), 256, 64, 1).hashes for a in (None, "sql", "chat"))
+    assert len(base) == len(sql) == len(chat) == 3
+    assert not set(base) & set(sql) and not set(sql) & set(chat)
+    assert prefix_keys(_request("sql"), 256, 64, 1).hashes == sql
+
+
+def test_the_policy_asks_the_table_for_an_adapter_request_with_no_conversation():
+    policy = PrefixPolicy(RoutingConfig(policy="prefix"))
+    loads = _loads()
+    short = _request("sql", "hi")  # shorter than a block: no anchor, no conversation
+    assert policy.placement_query(short, loads) == (None, "sql")
+    assert policy.placement_query(_request(None, "hi"), loads) is None  # the base model: nothing to ask
+    decision = policy.choose(short, loads, placed=("r1", True))
+    assert (decision.replica, decision.label) == ("r1", "adapter")
+    # without an answer (the table slow or down) every router agrees by rendezvous on the adapter
+    assert len({PrefixPolicy(RoutingConfig(policy="prefix")).choose(short, loads).replica for _ in range(5)}) == 1
+    # past the load guard it goes to the least loaded
+    assert policy.choose(short, _loads(r1=20, r0=1, r2=1), placed=("r1", True)).label == "new"
