@@ -327,3 +327,15 @@ def test_vllm_client_is_loaded_on_first_use_and_names_the_extra_without_vllm(mon
     assert "VLLMClient" in dir(glm_client) and "VLLMClient" not in glm_client.__all__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         glm_client.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("client_class", [ServeClient, AsyncServeClient])
+def test_both_clients_take_the_model_per_client_and_per_call(client_class):
+    def answer():
+        return httpx.Response(200, content=_sse(_chunk({"role": "assistant", "content": "ok"}, "stop")))
+
+    _, seen = _stream(client_class, [answer()], options={"model": "sql-lora"})
+    assert [json.loads(r.content)["model"] for r in seen] == ["sql-lora"]
+    # per call, without asking /v1/models, and the client's own model stays for the next call
+    _, seen = _stream(client_class, [answer()], model="chat-lora")
+    assert [(r.url.path, json.loads(r.content)["model"]) for r in seen] == [("/v1/chat/completions", "chat-lora")]

@@ -219,8 +219,10 @@ class ServeClient(_ServeClientBase):
 
     def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
                         ) -> Iterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
-        """Yield ``(response, history)`` as the model writes, like the demo's VLLMClient."""
-        body, chat_history = self._chat_body(self.model, tools, history, parameters)
+        """Yield ``(response, history)`` as the model writes, like the demo's VLLMClient.
+        ``model=`` picks the model (a LoRA adapter's name, say) for this call only."""
+        model = parameters.pop("model", None) or self.model
+        body, chat_history = self._chat_body(model, tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
             with _transport_errors(self._chat_url):
@@ -264,8 +266,10 @@ class AsyncServeClient(_ServeClientBase):
 
     async def generate_stream(self, tools: list[dict[str, Any]], history: list[Conversation], **parameters: Any
                               ) -> AsyncIterator[tuple[str | dict[str, Any], list[dict[str, Any]]]]:
-        """Yield ``(response, history)`` as the model writes."""
-        body, chat_history = self._chat_body(await self.get_model(), tools, history, parameters)
+        """Yield ``(response, history)`` as the model writes. ``model=`` picks the model (a
+        LoRA adapter's name, say) for this call only."""
+        model = parameters.pop("model", None) or await self.get_model()
+        body, chat_history = self._chat_body(model, tools, history, parameters)
         state = _StreamState(chat_history)
         for attempt in range(self._max_retries + 1):
             with _transport_errors(self._chat_url):
