@@ -175,7 +175,22 @@ def whole_cluster(request):
         _disturbed.append(request.node.nodeid)
 
 
-def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: Path) -> dict:
+LORA_CONFIGURED = "glm-configured"
+"""The tiny GLM's adapter named in model.lora.adapters (made before the app starts)."""
+LORA_RANK = 8
+"""The tiny GLM's max_lora_rank: an adapter of rank 16 cannot be loaded."""
+
+
+def make_glm_adapter(tiny_glm_dir: Path, out: Path, rank: int = LORA_RANK, seed: int = 1) -> Path:
+    """A PEFT LoRA adapter on the tiny GLM's attention and MLP projections, as GLM-4's
+    fine-tuning recipes make them for the -hf checkpoints."""
+    from benchmarks.lora_adapters import GLM_TARGETS, make_adapter
+
+    return make_adapter(tiny_glm_dir, out, rank, seed, GLM_TARGETS)
+
+
+def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: Path,
+                      adapters_dir: Path | None = None) -> dict:
     """config/serve-cpu.yaml with 2 GPU-pinned engine replicas, each bound to its own core,
     plus a tiny GLM-4 application under /tiny-glm."""
     config = yaml.safe_load((ROOT / "config" / "serve-cpu.yaml").read_text())
@@ -211,8 +226,15 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: P
             "model": {"model": str(tiny_glm_dir), "served_model_name": TINY_GLM_NAME, "chat_format": "glm4",
                       "scheduling_policy": "priority",  # the batch tenant's requests go in at priority 1
                       "dtype": "float32", "max_model_len": 8192, "enforce_eager": True,
-                      "cpu": {"kvcache_space_gib": 1}},
-            "engine": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+                      "cpu": {"kvcache_space_gib": 1},
+                      # one adapter named in the config, the others found in a folder
+                      **({"lora": {"adapters": {LORA_CONFIGURED: str(adapters_dir.parent / LORA_CONFIGURED)},
+                                   "adapters_dir": str(adapters_dir), "max_loras": 1, "max_cpu_loras": 2,
+                                   "max_lora_rank": LORA_RANK}} if adapters_dir else {})},
+            # Two engine replicas with prefix routing: LoRA requests go where their adapter is
+            # loaded (tests/e2e/test_lora.py).
+            "engine": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0},
+                       "routing": {"policy": "prefix", "stats_period_s": 1}},
             # API keys, request caps and short deadlines, each for a test to hit.
             "router": {"api_keys_env": API_KEYS_ENV, "tenants_file": str(tenants_file),
                        "max_tokens_limit": 7000, "allow_ignore_eos": True,
@@ -258,7 +280,10 @@ def server(tmp_path_factory):
     port = _free_port()
     config_path = tmp / "serve-test.yaml"
     write_tenants(tmp / "tenants.yaml")
-    write_test_config(config_path, port, tiny_glm.build(tmp / "tiny-glm"), tmp / "tenants.yaml")
+    tiny_glm_dir = tiny_glm.build(tmp / "tiny-glm")
+    (tmp / "adapters").mkdir()
+    make_glm_adapter(tiny_glm_dir, tmp / LORA_CONFIGURED)
+    write_test_config(config_path, port, tiny_glm_dir, tmp / "tenants.yaml", tmp / "adapters")
     # A throw-away cluster on loopback: no auth token to distribute to the test's own
     # driver (it kills a replica), and nothing listens beyond 127.0.0.1.
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -302,7 +327,7 @@ def server(tmp_path_factory):
             time.sleep(2)
         print(f"\nglm-serve healthy after {time.monotonic() - started:.0f} s at {base}")
         yield {"base_url": base, "ray_address": address, "log": tmp / "serve.log", "metrics_port": metrics_port,
-               "tiny_glm_dir": tmp / "tiny-glm", "tenants_file": tmp / "tenants.yaml"}
+               "tiny_glm_dir": tmp / "tiny-glm", "tenants_file": tmp / "tenants.yaml", "adapters_dir": tmp / "adapters"}
     finally:
         engine_procs = vllm_processes()
         try:
