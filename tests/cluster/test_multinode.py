@@ -227,9 +227,10 @@ def dashboard_export_series() -> set[str]:
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = ({"ray_" + n for e in exprs for n in re.findall(r"\(ray_\)\?(glm_serve_[a-z_]+)", e)}
                | {n for e in exprs for n in re.findall(r"\b(ray_vllm_[a-z_]+)", e)})
-    # This app's tenant has no limits, so nothing counts a 429 here; tests/e2e/test_observability.py
-    # finds the series on an application whose tenants have limits.
-    return queried - {"ray_glm_serve_tenant_rate_limited_total"}
+    # This app's tenant has no limits and its model no adapters, so nothing counts a 429 or an
+    # adapter's request here; tests/e2e/test_observability.py finds both series on an
+    # application whose tenants have limits and whose model has adapters.
+    return queried - {"ray_glm_serve_tenant_rate_limited_total", "ray_glm_serve_adapter_requests_total"}
 
 
 def node_series(node: netns.Node) -> dict[str, set[str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import MODEL_NAME, ROOT, TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.e2e.conftest import API_KEY, LORA_CONFIGURED, MODEL_NAME, ROOT, TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "glm-serve.json"
 
@@ -33,15 +33,19 @@ def test_every_series_the_dashboard_queries_is_on_metrics(http, base_url):
         response.read()
     assert http.post("/v1/chat/completions", json={"model": MODEL_NAME}).status_code == 400
 
-    # The per-tenant refusals come from the tiny GLM application, whose tenants have limits.
+    # The per-tenant refusals come from the tiny GLM application, whose tenants have limits,
+    # and the LoRA series from its adapter.
     tenant = {"authorization": f"Bearer {TENANTS['single'][0]}"}
-    refused = _refused_for_concurrency(base_url, tenant)
+    assert _refused_for_concurrency(base_url, tenant), "the tenant's second concurrent request was not refused"
+    adapter = httpx.post(f"{base_url}{TINY_GLM_PREFIX}/v1/completions", timeout=60,
+                         headers={"authorization": f"Bearer {API_KEY}"},
+                         json={"model": LORA_CONFIGURED, "prompt": "hi", "max_tokens": 2})
+    assert adapter.status_code == 200, adapter.text
 
     deadline = time.monotonic() + 20  # engine series arrive with Serve's next stats poll (1 s here)
     while True:
         text = http.get("/metrics").text
-        if refused:
-            text += httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", headers=tenant, timeout=10).text
+        text += httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", headers=tenant, timeout=10).text
         present = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
         missing = sorted(queried - present)
         if not missing:
