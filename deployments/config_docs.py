@@ -106,7 +106,7 @@ A request calls an adapter by naming it as its `model`; `GET /v1/models` lists e
 base model as its `parent`. Each engine replica loads an adapter the first time a request
 needs it, after checking that it loads ([lora.md](lora.md)), so an adapter that cannot be
 loaded is that request's 400 and never stops the engine. With `routing.policy: prefix`, an
-adapter's requests go where it is loaded (`routing.adapter_load_cost`).
+adapter's requests go where it is loaded, within the load guard (`routing.max_load_gap`).
 """,
     "args.engine.routing": """\
 Several router replicas agree through the shared placement table: a router that has not

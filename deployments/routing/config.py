@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deployments.routing.policy import POLICY_CHOOSER, policy_class
 
 
+def overloaded(load: float, least: float, gap: float, factor: float) -> bool:
+    """The load guard, one formula for the policy and the placement table: ``load`` exceeds
+    ``least`` by more than ``gap`` and by more than ``factor`` times."""
+    return load - least > gap and load > factor * least
+
+
 class RoutingConfig(BaseModel):
     """How requests pick an engine replica. Unknown fields are errors, as in
     :mod:`deployments.config` (whose ``StrictModel`` this mirrors)."""
@@ -85,12 +91,6 @@ class RoutingConfig(BaseModel):
         description="How long a router waits for the shared placement table before placing the conversation "
                     "by rendezvous hashing instead.",
     )
-    adapter_load_cost: float = Field(
-        default=2.0, ge=0, le=1_000,
-        description="With LoRA adapters and the shared placement table: how many ongoing requests loading an adapter "
-                    "onto a replica is worth. A replica without the request's adapter counts this much busier, so an "
-                    "adapter stays where it is loaded until that replica is this much busier than another.",
-    )
     stats_period_s: float = Field(
         default=10.0, gt=0, le=3600,
         description="How often Serve's controller collects each engine replica's vLLM statistics (load, KV cache, "
@@ -102,6 +102,12 @@ class RoutingConfig(BaseModel):
     def _known_policy(cls, value: str) -> str:
         policy_class(value)  # a ValueError names the known policies
         return value
+
+    def overloaded(self, load: int, least: int) -> bool:
+        """The load guard: whether a replica with ``load`` ongoing requests is too busy to be
+        preferred, beside the least-loaded candidate's ``least`` (max_load_gap and
+        max_load_factor)."""
+        return overloaded(load, least, self.max_load_gap, self.max_load_factor)
 
     def policy_kwargs(self) -> dict[str, Any]:
         """``request_router_kwargs`` of glm-serve's policy host: every field but the stats

@@ -46,8 +46,10 @@ class PlacementTableActor:
     """The actor: a :class:`~deployments.routing.placement_table.PlacementTable` behind async methods
     (one event loop, so calls never interleave inside the table)."""
 
-    def __init__(self, max_entries: int, memory_s: float, adapter_slots: int = 1, adapter_cost: float = 2.0) -> None:
-        self._table = PlacementTable(max_entries, memory_s, adapter_slots=adapter_slots, adapter_cost=adapter_cost)
+    def __init__(self, max_entries: int, memory_s: float, adapter_slots: int = 1, load_gap: float = 8,
+                 load_factor: float = 1.5) -> None:
+        self._table = PlacementTable(max_entries, memory_s, adapter_slots=adapter_slots, load_gap=load_gap,
+                                     load_factor=load_factor)
 
     async def resolve(self, key: int | None, loads: Mapping[str, int], adapter: str | None = None) -> tuple[str, bool]:
         """:meth:`PlacementTable.resolve`."""
@@ -76,13 +78,13 @@ class PlacementClient:
     (``hit``, ``placed``, ``timeout``, ``unavailable``) for ``/metrics``."""
 
     def __init__(self, name: str, max_entries: int, timeout_s: float, memory_s: float = 60.0,
-                 adapter_slots: int = 1, adapter_cost: float = 2.0) -> None:
+                 adapter_slots: int = 1, load_gap: float = 8, load_factor: float = 1.5) -> None:
         self.name = name
         self.max_entries = max_entries
         self.memory_s = memory_s
         self.timeout_s = timeout_s
         self.counts: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
-        self._link = NamedActor(name, PlacementTableActor, (max_entries, memory_s, adapter_slots, adapter_cost),
+        self._link = NamedActor(name, PlacementTableActor, (max_entries, memory_s, adapter_slots, load_gap, load_factor),
                                 "size", "placement table", "placing by rendezvous", logger, on_ready=self._flush_soon)
         # Placements the table did not make, waiting to be sent (also while it is unreachable).
         self._moves: deque[tuple[int | None, str, str | None]] = deque(maxlen=_MAX_PENDING_MOVES)

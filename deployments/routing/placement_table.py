@@ -16,9 +16,14 @@ read it.
 
 The table also knows which LoRA adapters each replica holds: the last ``adapter_slots``
 (``model.lora.max_cpu_loras``) it saw go there, as vLLM keeps the last ones used. A
-request for an adapter weighs a replica without it ``adapter_cost`` ongoing requests
-more, so an adapter stays where it is loaded until that replica is that much busier
-than another: then the other loads it too, and a hot adapter spreads. Pure logic: no Ray.
+request for an adapter goes to a replica that holds it, the one of least expected load
+among them, unless the load guard (``routing.max_load_gap`` and ``max_load_factor``, the
+same guard as prefix affinity's) finds each of them too busy: then it is placed as any
+new conversation, on the replica of least expected load, which loads the adapter too, so
+a hot adapter spreads. Residency is a preference within the guard, not a cost added to
+the load: a cost in requests was outweighed by the placed-lately term whenever
+conversations are single requests, and the adapter spread everywhere
+(docs/measurements.md#lora). Pure logic: no Ray.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from deployments.routing.config import overloaded
 from deployments.routing.prefix_keys import rendezvous, stable_hash
 
 
@@ -49,11 +55,11 @@ class PlacementTable:
 
     def __init__(self, max_entries: int = 100_000, memory_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, adapter_slots: int = 1,
-                 adapter_cost: float = 2.0) -> None:
+                 load_gap: float = 8, load_factor: float = 1.5) -> None:
         self.max_entries = max_entries
         self.memory_s = memory_s
         self.adapter_slots = adapter_slots
-        self.adapter_cost = adapter_cost
+        self.load_gap, self.load_factor = load_gap, load_factor
         self._clock = clock
         self._adapters: dict[str, OrderedDict[str, None]] = {}  # replica -> its adapters, least recent first
         self._homes: OrderedDict[int, str] = OrderedDict()
@@ -92,9 +98,9 @@ class PlacementTable:
         """The replica of conversation ``key`` among the live replicas in ``loads``, and
         whether it was placed just now: a key the table does not have, or whose replica
         left, goes to the replica of least ongoing plus recent load (the class docstring),
-        plus ``adapter_cost`` where ``adapter`` is not loaded, ties to the rendezvous choice.
-        ``key`` None (an adapter request that is no conversation): chosen the same way, and
-        not remembered but for the adapter."""
+        among those holding ``adapter`` that the load guard lets through if there are any,
+        ties to the rendezvous choice. ``key`` None (an adapter request that is no
+        conversation): chosen the same way, and not remembered but for the adapter."""
         if not loads:
             raise ValueError("no replica to choose from")
         home = self._homes.get(key) if key is not None else None
@@ -103,14 +109,16 @@ class PlacementTable:
             if adapter is not None:
                 self.touch_adapter(home, adapter)
             return home, False
-        now = self._clock()
-        expected = {replica: load + self.recent(replica, now) for replica, load in loads.items()}
+        candidates = loads
         if adapter is not None:
             for gone in [r for r in self._adapters if r not in loads]:
                 del self._adapters[gone]
-            for replica in expected:
-                if not self.has_adapter(replica, adapter):
-                    expected[replica] += self.adapter_cost
+            least_load = min(loads.values())
+            holders = {r: load for r, load in loads.items() if self.has_adapter(r, adapter)
+                       and not overloaded(load, least_load, self.load_gap, self.load_factor)}
+            candidates = holders or loads
+        now = self._clock()
+        expected = {replica: load + self.recent(replica, now) for replica, load in candidates.items()}
         least = min(expected.values())
         # Within a hair of the least: decayed counts are floats, and a tie must be a tie.
         best = [replica for replica, value in expected.items() if value - least < 1e-6]

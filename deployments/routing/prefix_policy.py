@@ -89,10 +89,10 @@ LoRA adapters
 One decision weighs both caches. A request's prefix keys are salted with its adapter
 (vLLM caches a prompt per adapter), so a learned match is a replica that served this
 adapter *and* this prefix: it wins, as above. A new conversation, or an adapter request
-with no conversation (no anchor, no session), is placed by the shared table, which adds
-``adapter_load_cost`` to the expected load of each replica that does not hold the
-adapter (:class:`~deployments.routing.placement_table.PlacementTable`): the adapter stays
-where it is loaded until that replica is busier by that much, then spreads. Every router
+with no conversation (no anchor, no session), is placed by the shared table on a replica
+that holds its adapter, unless the load guard (below) says every holder is too busy: then
+on the replica of least expected load, which loads it too, so a hot adapter spreads
+(:class:`~deployments.routing.placement_table.PlacementTable`). Every router
 tells the table where it sent each adapter request, so the table's view of what each
 replica holds follows what vLLM holds. Without the table (off, slow, down), an adapter
 request with no conversation goes where rendezvous hashing of the adapter's name says:
@@ -190,11 +190,9 @@ class PrefixPolicy(RoutingPolicy):
             keys = self.keys(request)
         cfg = self.config
         least = min(loads.values())
-        gap, factor = cfg.max_load_gap, cfg.max_load_factor
 
         def overloaded(replica: str) -> bool:
-            load = loads[replica]
-            return load - least > gap and load > factor * least
+            return cfg.overloaded(loads[replica], least)
 
         anchor = self._anchor(keys)
         anchor_blocks = 0 if anchor is None else anchor + 1

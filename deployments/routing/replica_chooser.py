@@ -117,7 +117,7 @@ class PolicyReplicaChooser(RequestRouter):
         if cfg.directory and self._policy.uses_placement_table:
             name = placement_table_name(*self.deployment_key)
             self._table = PlacementClient(name, cfg.max_entries, cfg.directory_timeout_s, cfg.placement_memory_s,
-                                          adapter_slots, cfg.adapter_load_cost)
+                                          adapter_slots, cfg.max_load_gap, cfg.max_load_factor)
             self.lookup_timeout_s = cfg.directory_timeout_s
             try:
                 self._table.start()

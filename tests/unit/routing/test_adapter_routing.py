@@ -16,21 +16,21 @@ def _loads(**loads: int) -> dict[str, int]:
     return {r: loads.get(r, 0) for r in REPLICAS}
 
 
-def test_an_adapter_stays_where_it_is_loaded_until_that_replica_is_busier_by_its_cost():
-    table = PlacementTable(adapter_slots=2, adapter_cost=2.0)
+def test_an_adapter_stays_where_it_is_loaded_until_the_load_guard_says_no():
+    table = PlacementTable(adapter_slots=2, load_gap=4, load_factor=1.5)
     first, placed = table.resolve(None, _loads(), "sql")
     assert placed and table.has_adapter(first, "sql") and len(table) == 0  # no conversation pinned
     others = [r for r in REPLICAS if r != first]
-    assert table.resolve(None, _loads(**{first: 2}), "sql")[0] == first  # busier by the cost: a tie, it stays
-    spread, _ = table.resolve(None, _loads(**{first: 3}), "sql")
-    assert spread in others and table.has_adapter(spread, "sql")  # busier by more: a second replica loads it
+    assert table.resolve(None, _loads(**{first: 4}), "sql")[0] == first  # busier, within the guard: it stays
+    spread, _ = table.resolve(None, _loads(**{first: 5}), "sql")
+    assert spread in others and table.has_adapter(spread, "sql")  # past the guard: a second replica loads it
     # then both hold it, and the less busy of the two takes it
-    assert table.resolve(None, {first: 3, spread: 1, others[0] if others[0] != spread else others[1]: 0},
-                         "sql")[0] == spread
+    third = next(r for r in others if r != spread)
+    assert table.resolve(None, {first: 5, spread: 1, third: 0}, "sql")[0] == spread
 
 
 def test_the_table_forgets_an_adapter_as_vllm_would_evict_it():
-    table = PlacementTable(adapter_slots=2, adapter_cost=5.0)
+    table = PlacementTable(adapter_slots=2)
     for adapter in ("a", "b", "c"):
         table.touch_adapter("r0", adapter)
     assert not table.has_adapter("r0", "a") and table.has_adapter("r0", "b") and table.has_adapter("r0", "c")
@@ -39,16 +39,20 @@ def test_the_table_forgets_an_adapter_as_vllm_would_evict_it():
     assert table.has_adapter("r0", "b") and not table.has_adapter("r0", "c")
 
 
-def test_a_new_conversation_weighs_both_load_and_its_adapter():
-    table = PlacementTable(adapter_slots=4, adapter_cost=3.0)
+def test_a_new_conversation_goes_where_its_adapter_is_however_many_conversations_went_there():
+    """Placed-lately conversations weigh on the choice among holders, not against holding:
+    single-request conversations would otherwise spread every adapter everywhere."""
+    table = PlacementTable(adapter_slots=4)
     table.touch_adapter("r2", "sql")
-    assert table.resolve(11, _loads(r2=2), "sql") == ("r2", True)  # 2 < 0 + 3 elsewhere
-    assert table.resolve(11, _loads(r2=9), "sql") == ("r2", False)  # a known conversation stays
-    assert table.resolve(12, _loads(r2=4), "sql")[0] != "r2"  # 4 + placed-lately > 3
+    for key in range(20):  # twenty conversations of the adapter placed on r2 just now
+        assert table.resolve(key, _loads(r2=2), "sql") == ("r2", True)
+    assert table.resolve(3, _loads(r2=30), "sql") == ("r2", False)  # a known conversation stays
+    assert table.resolve(100, _loads(r2=30), "sql")[0] != "r2"  # past the guard: elsewhere
+    assert table.resolve(101, _loads(r2=30)) [0] != "r2"  # the base model: by expected load
 
 
 def test_a_replica_that_left_takes_its_adapters_with_it():
-    table = PlacementTable(adapter_slots=2, adapter_cost=100.0)
+    table = PlacementTable(adapter_slots=2)
     table.touch_adapter("gone", "sql")
     target, _ = table.resolve(None, _loads(), "sql")
     assert target in REPLICAS and not table.has_adapter("gone", "sql")
