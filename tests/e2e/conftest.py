@@ -132,11 +132,15 @@ def _health(url: str) -> dict:
 
 def cluster_gaps(base_url: str) -> list[str]:
     """What the test cluster lacks of what write_test_config deploys (empty: all there):
-    the main app's 2 engine replicas, the tiny GLM app's 2 router replicas, every app healthy."""
+    each of the main and tiny GLM apps' 2 engine replicas, the tiny GLM app's 2 router
+    replicas, every app healthy."""
     gaps = []
     running = _health(f"{base_url}/health").get("engine_replicas_running", 0)
     if running < 2 or len(processes_named("ray::ServeReplica:glm:GLMEngine")) != 2:
         gaps.append(f"glm: {running} of 2 engine replicas running")
+    tiny_running = _health(f"{base_url}{TINY_GLM_PREFIX}/health").get("engine_replicas_running", 0)
+    if tiny_running < 2 or len(processes_named("ray::ServeReplica:tiny-glm:GLMEngine")) != 2:
+        gaps.append(f"tiny-glm: {tiny_running} of 2 engine replicas running")
     if len(processes_named("ray::ServeReplica:tiny-glm:GLMRouter")) != 2:
         gaps.append("tiny-glm: not 2 router replicas")
     for prefix in (TINY_GLM_PREFIX, AUTOSCALE_PREFIX):

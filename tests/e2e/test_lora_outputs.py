@@ -17,7 +17,7 @@ from tests.e2e.conftest import MODEL_DIR
 
 TOKENS = 32
 RANKS = (8, 16, 32)
-PROMPTS = ("Tell me about the sea.", "What is a prime number?")
+PROMPTS = ("Tell me about the sea.",)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,9 @@ def test_adapter_and_base_outputs_equal_transformers_and_peft(adapters, monkeypa
     async def run():
         for request in requests.values():
             await engine.add_lora(request)
-        # batches mixing the base model with one, two and three adapters (two slots: reused)
-        mixes = [(None, "r8"), ("r8", None, "r16"), (None, "r32"), (None, "r8", "r16", "r32"), ("r32", None)]
+        # batches mixing the base model with one, two and three adapters: two slots, so later
+        # batches find earlier adapters in the slots (where the base-rows bug showed)
+        mixes = [(None, "r8"), ("r8", None, "r16"), (None, "r32"), (None, "r8", "r16", "r32")]
         results = []
         for mix in mixes:
             for i in range(len(PROMPTS)):
