@@ -75,7 +75,7 @@ bench-tenants: model
 
 # LoRA: 16 adapters with Zipf popularity on 2 engine replicas (max_loras 2, max_cpu_loras 4),
 # adapter-aware (prefix) against pow2 routing, the cost of one adapter against the base model,
-# and vLLM's own server with the same adapters; about 12 minutes here. Writes
+# and vLLM's own server with the same adapters; about 16 minutes here. Writes
 # benchmarks/results/lora.{json,png}.
 bench-lora: model
 	$(PY) -m benchmarks.bench_lora --config $(CONFIG)

