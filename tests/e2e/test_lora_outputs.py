@@ -32,7 +32,10 @@ def adapters(tmp_path_factory):
 
 
 def _references(adapters, prompt_ids):
-    """transformers + PEFT's greedy tokens for each adapter and the base model."""
+    """transformers + PEFT's greedy tokens for each adapter and the base model: the argmax
+    of the logits, step by step, as vLLM's temperature 0 with ignore_eos. (``generate``
+    would differ: its ``min_new_tokens`` forbids the eos token instead of ignoring it, and
+    it applies the generation config's processors.)"""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -42,10 +45,14 @@ def _references(adapters, prompt_ids):
         model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
         if path is not None:
             model = PeftModel.from_pretrained(model, path)
+        model.eval()
         for i, ids in enumerate(prompt_ids):
-            out = model.generate(torch.tensor([ids]), max_new_tokens=TOKENS, do_sample=False,
-                                 min_new_tokens=TOKENS)
-            references[name, i] = out[0, len(ids):].tolist()
+            tokens = list(ids)
+            with torch.no_grad():
+                for _ in range(TOKENS):
+                    logits = model(torch.tensor([tokens])).logits[0, -1]
+                    tokens.append(int(torch.argmax(logits)))
+            references[name, i] = tokens[len(ids):]
     return references
 
 
