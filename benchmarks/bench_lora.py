@@ -94,7 +94,9 @@ def bench_config(base: dict, adapters_dir: Path, engine_replicas: int = 2, max_l
     # a time: Ray must not hold them to a CPU each, or the second application never starts.
     args["engine"].update({"num_replicas": engine_replicas, "max_ongoing_requests": 64, "max_queued_requests": 256,
                            "ray_actor_options": {**args["engine"].get("ray_actor_options", {}), "num_cpus": 0}})
-    args["engine"]["routing"] = {**args["engine"].get("routing", {}), "policy": "prefix"}
+    # The loads come from the engines' counters, which Serve's controller collects every
+    # stats_period_s (10 s by default): every second here, so a phase's loads are read whole.
+    args["engine"]["routing"] = {**args["engine"].get("routing", {}), "policy": "prefix", "stats_period_s": 1}
     if max_load_gap is not None:
         args["engine"]["routing"]["max_load_gap"] = max_load_gap
     router = args["router"]
