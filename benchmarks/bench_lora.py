@@ -45,6 +45,7 @@ from benchmarks import servers
 from benchmarks.http_load import sse_events
 from benchmarks.lora_adapters import LLAMA_TARGETS, make_adapter
 from benchmarks.plots import bar_panels
+from benchmarks.reporting import print_targets, write_results
 from benchmarks.workload import _pct, prompts
 from deployments.config import AppConfig, ModelConfig
 
@@ -321,17 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - started, 1),
     }
     checks = [] if args.smoke else check_targets(results)
-    (args.out / "lora.json").write_text(json.dumps(
-        {"meta": meta, "results": results, "targets": [{"name": n, "met": ok, "value": v} for n, ok, v in checks]},
-        indent=2))
+    write_results(args.out / "lora.json", meta, results, checks)
     plot(results, args.out / "lora.png",
          f"{meta['model']}, {ADAPTERS} adapters Zipf({args.zipf_s}), 2 engine x 1 core (max_loras 2, max_cpu_loras 4), "
          f"2 routers, {args.clients} clients; {meta['date']}")
     for name, s in results.items():
         print(f"{name:>24}: loads/100 {s['loads_per_100']}  TTFT p50 {s['ttft_p50_s']} p99 {s['ttft_p99_s']}  "
               f"{s['tok_s']} tok/s  {s['by_status']}  per replica {s['requests_per_replica']}")
-    for name, ok, value in checks:
-        print(f"target {'PASS' if ok else 'MISS'}: {name}: {value}")
+    print_targets(checks)
     print(f"\nwhole run {meta['wall_s']} s; results in {args.out}/lora.json and lora.png")
     return 0
 

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import json
 import os
 import platform
 import signal
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from benchmarks import chat_sessions, http_load, servers
 from benchmarks.chat_sessions import Shape, TurnRecord, User
 from benchmarks.plots import bar_panels
+from benchmarks.reporting import print_targets, write_results
 from deployments.config import AppConfig
 from deployments.routing.config import RoutingConfig
 
@@ -370,10 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     checks = [] if args.smoke else check_targets(results)
     ratios = round_ratios(per_round)
-    (args.out / "routing.json").write_text(json.dumps(
-        {"meta": meta, "results": results, "rounds": per_round, "prefix_vs_pow2_by_round": ratios,
-         "targets": [{"name": n, "met": ok, "value": v} for n, ok, v in checks]},
-        indent=2))
+    write_results(args.out / "routing.json", meta, results, checks, rounds=per_round,
+                  prefix_vs_pow2_by_round=ratios)
     title = (f"{meta['model']}, 2 engine replicas x 1 core, {blocks * BLOCK_TOKENS} KV tokens each, "
              f"{shape.users} users x {shape.turns} turns, think {shape.think_mean_s} s, {args.rounds} round(s) pooled; "
              f"{meta['date']}")
@@ -382,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds > 1:
         for workload, by in ratios.items():
             print(f"{workload}: prefix / pow2 by round: TTFT p50 {by['ttft_p50']}, tokens/s {by['tok_s']}")
-    for name, ok, value in checks:
-        print(f"target {'PASS' if ok else 'MISS'}: {name}: {value}")
+    print_targets(checks)
     print(f"\nwhole run {meta['wall_s']} s; results in {args.out}/routing.json and routing.png")
     failed = [(w, p, r["errors"], r["error_samples"]) for w, by in results.items() for p, r in by.items() if r["errors"]]
     if failed:

@@ -36,6 +36,7 @@ import yaml
 from benchmarks import servers
 from benchmarks.http_load import sse_events
 from benchmarks.plots import bar_panels
+from benchmarks.reporting import print_targets, write_results
 from benchmarks.workload import _pct, prompts
 from deployments.config import AppConfig
 from deployments.tenants.tenants_file import hash_key
@@ -288,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "ledger_unreachable_warnings": ledger_lost, "wall_s": round(time.monotonic() - started, 1),
     }
     checks = [] if args.smoke else check_targets(results, args.noisy_rpm, noisy_tpm)
-    (args.out / "tenants.json").write_text(json.dumps(
-        {"meta": meta, "results": results, "targets": [{"name": n, "met": ok, "value": v} for n, ok, v in checks]},
-        indent=2))
+    write_results(args.out / "tenants.json", meta, results, checks)
     plot(results, args.out / "tenants.png",
          f"{meta['model']}, 2 engine x 1 core (max_num_seqs {args.max_num_seqs}), 2 routers; quiet {args.quiet_rps}/s, "
          f"noisy {args.noisy_rpm} rpm / {noisy_tpm} tpm, flood {args.flood} streams; {meta['date']}")
@@ -298,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         for tenant, s in row.items():
             print(f"{name:>20} {tenant:>6}: TTFT p50 {s['ttft_p50_s']} p90 {s['ttft_p90_s']}  {s['tok_s']} tok/s  "
                   f"admitted {s['admitted_per_min']}/min  {s['by_status']}")
-    for name, ok, value in checks:
-        print(f"target {'PASS' if ok else 'MISS'}: {name}: {value}")
+    print_targets(checks)
     print(f"\nwhole run {meta['wall_s']} s; results in {args.out}/tenants.json and tenants.png")
     return 0
 
