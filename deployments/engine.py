@@ -29,7 +29,7 @@ from deployments.engine_lifetime import mark_engine_owner
 from deployments.engine_outputs import ChoiceSoFar
 from deployments.engine_setup import apply_cpu_settings, check_engine_kwargs, stop_and_sampling_defaults
 from deployments.engine_stats import EngineStats, ray_stat_logger
-from deployments.errors import APIError, EngineUnavailable
+from deployments.errors import APIError, EngineUnavailable, model_not_found
 from deployments.generation import (
     Choice,
     GenerationChunk,
@@ -236,8 +236,7 @@ class EngineDeployment:
         if request.adapter is None:
             return None
         if self._adapters is None:
-            raise APIError(404, f"The model `{request.adapter}` does not exist.", "not_found_error",
-                           param="model", code="model_not_found")
+            raise model_not_found(f"The model `{request.adapter}` does not exist.")
         return await self._adapters.lora_request(request.adapter)
 
     async def _outputs(self, prompt: Any, params: Any, request: GenerationRequest,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.adapters import Adapter, AdapterCatalog
-from deployments.errors import APIError
+from deployments.errors import APIError, model_not_found
 
 
 @dataclass(slots=True)
@@ -62,8 +62,7 @@ class EngineAdapters:
 
         adapter = self._catalog.find(name)
         if adapter is None:
-            raise APIError(404, f"The model `{name}` does not exist.", "not_found_error", param="model",
-                           code="model_not_found")
+            raise model_not_found(f"The model `{name}` does not exist.")
         lora_id = self._id(adapter)
         request = LoRARequest(adapter.name, lora_id, str(adapter.path))
         if lora_id in self._failed:

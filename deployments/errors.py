@@ -51,6 +51,11 @@ class APIError(Exception):
         return {}
 
 
+def model_not_found(message: str) -> APIError:
+    """404 ``model_not_found``, OpenAI's answer for a ``model`` it does not serve."""
+    return APIError(404, message, "not_found_error", param="model", code="model_not_found")
+
+
 def overloaded() -> APIError:
     """The refusal past a router's cap, from a router replica or Serve's proxy alike."""
     return APIError(503, "The service is overloaded; retry later.", "service_unavailable", code="overloaded")

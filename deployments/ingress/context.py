@@ -18,7 +18,7 @@ from deployments import protocol
 from deployments.access_log import RequestRecord
 from deployments.adapters import AdapterCatalog
 from deployments.config import RouterConfig
-from deployments.errors import APIError
+from deployments.errors import APIError, model_not_found
 from deployments.generation import GenerationRequest
 from deployments.ingress.admission import Admission
 from deployments.json_body import parse_object
@@ -83,15 +83,12 @@ class IngressContext:
             raise protocol.from_validation_error(exc) from None
         tenant: Tenant | None = record.caller
         if tenant is not None and not tenant.may_call(parsed.model):
-            raise APIError(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
-                           "not_found_error", param="model", code="model_not_found")
+            raise model_not_found(f"The model `{parsed.model}` does not exist or you do not have access to it.")
         if parsed.model != self.model_name:
             if self.adapters.find(parsed.model) is None:
-                raise APIError(
-                    404, f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`"
-                    + (" and its adapters (GET /v1/models lists them)." if self.adapters.enabled else "."),
-                    "not_found_error", param="model", code="model_not_found",
-                )
+                raise model_not_found(
+                    f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`"
+                    + (" and its adapters (GET /v1/models lists them)." if self.adapters.enabled else "."))
             record.adapter = parsed.model
         return parsed
 

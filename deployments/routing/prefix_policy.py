@@ -207,8 +207,8 @@ class PrefixPolicy(RoutingPolicy):
 
         key, label = self._conversation_key(request, keys, anchor)
         adapter = getattr(request, "adapter", None)
+        confirmed = placed is not None and placed[0] in loads
         if key is not None:
-            confirmed = placed is not None and placed[0] in loads
             if confirmed:
                 target = placed[0]
                 if label != "hint":
@@ -220,7 +220,6 @@ class PrefixPolicy(RoutingPolicy):
                                 publish=spilled or not confirmed)
             spilled = spilled or label != "new"
         elif adapter is not None:
-            confirmed = placed is not None and placed[0] in loads
             target = placed[0] if confirmed else self.rendezvous(stable_hash(b"glm-adapter", adapter), loads)
             if not overloaded(target):
                 return PrefixDecision(target, "spilled" if spilled else "adapter", 0, anchor_blocks, keys)
@@ -231,12 +230,8 @@ class PrefixPolicy(RoutingPolicy):
         """The key to ask the shared placement table about, or None when the table is not
         needed: the learned table already knows a live replica holding the request's
         specific prefix, or the request has no specific prefix and no session."""
-        if keys is None:
-            keys = self.keys(request)
-        anchor = self._anchor(keys)
-        if anchor is not None and next(self._holders(keys, anchor, loads), None) is not None:
-            return None
-        return self._conversation_key(request, keys, anchor)[0]
+        query = self.placement_query(request, loads, keys)
+        return None if query is None else query[0]
 
     def placement_query(self, request: Any, loads: Mapping[str, int],
                         keys: PrefixKeys | None = None) -> tuple[int | None, str | None] | None:
