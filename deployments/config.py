@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from deployments.errors import RETRY_AFTER_S
 from deployments.routing.config import RoutingConfig
@@ -189,6 +189,46 @@ class LoraConfig(StrictModel):
                 "max_lora_rank": self.max_lora_rank}
 
 
+class SimulatedEngineConfig(StrictModel):
+    """A simulated engine instead of vLLM: each engine replica batches, caches and evicts
+    as vLLM does and takes the time an engine profile says, without a model
+    (docs/scaling.md#the-simulated-engine)."""
+
+    profile: str = Field(
+        default="cpu-smollm2-135m",
+        description="The engine profile: a shipped one by name (config/engine-profiles/<name>.yaml) or a YAML "
+                    "file's path. `make calibrate` measures one.",
+    )
+    time_scale: float = Field(
+        default=1.0, gt=0.0, le=1000.0,
+        description="Each simulated engine step lasts this many times its profiled time: above 1 slows the engines "
+                    "down, so that many of them on one machine do not outrun the serving layer.",
+    )
+    kv_cache_blocks: int | None = Field(
+        default=None, ge=1, description="KV blocks of each simulated engine. None: the profile's.")
+
+    _profile: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> SimulatedEngineConfig:
+        from deployments.simulated.profile import load_profile
+
+        try:
+            self._profile = load_profile(self.profile)
+        except ValidationError as exc:
+            raise ValueError(f"profile {self.profile!r}: {exc}") from None
+        return self
+
+    @property
+    def engine_profile(self) -> Any:
+        """The loaded :class:`~deployments.simulated.profile.EngineProfile`."""
+        if self._profile is None:  # a copy that lost its private state: read the file again
+            from deployments.simulated.profile import load_profile
+
+            self._profile = load_profile(self.profile)
+        return self._profile
+
+
 class ModelConfig(StrictModel):
     """The model and the vLLM engine arguments each engine replica is built from."""
 
@@ -277,6 +317,12 @@ class ModelConfig(StrictModel):
         default=None,
         description="LoRA adapters served on this model, each called by its own name (docs/lora.md). None: none.",
     )
+    simulated: SimulatedEngineConfig | None = Field(
+        default=None,
+        description="Run a simulated engine in each engine replica instead of vLLM: the same app, router and "
+                    "routing, an engine that takes an engine profile's time and writes filler text (docs/scaling.md). "
+                    "`model` is still read for its tokenizer. None: vLLM.",
+    )
 
     @property
     def name(self) -> str:
@@ -296,6 +342,10 @@ class ModelConfig(StrictModel):
             raise ValueError(f"engine_kwargs sets {sorted(lora_args)}: use model.lora")
         if self.lora is not None and self.name in self.lora.adapters:
             raise ValueError(f"lora.adapters: {self.name!r} is the base model's own name")
+        if self.simulated is not None and self.lora is not None:
+            raise ValueError("simulated: a simulated engine has no LoRA adapters; remove `lora`")
+        if self.simulated is not None and self.engine_kwargs:
+            raise ValueError("simulated: engine_kwargs are vLLM's and a simulated engine has no vLLM; remove them")
         return self
 
     def engine_args(self) -> dict[str, Any]:

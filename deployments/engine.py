@@ -24,6 +24,7 @@ from chat_formats import get_chat_format
 from deployments.adapters import AdapterCatalog
 from deployments.config import ModelConfig
 from deployments.engine_adapters import EngineAdapters
+from deployments.engine_backend import vllm_backend
 from deployments.engine_input import RequestInput
 from deployments.engine_lifetime import mark_engine_owner
 from deployments.engine_outputs import ChoiceSoFar
@@ -62,26 +63,28 @@ class EngineDeployment:
         env = apply_cpu_settings(config.cpu, local_rank)
         logger.info("engine replica %s (local rank %d) starting with %s", self.replica_id, local_rank, env)
 
-        check_engine_kwargs(config)
-        mark_engine_owner()
-        from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
-
         self._config = config
         self._format = get_chat_format(config.chat_format)
         self._stats = EngineStats()
-        stat_loggers = [self._stats.logger_factory()]
-        if export_ray_metrics:
-            stat_loggers.append(ray_stat_logger())
-        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()),
-                                                       stat_loggers=stat_loggers)
-        self._tokenizer = AutoTokenizer.from_pretrained(
-            config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
-        )
+        if config.simulated is not None:
+            from deployments.simulated.engine import simulated_backend, simulated_engine, simulated_tokenizer
+
+            # No generation config: a simulated reply runs to max_tokens, whatever its eos ids.
+            self._tokenizer = simulated_tokenizer(config)
+            self._backend = simulated_backend()
+            self._engine = simulated_engine(config, self._tokenizer, [self._stats.record])
+            eos_ids, self._sampling_defaults = set(), {}
+        else:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
+            )
+            self._backend, self._engine = vllm_backend(), self._start_vllm(config, export_ray_metrics)
+            eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._input = RequestInput(self._format, self._tokenizer)
         self._adapters = EngineAdapters(self._engine, AdapterCatalog(config.lora)) if config.lora else None
         self.max_model_len: int = self._engine.model_config.max_model_len
-        eos_ids, self._sampling_defaults = stop_and_sampling_defaults(config.model, config.trust_remote_code)
         self._stop_token_ids = sorted(eos_ids | set(config.stop_token_ids))
         # ignore_eos means "do not stop at end-of-sequence": the generation config's eos
         # ids are exactly that, so such requests keep only the configured stop ids.
@@ -96,6 +99,16 @@ class EngineDeployment:
             "engine replica %s ready: max_model_len=%d stop_token_ids=%s sampling defaults=%s",
             self.replica_id, self.max_model_len, self._stop_token_ids, self._sampling_defaults,
         )
+
+    def _start_vllm(self, config: ModelConfig, export_ray_metrics: bool) -> Any:
+        check_engine_kwargs(config)
+        mark_engine_owner()
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        stat_loggers = [self._stats.logger_factory()]
+        if export_ray_metrics:
+            stat_loggers.append(ray_stat_logger())
+        return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.engine_args()), stat_loggers=stat_loggers)
 
     # ---- what Serve calls -------------------------------------------------------
     async def check_health(self) -> None:
@@ -150,10 +163,8 @@ class EngineDeployment:
         deadline the generation is aborted here too, so a router that vanished without
         a word (its node gone) leaves no work running to ``max_tokens``.
         """
-        from vllm.sampling_params import RequestOutputKind
-
         rendered, structured = await self._input.render(request), await self._input.structured(request)
-        prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
+        prompt, params, num_prompt = self._prepare(request, rendered, structured)
         lora = await self._lora(request)
         sending = self._sender.send_all(reply_to, self._chunks(request, prompt, params, num_prompt, lora))
         try:
@@ -202,10 +213,8 @@ class EngineDeployment:
 
         vLLM streams it to this replica in deltas (not only its final output), so the
         first-token deadline can be kept: a final-only request shows nothing until the end."""
-        from vllm.sampling_params import RequestOutputKind
-
         rendered, structured = await self._input.render(request), await self._input.structured(request)
-        prompt, params, num_prompt = self._prepare(request, rendered, structured, RequestOutputKind.DELTA)
+        prompt, params, num_prompt = self._prepare(request, rendered, structured)
         lora = await self._lora(request)
         so_far: dict[int, ChoiceSoFar] = {}
         finish: dict[int, str | None] = {}
@@ -244,9 +253,6 @@ class EngineDeployment:
         """vLLM's outputs for one request, with its failures in this module's two kinds:
         the request's fault or a missed deadline (:class:`APIError`), or the engine's
         (:class:`EngineUnavailable`). Leaving this generator early aborts the request in vLLM."""
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         self._last_progress = time.monotonic()
         self._in_flight += 1
         # A priority other than 0 is an error in vLLM under 'fcfs': there, every request is equal.
@@ -261,9 +267,9 @@ class EngineDeployment:
             async for output in outputs:
                 self._last_progress = time.monotonic()
                 yield output
-        except EngineDeadError as exc:
+        except self._backend.dead_errors as exc:
             raise EngineUnavailable(f"the vLLM engine of replica {self.replica_id} died: {exc}") from None
-        except (VLLMClientError, ValueError) as exc:  # vLLM refused the request's values
+        except self._backend.request_errors as exc:  # vLLM refused the request's values
             raise APIError(400, f"Invalid request: {exc}", param=getattr(exc, "parameter", None)) from None
         finally:
             self._in_flight -= 1
@@ -285,11 +291,9 @@ class EngineDeployment:
                            code="timeout") from None
 
     def _prepare(self, request: GenerationRequest, rendered: tuple[str | None, list[int]],
-                 structured: dict[str, Any] | None, output_kind: Any) -> tuple[Any, Any, int]:
-        """Token ids and SamplingParams for a rendered request; raises :class:`APIError`."""
-        from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import StructuredOutputsParams
-
+                 structured: dict[str, Any] | None) -> tuple[Any, Any, int]:
+        """Token ids and SamplingParams (DELTA output) for a rendered request; raises :class:`APIError`."""
+        backend = self._backend
         token_ids = rendered[1]
         num_prompt = len(token_ids)
         param = "messages" if request.messages is not None else "prompt"
@@ -318,16 +322,16 @@ class EngineDeployment:
         else:
             max_tokens = min(room, self._config.default_max_tokens or room)
         try:
-            params = SamplingParams(
+            params = backend.sampling_params(
                 **{**self._sampling_defaults, **request.sampling},
                 max_tokens=max_tokens,
                 logprobs=request.logprobs,
-                structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+                structured_outputs=backend.structured_outputs(**structured) if structured else None,
                 stop_token_ids=(self._stop_token_ids_ignoring_eos if request.sampling.get("ignore_eos")
                                 else self._stop_token_ids),
-                output_kind=output_kind,
+                output_kind=backend.delta,
             )
         except (ValueError, TypeError) as exc:
             raise APIError(400, f"Invalid sampling parameters: {exc}",
                                  param=getattr(exc, "parameter", None)) from None
-        return TokensPrompt(prompt_token_ids=token_ids), params, num_prompt
+        return backend.tokens_prompt(token_ids), params, num_prompt

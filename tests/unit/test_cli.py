@@ -52,7 +52,7 @@ def _check(capsys, *paths: str) -> tuple[int, list[str], list[str]]:
     return code, out.splitlines(), err.splitlines()
 
 
-@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml", "config/serve-sim.yaml"])
 def test_shipped_configs_pass(path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # relative model paths are taken from where `serve run` starts
     code, out, err = _check(capsys, path)

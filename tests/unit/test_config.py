@@ -17,14 +17,14 @@ def _args(path: str) -> dict:
     return yaml.safe_load((ROOT / path).read_text())["applications"][0]["args"]
 
 
-@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml", "config/serve-sim.yaml"])
 def test_shipped_configs_validate(path):
     config = AppConfig.model_validate(_args(path))
     assert config.engine.max_ongoing_requests >= 64, "Serve's default of 5 starves vLLM's batching"
     assert config.router.deployment.max_ongoing_requests >= config.engine.max_ongoing_requests
 
 
-@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml", "config/serve-sim.yaml"])
 def test_shipped_configs_are_valid_serve_configs(path):
     """`serve run` validates the whole file with Serve's own schema before it deploys."""
     from ray.serve.schema import ServeDeploySchema
@@ -40,7 +40,7 @@ def test_cpu_config_slows_serves_control_loop_through_the_config_file():
     assert float(env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]) == 1.0
 
 
-@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml", "config/serve-sim.yaml"])
 def test_shipped_configs_send_proxy_traffic_over_serves_grpc_transport(path):
     """The proxy reads the switch at start-up, from the environment the controller gives it."""
     from benchmarks.bench import controller_env
@@ -147,7 +147,7 @@ def test_the_router_warms_its_engine_handle_unless_the_engines_may_scale_to_zero
     assert app({"num_replicas": "auto", "autoscaling_config": {"min_replicas": 0, "max_replicas": 4}}) == (True, False)
 
 
-@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml"])
+@pytest.mark.parametrize("path", ["config/serve.yaml", "config/serve-cpu.yaml", "config/serve-sim.yaml"])
 def test_shipped_configs_bound_the_router_above_its_stream_cap(path):
     """Past the router's stream cap the router refuses; past its replica's bounds, Serve's
     proxy. Serve's queues hold what a router admits (Serve counts a request as queued while
