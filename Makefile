@@ -86,6 +86,12 @@ bench-lora: model
 calibrate: model
 	$(PY) -m benchmarks.calibrate --config $(CONFIG)
 
+# prefix vs pow2 with simulated engines: the real Serve app at 16 and 32 engine replicas
+# (hundreds of multi-turn users), then the discrete-event simulator at the same counts (its
+# validation) and at 64-256; about 25 minutes here. Writes benchmarks/results/scale.{json,png}.
+bench-scale: model
+	$(PY) -m benchmarks.bench_scale
+
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install
 	$(PY) -m benchmarks.chunk_transport

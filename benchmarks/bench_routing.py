@@ -101,7 +101,7 @@ def _sizer(tokenizer):
     return size
 
 
-async def _request(session: aiohttp.ClientSession, url: str, body: dict, record: TurnRecord,
+async def stream_turn(session: aiohttp.ClientSession, url: str, body: dict, record: TurnRecord,
                    origin: float) -> None:
     start = time.perf_counter()
     record.sent_s = start - origin
@@ -145,7 +145,7 @@ async def _run_user(session, url: str, model: str, user: User, answer_tokens: in
         record = TurnRecord(f"{tag}{user.name}", index)
         body = {"model": model, "messages": messages, "max_tokens": answer_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-        await _request(session, url, body, record, origin)
+        await stream_turn(session, url, body, record, origin)
         records.append(record)
         progress.update(1)
         if record.error:

@@ -12,8 +12,8 @@ first application (``config/serve-cpu.yaml`` by default), then:
   output token: time to first token against prompt length.
 
 A least-squares fit of :class:`~deployments.simulated.profile.EngineProfile`'s step model
-to those points gives ``step_ms``, ``decode_ms_per_seq``, ``decode_ms_per_1k_context`` and
-``prefill_ms_per_token``; the KV cache's size and the batch limits are read from the
+to those points gives ``step_ms``, ``decode_ms_per_seq``, ``decode_ms_per_1k_context``, ``prefill_ms_per_token``
+and ``prefill_ms_per_1k_context``; the KV cache's size and the batch limits are read from the
 engine. Each point is printed as it is measured; the profile and the raw points are
 written (``--out``, and ``benchmarks/results/calibration.json``).
 """
@@ -79,9 +79,13 @@ def fit(decode: list[dict[str, float]], prefill: list[dict[str, float]]) -> dict
     rows = [[1.0, p["batch"], p["batch"] * p["context"] / 1000.0] for p in decode]
     coef, *_ = np.linalg.lstsq(np.array(rows), np.array([p["step_ms"] for p in decode]), rcond=None)
     step_ms, per_seq, per_1k = (max(0.0, float(c)) for c in coef)
-    slope = np.polyfit([p["tokens"] for p in prefill], [p["ttft_ms"] for p in prefill], 1)[0]
-    return {"step_ms": round(step_ms, 3), "decode_ms_per_seq": round(per_seq, 4),
-            "decode_ms_per_1k_context": round(per_1k, 4), "prefill_ms_per_token": round(max(0.0, float(slope)), 4)}
+    # TTFT of an n-token prompt = one step: step_ms + a * n + c * (0 + 1 + ... + n-1) / 1000
+    rows = [[p["tokens"], p["tokens"] * (p["tokens"] - 1) / 2000.0] for p in prefill]
+    (per_token, per_1k_position), *_ = np.linalg.lstsq(
+        np.array(rows), np.array([p["ttft_ms"] - step_ms for p in prefill]), rcond=None)
+    return {"step_ms": round(step_ms, 3), "prefill_ms_per_token": round(max(0.0, float(per_token)), 4),
+            "prefill_ms_per_1k_context": round(max(0.0, float(per_1k_position)), 4),
+            "decode_ms_per_seq": round(per_seq, 4), "decode_ms_per_1k_context": round(per_1k, 4)}
 
 
 async def calibrate(config_path: Path, seed: int) -> tuple[EngineProfile, dict[str, Any]]:
@@ -137,7 +141,16 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("config/serve-cpu.yaml"))
     parser.add_argument("--out", type=Path, default=PROFILES_DIR / "cpu-smollm2-135m.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refit", type=Path, help="fit a calibration.json's points again, without an engine")
     args = parser.parse_args()
+    if args.refit:
+        points = json.loads(args.refit.read_text())
+        profile = EngineProfile(**{**points["profile"], **fit(points["decode"], points["prefill"])})
+        points["profile"] = profile.model_dump()
+        write_profile(profile, args.out)
+        args.refit.write_text(json.dumps(points, indent=2))
+        print(f"wrote {args.out}:\n{args.out.read_text()}")
+        return
     profile, points = asyncio.run(calibrate(args.config, args.seed))
     write_profile(profile, args.out)
     results = Path("benchmarks/results")

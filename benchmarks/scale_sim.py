@@ -47,18 +47,34 @@ VOCAB = 49_152
 FILLER = "the"
 
 
+_IDS: dict[str, int] = {}
+
+
 def token_id(word: str) -> int:
-    return zlib.crc32(word.encode()) % VOCAB
+    found = _IDS.get(word)
+    if found is None:
+        found = _IDS[word] = zlib.crc32(word.encode()) % VOCAB
+    return found
+
+
+def tokenize_message(message: dict[str, str]) -> list[int]:
+    """One chat message rendered ChatML-style as SmolLM2's template does (``<|im_start|>``,
+    role, newline, content, ``<|im_end|>``, newline), a token per word."""
+    return [token_id("<|im_start|>"), token_id(message["role"]), NEWLINE,
+            *map(token_id, message["content"].split()), token_id("<|im_end|>"), NEWLINE]
 
 
 def tokenize(messages: list[dict[str, str]]) -> list[int]:
-    """A chat rendered ChatML-style, a token per word and per role marker."""
-    ids: list[int] = []
-    for message in messages:
-        ids += [token_id("<|im_start|>"), token_id(message["role"])]
-        ids += [token_id(w) for w in message["content"].split()]
-        ids.append(token_id("<|im_end|>"))
-    return ids + [token_id("<|im_start|>"), token_id("assistant")]
+    """A chat's prompt: its messages, then the assistant's turn opened."""
+    ids = [t for message in messages for t in tokenize_message(message)]
+    return ids + GENERATION_PROMPT
+
+
+NEWLINE = token_id("\n")
+GENERATION_PROMPT = [token_id("<|im_start|>"), token_id("assistant"), NEWLINE]
+_COMMON_WORDS = [f"word{i % 997}" for i in range(4096)]
+_COMMON_IDS = [token_id(w) for w in _COMMON_WORDS]
+_COMMON_TEXT = [" ".join(_COMMON_WORDS[:n]) for n in range(4096)]
 
 
 @dataclass
@@ -104,6 +120,8 @@ class _User:
     index: int
     system: str
     messages: list[dict[str, str]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    """The messages' token ids so far (a turn adds its own, not the whole history again)."""
     turn: int = 0
     conversations: int = 0
 
@@ -147,8 +165,9 @@ class ScaleSim:
         self.replicas = {f"r{i:03d}": _Replica(f"r{i:03d}", Scheduler(profile)) for i in range(replicas)}
         for router in self.routers:
             router.set_replicas(list(self.replicas))
-        self.systems = [" ".join(f"sys{s}w{w}" for w in range(workload.system_words))
+        self.systems = [f"[system {s}] " + " ".join(f"sys{s}w{w}" for w in range(workload.system_words))
                         for s in range(workload.system_prompts)]
+        self.system_tokens = {text: tokenize_message({"role": "system", "content": text}) for text in self.systems}
         self.users = [_User(i, self.rng.choice(self.systems)) for i in range(workload.users)]
         self._events: list[tuple[float, int, str, Any]] = []
         self._seq = 0
@@ -203,15 +222,21 @@ class ScaleSim:
         if user.turn == 0:
             user.conversations += 1
             user.messages = [{"role": "system", "content": user.system}]
+            user.tokens = list(self.system_tokens[user.system])
         words = max(1, int(self.rng.uniform(0.5, 1.5) * w.user_words))
-        tag = f"u{user.index}c{user.conversations}t{user.turn}"
-        user.messages.append({"role": "user", "content": " ".join(f"{tag}w{i}" for i in range(words))})
+        # A unique first word makes the message (and every block hash after it) unique; the
+        # rest are common words, so that tokenizing them is a dict lookup.
+        # (as many words as the Serve benchmark's tag has tokens)
+        tag = [f"[u{user.index}", f"c{user.conversations}", f"t{user.turn}]", "-", "-", "-", "-", "-", "-"]
+        user.messages.append({"role": "user", "content": " ".join(tag) + " " + _COMMON_TEXT[words - 1]})
+        user.tokens += [token_id("<|im_start|>"), token_id("user"), NEWLINE, *map(token_id, tag),
+                        *_COMMON_IDS[:words - 1], token_id("<|im_end|>"), NEWLINE]
         self._seq += 1
         request = GenerationRequest(request_id=f"q{self._seq}", messages=list(user.messages), max_tokens=w.reply_tokens)
         replica = self._route(request)
         self._arrival[request.request_id] = (self.now, user, replica)
         replica.set_ongoing(self.now, +1, w.warmup_s)
-        replica.scheduler.add(SimRequest(request.request_id, tokenize(user.messages), w.reply_tokens,
+        replica.scheduler.add(SimRequest(request.request_id, user.tokens + GENERATION_PROMPT, w.reply_tokens,
                                          output_token=token_id(FILLER)))
         if not replica.stepping:
             self._start_step(replica)
@@ -265,6 +290,8 @@ class ScaleSim:
         if self._measuring():
             self.requests += 1
         user.messages.append({"role": "assistant", "content": " ".join([FILLER] * request.generated)})
+        user.tokens += [*GENERATION_PROMPT, *[request.output_token] * request.generated, token_id("<|im_end|>"),
+                        NEWLINE]
         user.turn = (user.turn + 1) % self.workload.turns
         self._at(self.now + self.rng.expovariate(1.0 / self.workload.think_s), "turn", user)
 
@@ -290,6 +317,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=Workload.duration_s)
     parser.add_argument("--warmup", type=float, default=Workload.warmup_s)
     parser.add_argument("--think", type=float, default=Workload.think_s)
+    parser.add_argument("--system-words", type=int, default=Workload.system_words)
+    parser.add_argument("--user-words", type=int, default=Workload.user_words)
+    parser.add_argument("--reply-tokens", type=int, default=Workload.reply_tokens)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale_sim.json"))
     args = parser.parse_args()
@@ -297,7 +327,8 @@ def main() -> None:
     results = []
     for replicas in args.replicas:
         workload = Workload(users=int(args.users_per_replica * replicas), duration_s=args.duration,
-                            warmup_s=args.warmup, think_s=args.think)
+                            warmup_s=args.warmup, think_s=args.think, system_words=args.system_words,
+                            user_words=args.user_words, reply_tokens=args.reply_tokens)
         for policy in args.policies:
             result = run(profile, replicas, args.routers, policy, workload, args.seed)
             results.append(result)

@@ -153,15 +153,16 @@ class Scheduler:
             if num_new <= 0:
                 continue
             need = self._blocks_for(request.computed + num_new) - len(request.blocks)
-            while need > self.pool.free_blocks:
-                victim = self._preemption_victim()
-                self._preempt(victim)
-                victims.add(victim.request_id)
-                if victim is request:
-                    break
-            if request.request_id in victims:
-                continue
-            request.blocks += self.pool.allocate(max(0, need))
+            if need > 0:  # most decode steps fit in the request's last block
+                while need > self.pool.free_blocks:
+                    victim = self._preemption_victim()
+                    self._preempt(victim)
+                    victims.add(victim.request_id)
+                    if victim is request:
+                        break
+                if request.request_id in victims:
+                    continue
+                request.blocks += self.pool.allocate(need)
             scheduled.append((request, num_new))
             budget -= num_new
         if not victims:
@@ -196,6 +197,8 @@ class Scheduler:
     def _finish_step(self, scheduled: list[tuple[SimRequest, int]], preempted: int) -> Step:
         stats = StepStats(num_preempted_reqs=preempted)
         prefill = decode = context = 0
+        positions = 0.0
+        block_size = self.block_size
         produced: list[SimRequest] = []
         for request, num_new in scheduled:
             if num_new == 1 and request.computed >= request.num_prompt:
@@ -203,9 +206,12 @@ class Scheduler:
                 context += request.computed + 1  # attention over its cached tokens and the new one
             else:  # a prompt chunk, or a preempted request's tokens computed again
                 prefill += num_new
+                start = request.computed
+                positions += (start + num_new - 1 + start) * num_new / 2
                 stats.prompt_tokens_computed += max(0, min(num_new, request.num_prompt - request.computed))
             request.computed += num_new
-            self._cache_full_blocks(request)
+            if request.computed // block_size > request.cached_blocks:
+                self._cache_full_blocks(request)
             if request.computed < len(request.tokens):
                 continue  # a prompt chunk that is not the last: nothing to sample yet
             request.generated += 1
@@ -214,13 +220,14 @@ class Scheduler:
                 self._finish(request)
             else:
                 request.tokens.append(request.output_token)
-                self._extend_hashes(request)
+                if len(request.tokens) % block_size == 0:  # a block just filled
+                    self._extend_hashes(request)
         stats.num_generation_tokens = len(produced)
         stats.num_running_reqs = len(self.running)
         stats.num_waiting_reqs = len(self.waiting)
         stats.kv_cache_usage = self.pool.usage
         stats.prefix_queries, stats.prefix_hits = self.pool.reset_counters()
-        return Step(self.profile.step_seconds(prefill, decode, context), produced, stats)
+        return Step(self.profile.step_seconds(prefill, decode, context, positions), produced, stats)
 
     # ---- internals -----------------------------------------------------------------
     def _blocks_for(self, tokens: int) -> int:

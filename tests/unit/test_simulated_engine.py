@@ -129,6 +129,17 @@ def test_decode_step_time_grows_with_batch_and_context():
     assert decode.seconds == pytest.approx((10 + 4 * 2.0 + 1000 * 32 / 1000) / 1000)
 
 
+def test_a_chunked_prefill_costs_its_tokens_attention_as_one_whole_prefill_would():
+    profile = _profile(step_ms=0.0, prefill_ms_per_token=0.0, prefill_ms_per_1k_context=1000.0,
+                       max_num_batched_tokens=6)
+    scheduler = Scheduler(profile)
+    scheduler.add(SimRequest("r", list(range(10)), max_tokens=1))
+    chunks = [scheduler.step().seconds, scheduler.step().seconds]
+    # positions 0..5, then 6..9: each token attends to every token before it
+    assert chunks == [pytest.approx(sum(range(6)) / 1000), pytest.approx(sum(range(6, 10)) / 1000)]
+    assert sum(chunks) == pytest.approx(profile.prefill_seconds(10))
+
+
 def test_out_of_blocks_preempts_the_newest_and_it_finishes_later():
     scheduler = Scheduler(_profile(kv_cache_blocks=6, max_num_batched_tokens=64))
     a = SimRequest("a", list(range(8)), max_tokens=12)
