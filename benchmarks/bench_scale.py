@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import platform
 import random
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -169,6 +171,7 @@ def summarize_serve(records: list[TurnRecord], workload: scale_sim.Workload, rep
             "hit_rate": hits / queries if queries else 0.0, "ttft_p50_s": pct(0.5), "ttft_p90_s": pct(0.9),
             "ttft_p99_s": pct(0.99), "peak_to_mean_load": max(loads) / mean, "requests": len(finished),
             "failed": len(window) - len(ok), "cpu_cores": cpu_cores,
+            "mean_prompt_tokens": sum(r.prompt_tokens for r in finished) / len(finished) if finished else 0.0,
             "errors": sorted({r.error[:120] for r in window if r.error})[:5]}
 
 
@@ -268,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--think", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sim-seeds", type=int, default=3, help="simulator runs per configuration, averaged")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--serve-results", type=Path,
+                        help="take the Serve runs from this earlier scale.json and run only the simulator")
     args = parser.parse_args(argv)
     base = yaml.safe_load(args.config.read_text())
     profile = load_profile(args.profile)
@@ -279,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                                   think_s=args.think, duration_s=args.duration, warmup_s=args.warmup)
 
     serve: dict[int, dict[str, dict]] = {}
+    if args.serve_results:
+        recorded = json.loads(args.serve_results.read_text())["results"]["serve"]
+        serve = {int(n): by_policy for n, by_policy in recorded.items()}
+        args.replicas = sorted(serve)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for replicas in args.replicas:
+        for replicas in args.replicas if not args.serve_results else ():
             for policy in args.policies:
                 result = run_serve(base, replicas, policy, workload(replicas), args.profile, args.time_scale,
                                    args.seed, Path(tmp))
@@ -292,12 +302,21 @@ def main(argv: list[str] | None = None) -> int:
     sim: dict[int, dict[str, dict]] = {}
     for replicas in list(args.replicas) + list(args.sim_replicas):
         for policy in args.policies:
-            result = dataclasses.asdict(scale_sim.run(profile, replicas, routers_for(replicas), policy,
-                                                      workload(replicas), args.seed, args.time_scale))
+            # Several seeds, averaged: one Serve run is one draw of the users' timing and of
+            # pow2's random choices; the simulator can say how much a draw moves the numbers.
+            runs = [dataclasses.asdict(scale_sim.run(profile, replicas, routers_for(replicas), policy,
+                                                     workload(replicas), seed, args.time_scale))
+                    for seed in range(args.seed, args.seed + args.sim_seeds)]
+            result = {key: (statistics.fmean(r[key] for r in runs) if isinstance(value, float) else value)
+                      for key, value in runs[0].items()}
+            result["wall_s"] = sum(r["wall_s"] for r in runs) / len(runs)
+            result["ttft_p50_range_s"] = [min(r["ttft_p50_s"] for r in runs), max(r["ttft_p50_s"] for r in runs)]
             sim.setdefault(replicas, {})[policy] = result
             print(f"simulator {policy:6s} {replicas:3d} replicas: {result['tokens_per_s']:7.1f} tok/s, hit rate "
                   f"{result['hit_rate']:.1%}, TTFT p50/p90 {result['ttft_p50_s']:.2f}/{result['ttft_p90_s']:.2f} s, "
-                  f"peak/mean load {result['peak_to_mean_load']:.2f}, {result['wall_s']:.0f} s wall", flush=True)
+                  f"peak/mean load {result['peak_to_mean_load']:.2f}, {result['wall_s']:.0f} s wall a run "
+                  f"(mean of {args.sim_seeds} seeds; TTFT p50 from {result['ttft_p50_range_s'][0]:.2f} to "
+                  f"{result['ttft_p50_range_s'][1]:.2f} s)", flush=True)
     checks = check_targets(serve, sim)
     print_targets(checks)
     args.out.parent.mkdir(parents=True, exist_ok=True)

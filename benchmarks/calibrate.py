@@ -15,7 +15,7 @@ A least-squares fit of :class:`~deployments.simulated.profile.EngineProfile`'s s
 to those points gives ``step_ms``, ``decode_ms_per_seq``, ``decode_ms_per_1k_context``, ``prefill_ms_per_token``
 and ``prefill_ms_per_1k_context``; the KV cache's size and the batch limits are read from the
 engine. Each point is printed as it is measured; the profile and the raw points are
-written (``--out``, and ``benchmarks/results/calibration.json``).
+written (``--out``, and ``benchmarks/results/calibration-<profile>.json``).
 """
 
 from __future__ import annotations
@@ -88,11 +88,13 @@ def fit(decode: list[dict[str, float]], prefill: list[dict[str, float]]) -> dict
             "decode_ms_per_seq": round(per_seq, 4), "decode_ms_per_1k_context": round(per_1k, 4)}
 
 
-async def calibrate(config_path: Path, seed: int) -> tuple[EngineProfile, dict[str, Any]]:
+async def calibrate(config_path: Path, seed: int, cores: str | None = None) -> tuple[EngineProfile, dict[str, Any]]:
     raw = yaml.safe_load(config_path.read_text())
     model = AppConfig.model_validate(raw["applications"][0]["args"]).model
     if model.simulated is not None:
         raise SystemExit(f"{config_path}: its model is simulated; calibrate against a real engine's config")
+    if cores is not None:
+        model.cpu.threads_bind = [cores]
     apply_cpu_settings(model.cpu, 0)
     from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -128,7 +130,7 @@ async def calibrate(config_path: Path, seed: int) -> tuple[EngineProfile, dict[s
         del engine
     coefficients = fit(decode, prefill)
     profile = EngineProfile(
-        name=f"{model.name}, {model.dtype}, as {config_path} runs it",
+        name=f"{model.name}, {model.dtype}, as {config_path} runs it" + (f", on cores {cores}" if cores else ""),
         source="measured",
         notes=f"make calibrate on {time.strftime('%Y-%m-%d')}: {len(decode)} decode and {len(prefill)} prefill "
               "points, least squares (benchmarks/calibrate.py)",
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("config/serve-cpu.yaml"))
     parser.add_argument("--out", type=Path, default=PROFILES_DIR / "cpu-smollm2-135m.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cores", help="bind the engine to these cores instead of the config's (e.g. 0: one core, "
+                                         "as each of bench-routing's two engine replicas runs)")
     parser.add_argument("--refit", type=Path, help="fit a calibration.json's points again, without an engine")
     args = parser.parse_args()
     if args.refit:
@@ -151,11 +155,11 @@ def main() -> None:
         args.refit.write_text(json.dumps(points, indent=2))
         print(f"wrote {args.out}:\n{args.out.read_text()}")
         return
-    profile, points = asyncio.run(calibrate(args.config, args.seed))
+    profile, points = asyncio.run(calibrate(args.config, args.seed, args.cores))
     write_profile(profile, args.out)
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    (results / "calibration.json").write_text(json.dumps(points, indent=2))
+    (results / f"calibration-{args.out.stem}.json").write_text(json.dumps(points, indent=2))
     print(f"wrote {args.out}:\n{args.out.read_text()}")
 
 

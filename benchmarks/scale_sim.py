@@ -113,6 +113,7 @@ class Result:
     wall_s: float
     preemptions: int = 0
     placement_calls: int = 0
+    mean_prompt_tokens: float = 0.0
 
 
 @dataclass(eq=False)
@@ -151,6 +152,7 @@ class ScaleSim:
         self.now = 0.0
         self.workload = workload
         self.rng = random.Random(seed)
+        random.seed(seed)  # pow2 draws its two replicas from the module's generator, as Serve's router does
         self.max_ongoing = max_ongoing
         cfg = RoutingConfig(policy=policy, **(routing or {}))
         cls = policy_class(policy)
@@ -175,6 +177,7 @@ class ScaleSim:
         self.ttfts: list[float] = []
         self.tokens = 0
         self.queries = self.hits = self.preemptions = self.requests = self.placement_calls = 0
+        self.prompt_tokens = 0
 
     # ---- events ------------------------------------------------------------------------
     def _at(self, when: float, kind: str, payload: Any) -> None:
@@ -211,7 +214,8 @@ class ScaleSim:
                       ttft_p50_s=pct(0.5), ttft_p90_s=pct(0.9), ttft_p99_s=pct(0.99),
                       peak_to_mean_load=max(loads) / mean, requests=self.requests,
                       wall_s=time.monotonic() - started, preemptions=self.preemptions,
-                      placement_calls=self.placement_calls)
+                      placement_calls=self.placement_calls,
+                      mean_prompt_tokens=self.prompt_tokens / self.requests if self.requests else 0.0)
 
     def _measuring(self) -> bool:
         return self.now >= self.workload.warmup_s
@@ -289,6 +293,7 @@ class ScaleSim:
         replica.set_ongoing(self.now, -1, self.workload.warmup_s)
         if self._measuring():
             self.requests += 1
+            self.prompt_tokens += request.num_prompt
         user.messages.append({"role": "assistant", "content": " ".join([FILLER] * request.generated)})
         user.tokens += [*GENERATION_PROMPT, *[request.output_token] * request.generated, token_id("<|im_end|>"),
                         NEWLINE]
@@ -300,11 +305,7 @@ def run(profile: EngineProfile, replicas: int, routers: int, policy: str, worklo
         seed: int = 0, time_scale: float = 1.0) -> Result:
     """One configuration; ``time_scale`` stretches every engine step, as ``model.simulated.time_scale``
     does (used to compare with Serve runs that needed it)."""
-    if time_scale != 1.0:
-        scaled = {k: getattr(profile, k) * time_scale
-                  for k in ("step_ms", "prefill_ms_per_token", "decode_ms_per_seq", "decode_ms_per_1k_context")}
-        profile = profile.model_copy(update=scaled)
-    return ScaleSim(profile, replicas, routers, policy, workload, seed).run()
+    return ScaleSim(profile.scaled(time_scale), replicas, routers, policy, workload, seed).run()
 
 
 def main() -> None:

@@ -61,6 +61,11 @@ class EngineProfile(BaseModel):
                 + self.prefill_ms_per_1k_context * prefill_positions / 1000.0
                 + self.decode_ms_per_seq * decode_seqs + self.decode_ms_per_1k_context * context_tokens / 1000.0) / 1000.0
 
+    def scaled(self, factor: float) -> EngineProfile:
+        """This profile with every step taking ``factor`` times as long (``time_scale``)."""
+        times = {name: getattr(self, name) * factor for name in type(self).model_fields if "_ms" in name}
+        return self.model_copy(update=times)
+
     def prefill_seconds(self, tokens: int) -> float:
         """One step that prefills a ``tokens``-long prompt from its start."""
         return self.step_seconds(tokens, 0, 0, tokens * (tokens - 1) / 2)

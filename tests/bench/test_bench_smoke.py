@@ -110,3 +110,34 @@ def test_bench_lora_smoke_runs_each_phase_on_both_routings_and_counts_loads(tmp_
     assert results["zipf16, prefix"]["adapter_loads"] >= 1 and results["zipf16, pow2"]["adapter_loads"] >= 1
     assert results["base"]["adapter_loads"] == 0
     assert (tmp_path / "lora.png").stat().st_size > 10_000
+
+
+def test_bench_scale_smoke_runs_serve_and_the_simulator_on_one_workload(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_scale", "--replicas", "4", "--sim-replicas", "8",
+         "--policies", "prefix", "--users-per-replica", "3", "--warmup", "5", "--duration", "10",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    served = data["results"]["serve"]["4"]["prefix"]
+    assert served["requests"] > 0 and served["failed"] == 0 and served["tokens_per_s"] > 0, served
+    assert served["hit_rate"] > 0, "the simulated engines' prefix-cache counters reached /metrics"
+    assert set(data["results"]["simulator"]) == {"4", "8"}
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_bench_ceiling_smoke_measures_the_table_and_a_chunk_size(tmp_path):
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_ceiling", "--chunks", "4", "--streams", "8", "--seconds", "4",
+         "--table-routers", "4", "--table-replicas", "8", "--controller-replicas", "0", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())["results"]
+    assert results["placement_table"]["calls_per_s"] > 0
+    (chunk,) = results["proxy"]
+    assert chunk["tokens_per_s"] > 0 and chunk["failed"] == 0 and chunk["cores"]["proxy"] > 0

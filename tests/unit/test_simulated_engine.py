@@ -168,6 +168,13 @@ def test_a_request_that_cannot_fit_is_refused_and_abort_frees_its_blocks():
     assert scheduler.abort("ok") and scheduler.pool.free_blocks == 4 and not scheduler.has_work
 
 
+def test_a_scaled_profile_takes_that_many_times_as_long_for_every_kind_of_step():
+    profile = load_profile("cpu-smollm2-135m")
+    slow = profile.scaled(3.0)
+    for args in ((0, 1, 0), (500, 0, 0, 500 * 499 / 2), (0, 8, 8000)):
+        assert slow.step_seconds(*args) == pytest.approx(3.0 * profile.step_seconds(*args))
+
+
 def test_shipped_profiles_load():
     for name in ("cpu-smollm2-135m", "gpu-h100-glm4-9b"):
         profile = load_profile(name)
