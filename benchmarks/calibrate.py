@@ -94,7 +94,7 @@ async def calibrate(config_path: Path, seed: int, cores: str | None = None) -> t
     if model.simulated is not None:
         raise SystemExit(f"{config_path}: its model is simulated; calibrate against a real engine's config")
     if cores is not None:
-        model.cpu.threads_bind = [cores]
+        model = model.model_copy(update={"cpu": model.cpu.model_copy(update={"threads_bind": [cores]})})
     apply_cpu_settings(model.cpu, 0)
     from vllm import AsyncEngineArgs, AsyncLLMEngine
 
