@@ -11,8 +11,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(items):
-    """Unit tests first, then the benchmark smoke, then the two-node cluster tests, then
-    the end-to-end suite.
+    """Unit tests first, then the benchmark smoke and the simulated-engine app (each starts
+    a Ray cluster of its own and stops it), then the two-node cluster tests, then the
+    end-to-end suite.
 
     The e2e cluster is a session fixture, torn down only when the session ends: a unit
     test collected after it would run beside a live Ray cluster and three vLLM engines
@@ -20,5 +21,5 @@ def pytest_collection_modifyitems(items):
     first also means a broken build fails in seconds, not after the e2e start-up. The
     cluster tests tear their cluster down at the end of their module, before the e2e
     cluster starts: two clusters at once would not fit two cores."""
-    order = {"unit": 0, "bench": 1, "cluster": 2, "e2e": 3}
+    order = {"unit": 0, "bench": 1, "sim": 1, "cluster": 2, "e2e": 3}
     items.sort(key=lambda item: order.get(Path(str(item.fspath)).parent.name, 1))

@@ -36,8 +36,6 @@ TINY_GLM_NAME = "tiny-glm4"
 TINY_GLM_PREFIX = "/tiny-glm"
 AUTOSCALE_PREFIX = "/autoscale"
 AUTOSCALE_MAX_MODEL_LEN = 512
-SIM_PREFIX = "/sim"
-SIM_REPLICAS = 4
 # The tiny GLM application takes API keys from this variable of the Ray nodes' environment
 # (the raylet passes it to every replica), the way an operator would provide them.
 API_KEYS_ENV = "GLM_TEST_API_KEYS"
@@ -273,13 +271,6 @@ def write_test_config(path: Path, port: int, tiny_glm_dir: Path, tenants_file: P
             "router": {"max_request_body_bytes": 65536, "allow_ignore_eos": True},
         },
     })
-    # A fourth: config/serve-sim.yaml's simulated engines, 4 of them (tests/e2e/test_simulated.py).
-    sim = yaml.safe_load((ROOT / "config" / "serve-sim.yaml").read_text())["applications"][0]
-    sim.update(name="sim", route_prefix=SIM_PREFIX)
-    sim["args"]["model"]["model"] = str(MODEL_DIR)
-    sim["args"]["engine"].update(num_replicas=SIM_REPLICAS, routing={"policy": "prefix", "stats_period_s": 1})
-    sim["args"]["router"]["deployment"]["num_replicas"] = 1
-    config["applications"].append(sim)
     path.write_text(yaml.safe_dump(config))
     return config
 
@@ -330,7 +321,7 @@ def server(tmp_path_factory):
             # starting (three vLLM engines share two cores) when the main app is up.
             try:
                 answers = [httpx.get(f"{base}{prefix}/health", timeout=5)
-                           for prefix in ("", TINY_GLM_PREFIX, AUTOSCALE_PREFIX, SIM_PREFIX)]
+                           for prefix in ("", TINY_GLM_PREFIX, AUTOSCALE_PREFIX)]
                 if all(a.status_code == 200 for a in answers):
                     break
                 if any(deploy_failed(a) for a in answers):

@@ -54,17 +54,19 @@ def test_engines_scale_out_under_load_and_in_when_idle_letting_streams_finish(ba
         # 6 users keep 6 requests in flight: 3 per replica at 1 replica, over the target of 2.
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            for _ in range(6):
-                pool.submit(user)
-            while _running(client) < 2:
-                assert time.monotonic() - started < 240, "Serve did not add an engine replica under load"
-                time.sleep(1)
-            scaled_out_s = time.monotonic() - started
-            # Both replicas serve before the load stops.
-            seen_after = len(results)
-            while len({r for _, r, _ in results[seen_after:]}) < 2 and time.monotonic() - started < 300:
-                time.sleep(0.5)
-            stop.set()
+            try:
+                for _ in range(6):
+                    pool.submit(user)
+                while _running(client) < 2:
+                    assert time.monotonic() - started < 240, "Serve did not add an engine replica under load"
+                    time.sleep(1)
+                scaled_out_s = time.monotonic() - started
+                # Both replicas serve before the load stops.
+                seen_after = len(results)
+                while len({r for _, r, _ in results[seen_after:]}) < 2 and time.monotonic() - started < 300:
+                    time.sleep(0.5)
+            finally:
+                stop.set()  # also on a failed assertion: the pool waits for its users to stop
         failed = [r for r in results if r[2] or r[0] != 48]
         assert not failed, f"{len(failed)} of {len(results)} requests failed while scaling out: {failed[:3]}"
         assert len({r for _, r, _ in results[seen_after:]}) == 2, "the new replica took requests"
