@@ -165,7 +165,7 @@ def summarize_serve(records: list[TurnRecord], workload: scale_sim.Workload, rep
     hits = sum(counters["end"][1].values()) - sum(counters["start"][1].values())
 
     def pct(p: float) -> float:
-        return ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))] if ttfts else 0.0
+        return scale_sim.percentile(ttfts, p)
 
     return {"tokens_per_s": sum(r.completion_tokens for r in finished) / workload.duration_s,
             "hit_rate": hits / queries if queries else 0.0, "ttft_p50_s": pct(0.5), "ttft_p90_s": pct(0.9),

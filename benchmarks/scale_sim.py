@@ -77,6 +77,12 @@ _COMMON_IDS = [token_id(w) for w in _COMMON_WORDS]
 _COMMON_TEXT = [" ".join(_COMMON_WORDS[:n]) for n in range(4096)]
 
 
+def percentile(ordered: list[float], p: float) -> float:
+    """The ``p`` quantile (0 to 1) of already sorted values, by rank; 0 when there are none.
+    The simulator and the Serve runs it is checked against read theirs the same way."""
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
+
+
 @dataclass
 class Workload:
     """Closed-loop multi-turn users (the module docstring)."""
@@ -203,10 +209,10 @@ class ScaleSim:
             replica.set_ongoing(end, 0, w.warmup_s)
         loads = [r.load_area / w.duration_s for r in self.replicas.values()]
         mean = statistics.fmean(loads) or 1.0
-        ttfts = sorted(self.ttfts) or [0.0]
+        ttfts = sorted(self.ttfts)
 
         def pct(p: float) -> float:
-            return ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))]
+            return percentile(ttfts, p)
 
         return Result(policy=self.routers[0].name, replicas=len(self.replicas), routers=len(self.routers),
                       users=w.users, tokens_per_s=self.tokens / w.duration_s,
