@@ -38,7 +38,7 @@ check-config: install
 	$(VENV)/bin/glm-serve config-docs --check docs/configuration.md
 
 # docs/configuration.md from the field names, types, defaults and descriptions of
-# deployments/config.py (the prose around them is in deployments/config_docs.py).
+# deployments/config.py (the prose around them is in deployments/config/docs.py).
 config-docs: install
 	$(VENV)/bin/glm-serve config-docs --write docs/configuration.md
 

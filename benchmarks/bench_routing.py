@@ -44,7 +44,7 @@ from benchmarks.chat_sessions import Shape, TurnRecord, User
 from benchmarks.plots import bar_panels
 from benchmarks.reporting import print_targets, write_results
 from deployments.config import AppConfig
-from deployments.routing.config import RoutingConfig
+from deployments.config.routing import RoutingConfig
 
 ROOT = servers.ROOT
 POLICIES = ("pow2", "prefix")

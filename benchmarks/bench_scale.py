@@ -45,7 +45,7 @@ from benchmarks.cpu_usage import own_cpu_seconds, session_cpu
 from benchmarks.plots import bar_panels
 from benchmarks.reporting import Check, print_targets, write_results
 from deployments.config import AppConfig
-from deployments.simulated.profile import load_profile
+from deployments.config.engine_profile import load_profile
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "benchmarks" / "results"

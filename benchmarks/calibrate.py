@@ -11,7 +11,7 @@ first application (``config/serve-cpu.yaml`` by default), then:
 * **prefill**: one request at a time with 256 to 2,048 unique prompt tokens and one
   output token: time to first token against prompt length.
 
-A least-squares fit of :class:`~deployments.simulated.profile.EngineProfile`'s step model
+A least-squares fit of :class:`~deployments.config.engine_profile.EngineProfile`'s step model
 to those points gives ``step_ms``, ``decode_ms_per_seq``, ``decode_ms_per_1k_context``, ``prefill_ms_per_token``
 and ``prefill_ms_per_1k_context``; the KV cache's size and the batch limits are read from the
 engine. Each point is printed as it is measured; the profile and the raw points are
@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from deployments.config import AppConfig
-from deployments.engine_setup import apply_cpu_settings
-from deployments.simulated.profile import PROFILES_DIR, EngineProfile, write_profile
+from deployments.config.engine_profile import PROFILES_DIR, EngineProfile, write_profile
+from deployments.engine.engine_args import apply_cpu_settings
 
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DECODE_TOKENS = 40

@@ -33,7 +33,7 @@ from pathlib import Path
 from ray import serve
 
 from benchmarks.cpu_usage import own_cpu_seconds
-from deployments.generation import GenerationChunk
+from deployments.core.generation import GenerationChunk
 from deployments.stream_channel import IncomingStream, StreamReceiver, StreamSender
 
 MODES = ("ray", "channel", "zmq-curve")

@@ -26,7 +26,7 @@ from typing import IO
 
 from benchmarks.workload import RequestRecord, prompts, run_level
 from deployments.config import ModelConfig
-from deployments.engine_setup import apply_cpu_settings
+from deployments.engine.engine_args import apply_cpu_settings
 
 
 async def _one(engine, token_ids, params) -> RequestRecord:

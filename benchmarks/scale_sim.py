@@ -5,7 +5,7 @@ configured policy (:mod:`deployments.routing`, ``prefix`` or ``pow2``), and with
 one shared :class:`~deployments.routing.placement_table.PlacementTable`, called in the order
 :class:`~deployments.routing.replica_chooser.PolicyReplicaChooser` calls them (ask the table,
 choose, accept, learn). Each engine replica is the simulated engine's own
-:class:`~deployments.simulated.scheduler.Scheduler` (vLLM's batching, block hashes and LRU
+:class:`~deployments.engine.simulated.scheduler.Scheduler` (vLLM's batching, block hashes and LRU
 eviction), stepped on a virtual clock by its profile. Only Serve itself is left out: a
 request reaches a router replica at random and its chosen replica at once, and the routers
 see every replica's true ongoing count (Serve's routers see a cache of it).
@@ -36,12 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.generation import GenerationRequest
-from deployments.routing.config import RoutingConfig
+from deployments.config.engine_profile import EngineProfile, load_profile
+from deployments.config.routing import RoutingConfig
+from deployments.core.generation import GenerationRequest
+from deployments.engine.simulated.scheduler import Scheduler, SimRequest, Step
 from deployments.routing.placement_table import PlacementTable
 from deployments.routing.policy import RoutingPolicy, policy_class
-from deployments.simulated.profile import EngineProfile, load_profile
-from deployments.simulated.scheduler import Scheduler, SimRequest, Step
 
 VOCAB = 49_152
 FILLER = "the"

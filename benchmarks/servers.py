@@ -32,7 +32,7 @@ import yaml
 
 from benchmarks.cpu_usage import process_stats, session_pids
 from deployments.config import ModelConfig
-from deployments.engine_setup import cpu_env
+from deployments.engine.engine_args import cpu_env
 from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 BIN = Path(sys.executable).parent

@@ -12,10 +12,10 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.config import AppConfig
-from deployments.engine import EngineDeployment
-from deployments.engine_setup import check_engine_kwargs
+from deployments.engine.deployment import EngineDeployment
+from deployments.engine.engine_args import check_engine_kwargs
 from deployments.ingress.deployment import RouterDeployment
-from deployments.routing.config import request_router_config
+from deployments.routing.policy import request_router_config
 
 ENGINE_DEPLOYMENT = "GLMEngine"
 ROUTER_DEPLOYMENT = "GLMRouter"

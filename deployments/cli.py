@@ -15,8 +15,9 @@ from typing import Any, Iterator, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from deployments import config_docs
 from deployments.config import AppConfig, is_builder
+from deployments.config import docs as config_docs
+from deployments.config.router import moved_keys
 from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 from deployments.tenants.tenants_file import hash_key, load_tenants, parse_tenants
 
@@ -108,7 +109,7 @@ def check_file(path: str) -> tuple[list[str], list[str], int]:
 
 
 def check_tenants(text: str, path: str) -> tuple[list[str], list[str], int]:
-    """:func:`check_file` for a tenants file (``router.tenants_file``): the count is of tenants."""
+    """:func:`check_file` for a tenants file (``router.auth.tenants_file``): the count is of tenants."""
     try:
         tenants = parse_tenants(text, path)
     except ValueError as e:
@@ -156,15 +157,17 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
         if not isinstance(app, dict) or not is_builder(app.get("import_path")):
             continue
         args = app.get("args") or {}
+        warnings += [f"applications[{i}].args.{old}: still read, but its place is now {new}"
+                     for old, new in moved_keys(args.get("router") if isinstance(args, dict) else None)]
         try:
             config = AppConfig.model_validate(args)
         except ValidationError as e:
             errors += _lines(e, args, ("applications", i, "args"))
             continue
         model = config.model.model
-        tenants_file = config.router.tenants_file
+        tenants_file = config.router.auth.tenants_file
         if tenants_file is not None:
-            where = f"applications[{i}].args.router.tenants_file"
+            where = f"applications[{i}].args.router.auth.tenants_file"
             if os.path.exists(tenants_file):
                 try:
                     load_tenants(tenants_file)
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="validate config files and tenants files; exit 2, naming each bad field "
                                      "(CI, `serve deploy`)")
     c.add_argument("configs", nargs="+", metavar="CONFIG",
-                   help="Serve config file, e.g. config/serve.yaml, or a tenants file (router.tenants_file)")
+                   help="Serve config file, e.g. config/serve.yaml, or a tenants file (router.auth.tenants_file)")
     r = sub.add_parser("run", help="check CONFIG, then exec `serve run CONFIG [SERVE_ARGS...]`")
     r.add_argument("config", metavar="CONFIG", help="Serve config file, e.g. config/serve-cpu.yaml")
     r.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",

@@ -1,6 +1,6 @@
 """glm-serve's gate in Serve's HTTP proxy: a generation request that the router replicas
 would refuse is refused before Serve's proxy routes it, and a client that stops reading
-is cut after ``router.client_send_timeout_s``.
+is cut after ``router.deadlines.client_send_timeout_s``.
 
 Past ``router.max_in_flight_requests`` a router replica refuses at once, but the refusal
 still travels Serve's proxy -> routing loop -> router replica -> back, Python in the proxy
@@ -15,7 +15,7 @@ A client that stops reading: Serve's proxy and the router replica each queue a r
 without bound and without waiting (docs/operations.md), so nothing pushes back on the
 engine; only the proxy's write to the client waits, once the kernel's socket buffers are
 full. The gate times that write out: when one write has waited
-``router.client_send_timeout_s``, it tells Serve's proxy the client disconnected, which
+``router.deadlines.client_send_timeout_s``, it tells Serve's proxy the client disconnected, which
 cancels the request in the router replica and so aborts the engine's work, and drops the
 rest of the reply. Memory per such client is then bounded by time as well as by
 ``max_tokens``.
@@ -47,12 +47,11 @@ from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments import serve_private
-from deployments.access_log import to_stderr
 from deployments.config import AppConfig, is_builder
-from deployments.errors import APIError, overloaded
-from deployments.protocol import ADMITTED_ROUTES
-from deployments.route_path import ambiguity, route_path
+from deployments.core import serve_private
+from deployments.core.errors import APIError, overloaded
+from deployments.ingress.access_log import to_stderr
+from deployments.openai_api.routes import ADMITTED_ROUTES, ambiguity, route_path
 
 logger = logging.getLogger("glm_serve.proxy_gate")
 
@@ -115,7 +114,7 @@ def app_limits(details: Mapping[str, Any]) -> dict[str, AppLimits]:
         replicas = (app.get("deployments") or {}).get(ingress, {}).get("replicas") or []
         running = sum(1 for r in replicas if r.get("state") == "RUNNING")
         cap = router.max_in_flight_requests * running if router.max_in_flight_requests and running else None
-        limits = AppLimits(name, cap, running, router.client_send_timeout_s)
+        limits = AppLimits(name, cap, running, router.deadlines.client_send_timeout_s)
         if cap is None and limits.send_timeout_s is None:
             continue
         for route in ADMITTED_ROUTES:
@@ -268,7 +267,7 @@ class ProxyGate:
             logger.warning("refused %d requests to application %r: its router replicas were full", count, app)
         for app, count in sorted(self.stalled.items()):
             logger.warning("cut %d requests to application %r: their clients read nothing for "
-                           "router.client_send_timeout_s", count, app)
+                           "router.deadlines.client_send_timeout_s", count, app)
         self.refused.clear()
         self.stalled.clear()
 
@@ -310,7 +309,7 @@ def _counters() -> dict[str, Any]:
         "refused": Counter("glm_serve_proxy_refused", description="Generation requests Serve's proxy refused for "
                            "glm-serve because the application's router replicas were full", tag_keys=("application",)),
         "stalled": Counter("glm_serve_proxy_client_stalls", description="Generation requests Serve's proxy cut "
-                           "because their client read nothing for router.client_send_timeout_s",
+                           "because their client read nothing for router.deadlines.client_send_timeout_s",
                            tag_keys=("application",)),
     }
 

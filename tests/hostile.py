@@ -7,7 +7,7 @@ import json
 
 from hypothesis import strategies as st
 
-from deployments.json_body import MAX_DEPTH
+from deployments.openai_api.json_body import MAX_DEPTH
 
 MODEL = "m"
 

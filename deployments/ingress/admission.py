@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 
-from deployments import access_log, protocol
-from deployments.access_log import RequestRecord
-from deployments.errors import overloaded
-from deployments.metrics import RouterMetrics
+from deployments.core.errors import overloaded
+from deployments.ingress import access_log
+from deployments.ingress.access_log import RequestRecord
+from deployments.ingress.metrics import RouterMetrics
+from deployments.openai_api.routes import ADMITTED_ROUTES, GENERATION_ROUTES
 from deployments.tenants.quota_service import TenantQuotas
 
 QUIET_ROUTES = frozenset({"/health", "/metrics"})
@@ -60,12 +61,12 @@ class Admission:
             metrics.time_per_output_token.observe((duration_s - record.ttft_s) / (record.completion_tokens - 1))
         metrics.prompt_tokens.inc(record.prompt_tokens)
         metrics.completion_tokens.inc(record.completion_tokens)
-        if record.tenant is not None and record.route in protocol.ADMITTED_ROUTES:
+        if record.tenant is not None and record.route in ADMITTED_ROUTES:
             metrics.count_tenant(record.tenant, record.status, record.prompt_tokens, record.completion_tokens,
                                  record.cached_tokens, record.error_code)
-        if record.adapter is not None and record.route in protocol.GENERATION_ROUTES:
+        if record.adapter is not None and record.route in GENERATION_ROUTES:
             metrics.count_adapter(record.adapter, record.status, record.prompt_tokens, record.completion_tokens)
-        if record.route in protocol.GENERATION_ROUTES:
+        if record.route in GENERATION_ROUTES:
             metrics.export_routing()
         if record.status != 200 or record.route not in QUIET_ROUTES:
             access_log.logger.info(record.line())

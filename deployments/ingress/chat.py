@@ -8,14 +8,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.generation import GenerationRequest
+from deployments.core.generation import GenerationRequest
 from deployments.ingress import engine_calls
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, json_response
-from deployments.limits import check_limits
-from deployments.schema_limits import check_schema
-from deployments.sse import StreamEncoder
+from deployments.openai_api.request_limits import check_limits
+from deployments.openai_api.requests import ChatCompletionRequest
+from deployments.openai_api.responses import chat_choice, chat_completion
+from deployments.openai_api.schema_limits import check_schema
+from deployments.openai_api.sse import StreamEncoder
 
 
 class ChatCompletions:
@@ -29,7 +30,7 @@ class ChatCompletions:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: protocol.ChatCompletionRequest = ctx.validate(protocol.ChatCompletionRequest,
+        parsed: ChatCompletionRequest = ctx.validate(ChatCompletionRequest,
                                                               await ctx.read_json(request), record)
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), messages=parsed.messages,
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
@@ -69,10 +70,10 @@ class ChatCompletions:
         choices = []
         for index, choice in enumerate(result.choices):
             call = ctx.chat_format.parse_reply(choice.text, tools)
-            choices.append(protocol.chat_choice(
+            choices.append(chat_choice(
                 index, None if call else choice.text, "tool_calls" if call else choice.finish_reason,
                 tool_calls=[call.openai()] if call else None, logprobs=choice.logprobs,
             ))
-        body = protocol.chat_completion(generation.request_id, parsed.model, choices,
+        body = chat_completion(generation.request_id, parsed.model, choices,
                                         result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         return json_response(body, record)

@@ -7,13 +7,14 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.generation import GenerationRequest
+from deployments.core.generation import GenerationRequest
 from deployments.ingress import engine_calls
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, json_response
-from deployments.limits import check_limits
-from deployments.sse import StreamEncoder
+from deployments.openai_api.request_limits import check_limits
+from deployments.openai_api.requests import CompletionRequest
+from deployments.openai_api.responses import text_completion
+from deployments.openai_api.sse import StreamEncoder
 
 
 class Completions:
@@ -26,7 +27,7 @@ class Completions:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: protocol.CompletionRequest = ctx.validate(protocol.CompletionRequest,
+        parsed: CompletionRequest = ctx.validate(CompletionRequest,
                                                           await ctx.read_json(request), record)
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), prompt=parsed.prompt, stop=parsed.stop,
                      max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
@@ -47,6 +48,6 @@ class Completions:
             encoder = StreamEncoder("text", generation.request_id, parsed.model)
             return await engine_calls.stream(ctx, record, generation, encoder, parsed.include_usage)
         result = await engine_calls.complete(ctx, record, generation)
-        body = protocol.text_completion(generation.request_id, parsed.model, result.choices,
+        body = text_completion(generation.request_id, parsed.model, result.choices,
                                         result.prompt_tokens, result.cached_tokens)
         return json_response(body, record)

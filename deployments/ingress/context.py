@@ -14,15 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from chat_formats import ChatFormat
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.adapters import AdapterCatalog
 from deployments.config import RouterConfig
-from deployments.errors import APIError, model_not_found
-from deployments.generation import GenerationRequest
+from deployments.core.errors import APIError, model_not_found
+from deployments.core.generation import GenerationRequest
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
-from deployments.json_body import parse_object
-from deployments.metrics import RouterMetrics
+from deployments.ingress.metrics import RouterMetrics
+from deployments.lora.catalog import AdapterCatalog
+from deployments.openai_api.json_body import parse_object
+from deployments.openai_api.requests import from_validation_error
 from deployments.stream_channel import StreamReceiver
 from deployments.tenants.tenants_file import Tenant
 
@@ -45,14 +45,14 @@ class IngressContext:
     default_max_tokens: int | None = None
     """The model's default_max_tokens: what a request that sets none may generate per choice."""
     adapters: AdapterCatalog = field(default_factory=lambda: AdapterCatalog(None))
-    """The model's LoRA adapters, each a ``model`` a request may name (deployments/adapters.py)."""
+    """The model's LoRA adapters, each a ``model`` a request may name (deployments/lora/catalog.py)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         """The request's body as a JSON object: 413 past ``router.max_request_body_bytes``
-        (declared or read), 408 when it has not all arrived within ``router.body_timeout_s``
+        (declared or read), 408 when it has not all arrived within ``router.deadlines.body_timeout_s``
         (a client trickling it holds an admitted place), 400 when it is not a JSON object
-        (:func:`deployments.json_body.parse_object`)."""
+        (:func:`deployments.openai_api.json_body.parse_object`)."""
         limit = self.config.max_request_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -65,7 +65,7 @@ class IngressContext:
                 if len(body) > limit:
                     raise _too_large(limit)
 
-        timeout_s = self.config.body_timeout_s
+        timeout_s = self.config.deadlines.body_timeout_s
         try:
             await asyncio.wait_for(read(), timeout_s)
         except asyncio.TimeoutError:
@@ -80,7 +80,7 @@ class IngressContext:
         try:
             parsed = model_cls.model_validate(data)
         except ValidationError as exc:
-            raise protocol.from_validation_error(exc) from None
+            raise from_validation_error(exc) from None
         tenant: Tenant | None = record.caller
         if tenant is not None and not tenant.may_call(parsed.model):
             raise model_not_found(f"The model `{parsed.model}` does not exist or you do not have access to it.")
@@ -97,8 +97,8 @@ class IngressContext:
         run on another node)."""
         generation.session_id = request.headers.get("x-session-id") or user
         now = time.time()
-        generation.first_token_deadline = now + self.config.first_token_timeout_s
-        generation.deadline = now + self.config.request_timeout_s
+        generation.first_token_deadline = now + self.config.deadlines.first_token_timeout_s
+        generation.deadline = now + self.config.deadlines.request_timeout_s
         return generation
 
     def check_sampling(self, parsed: Any, record: RequestRecord) -> None:

@@ -39,12 +39,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from chat_formats import get_chat_format
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.adapters import AdapterCatalog
-from deployments.auth import ApiKeys
 from deployments.config import ModelConfig, RouterConfig
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
 from deployments.ingress.chat import ChatCompletions
 from deployments.ingress.completions import Completions
@@ -52,12 +49,14 @@ from deployments.ingress.context import IngressContext, error_response
 from deployments.ingress.gate_watch import ProxyGateWatch
 from deployments.ingress.health import Health
 from deployments.ingress.introspection import Metrics, OpenAPI
+from deployments.ingress.metrics import RouterMetrics
 from deployments.ingress.models import Models
 from deployments.ingress.tokenize import Tokenize
-from deployments.metrics import RouterMetrics
+from deployments.lora.catalog import AdapterCatalog
+from deployments.openai_api.routes import ADMITTED_ROUTES, ambiguity, route_path
 from deployments.proxy_gate import GATE_HEADER
-from deployments.route_path import ambiguity, route_path
 from deployments.stream_channel import StreamReceiver
+from deployments.tenants.api_keys import ApiKeys
 from deployments.tenants.quota_service import TenantQuotas, quota_actor_name
 from deployments.tenants.rate_headers import RateLimited
 from deployments.tenants.tenants_file import Tenant
@@ -94,10 +93,10 @@ class RouterDeployment:
                                 config.batch_admission_share),
             default_max_tokens=model.default_max_tokens,
         )
-        self._api_keys = ApiKeys(config.api_keys_env, config.api_keys_file, config.tenants_file)
+        self._api_keys = ApiKeys(config.auth.api_keys_env, config.auth.api_keys_file, config.auth.tenants_file)
         if any(t.limited for t in self._api_keys.tenants.values()):
             ctx.admission.quotas.start()  # type: ignore[union-attr]
-        self._open_paths = {"/health"} | ({"/metrics"} if config.metrics_without_key else set())
+        self._open_paths = {"/health"} | ({"/metrics"} if config.auth.metrics_without_key else set())
         self._gate = ProxyGateWatch(metrics)
         handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate),
                     Metrics(ctx), OpenAPI(ctx))
@@ -130,7 +129,7 @@ class RouterDeployment:
                 if path in self._paths:
                     raise APIError(405, f"Method {request.method} is not allowed on {path}.")
                 raise APIError(404, f"No route {path}.", "not_found_error")
-            if path in protocol.ADMITTED_ROUTES:
+            if path in ADMITTED_ROUTES:
                 self._gate.saw(request.headers.get(GATE_HEADER))
                 ctx.admission.admit(record)
                 record.ticket = await ctx.admission.quotas.admit(tenant)  # type: ignore[union-attr,arg-type]

@@ -6,7 +6,7 @@ it, and the next rank is tried). Once a replica has accepted it, a failure is th
 (503 with Retry-After, the client may retry): a request that killed one replica, by
 accident or on purpose, is never handed to the next one by glm-serve. Before the call the
 deployment's request router may ask the shared placement table where the conversation
-lives (:func:`deployments.routing.choosers.ask_placement_table`).
+lives (:func:`deployments.routing.live_choosers.ask_placement_table`).
 
 A stream: start the engine's generation and peek its first chunk, to choose between an
 error status and a 200 stream; then relay the chunks as they arrive, with one timer for
@@ -27,12 +27,12 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from starlette.responses import Response, StreamingResponse
 
-from deployments.access_log import RequestRecord
-from deployments.errors import APIError, EngineUnavailable, overloaded
-from deployments.generation import GenerationChunk, GenerationRequest, GenerationResult
+from deployments.core.errors import APIError, EngineUnavailable, overloaded
+from deployments.core.generation import GenerationChunk, GenerationRequest, GenerationResult
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import REPLICA_HEADER, IngressContext
-from deployments.routing.choosers import ask_placement_table
-from deployments.sse import DONE, StreamCounts, StreamEncoder, error_event, events
+from deployments.openai_api.sse import DONE, StreamCounts, StreamEncoder, error_event, events
+from deployments.routing.live_choosers import ask_placement_table
 from deployments.stream_channel import IncomingStream
 
 logger = logging.getLogger("glm_serve.router")
@@ -71,7 +71,7 @@ async def _place(ctx: IngressContext, generation: GenerationRequest) -> None:
 
 async def complete(ctx: IngressContext, record: RequestRecord, generation: GenerationRequest) -> GenerationResult:
     """The whole completion of ``generation``; fills ``record`` with what it cost."""
-    timeout_s = ctx.config.request_timeout_s
+    timeout_s = ctx.config.deadlines.request_timeout_s
 
     ctx.metrics.in_flight.inc()
     try:
@@ -99,7 +99,7 @@ async def stream(ctx: IngressContext, record: RequestRecord, generation: Generat
     """A 200 event stream of ``generation``'s output once its first chunk exists, or the
     :class:`APIError` that came before it."""
     choices = generation.sampling.get("n", 1)
-    first_timeout_s = ctx.config.first_token_timeout_s
+    first_timeout_s = ctx.config.deadlines.first_token_timeout_s
 
     await _place(ctx, generation)
     await ctx.receiver.start()
@@ -123,7 +123,7 @@ async def stream(ctx: IngressContext, record: RequestRecord, generation: Generat
     record.ttft_s = time.perf_counter() - record.start
     record.replica = first.replica_id
     ctx.metrics.ttft.observe(record.ttft_s)
-    remaining = ctx.config.request_timeout_s - record.ttft_s
+    remaining = ctx.config.deadlines.request_timeout_s - record.ttft_s
     relay = _relay(ctx, record, incoming, first, encoder, include_usage, new_parser, choices, remaining)
     # A response whose body is never iterated (the client left between the status line
     # and the body) never runs the relay's finally: release the stream when it is dropped.
@@ -145,13 +145,13 @@ def _abandon(ctx: IngressContext, record: RequestRecord, incoming: IncomingStrea
 async def _relay(ctx: IngressContext, record: RequestRecord, chunks: IncomingStream, first: GenerationChunk,
                  encoder: StreamEncoder, include_usage: bool, new_parser: Callable[[], Any], choices: int,
                  remaining_s: float) -> AsyncIterator[bytes]:
-    """Write the engine's chunks as SSE events (deployments.sse.events); count and clean up."""
+    """Write the engine's chunks as SSE events (deployments.openai_api.sse.events); count and clean up."""
     ctx.metrics.in_flight.inc()
     counts = StreamCounts(first.prompt_tokens, first.cached_tokens)
     # One timer per stream, not a timeout per chunk: past the deadline the stream's
     # reader gets a 504, the relay ends with an error event, and close() aborts the engine.
     timer = asyncio.get_running_loop().call_later(
-        remaining_s, chunks.fail, deadline_error("the whole request", ctx.config.request_timeout_s))
+        remaining_s, chunks.fail, deadline_error("the whole request", ctx.config.deadlines.request_timeout_s))
     try:
         async for event in events(first, chunks, encoder, counts, new_parser, choices, include_usage):
             yield event

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from deployments.metrics import RouterMetrics
+from deployments.ingress.metrics import RouterMetrics
 
 logger = logging.getLogger("glm_serve.router")
 

@@ -16,8 +16,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.access_log import RequestRecord
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, error_response
 from deployments.ingress.gate_watch import ProxyGateWatch
 
@@ -50,7 +50,7 @@ class Health:
     async def _engine_health(self) -> Response:
         ctx = self.ctx
         try:
-            status = await asyncio.wait_for(asyncio.to_thread(serve.status), ctx.config.health_timeout_s)
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), ctx.config.deadlines.health_timeout_s)
             deployment = status.applications[ctx.engine.app_name].deployments[ctx.engine.deployment_name]
         except asyncio.TimeoutError:
             return error_response(APIError(503, "Serve's controller did not answer in time.", "service_unavailable"))

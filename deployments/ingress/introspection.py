@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext
+from deployments.openai_api.responses import openapi_document
 
 
 class Metrics:
@@ -28,7 +28,7 @@ class OpenAPI:
     route = ("GET", "/openapi.json")
 
     def __init__(self, ctx: IngressContext) -> None:
-        self._body = protocol.openapi_document(ctx.model_name)
+        self._body = openapi_document(ctx.model_name)
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         return JSONResponse(self._body)

@@ -7,11 +7,11 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, json_response
 from deployments.ingress.engine_calls import engine_failure
+from deployments.openai_api.responses import model_list
 
 
 class Models:
@@ -27,13 +27,13 @@ class Models:
         ctx = self.ctx
         if self._max_model_len is None:
             try:
-                info = await asyncio.wait_for(ctx.engine.model_info.remote(), ctx.config.health_timeout_s)
+                info = await asyncio.wait_for(ctx.engine.model_info.remote(), ctx.config.deadlines.health_timeout_s)
             except asyncio.TimeoutError:
                 raise APIError(503, "No engine replica answered in time.", "service_unavailable") from None
             except Exception as exc:
                 raise engine_failure(exc) from None
             self._max_model_len = info["max_model_len"]
-        body = protocol.model_list(ctx.model_name, self._max_model_len, ctx.created, ctx.adapters.names())
+        body = model_list(ctx.model_name, self._max_model_len, ctx.created, ctx.adapters.names())
         if record.caller is not None:  # only what the caller's tenant may call
             body["data"] = [m for m in body["data"] if record.caller.may_call(m["id"])]
         return json_response(body)

@@ -8,12 +8,12 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
-from deployments.generation import GenerationRequest
+from deployments.core.generation import GenerationRequest
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, json_response
 from deployments.ingress.engine_calls import deadline_error, engine_failure
-from deployments.limits import check_limits
+from deployments.openai_api.request_limits import check_limits
+from deployments.openai_api.requests import TokenizeRequest
 
 
 class Tokenize:
@@ -26,7 +26,7 @@ class Tokenize:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: protocol.TokenizeRequest = ctx.validate(protocol.TokenizeRequest,
+        parsed: TokenizeRequest = ctx.validate(TokenizeRequest,
                                                         await ctx.read_json(request), record)
         check_limits(ctx.config.limits, None, messages=parsed.messages, prompt=parsed.prompt, tools=parsed.tools)
         ctx.check_tool_support(parsed.tools)
@@ -37,7 +37,7 @@ class Tokenize:
             tools=[t.model_dump() for t in parsed.tools] if parsed.tools else None,
         )
         record.request_id = generation.request_id
-        timeout_s = ctx.config.request_timeout_s
+        timeout_s = ctx.config.deadlines.request_timeout_s
         try:
             result = await asyncio.wait_for(ctx.engine.tokenize.remote(generation), timeout_s)
         except asyncio.TimeoutError:

@@ -13,7 +13,7 @@
 =========================  ==========================================================
 
 Everything but ``placement_service``, ``replica_chooser`` and ``choosers`` is pure logic
-with no Ray; Serve's private names are in :mod:`deployments.serve_private`.
+with no Ray; Serve's private names are in :mod:`deployments.core.serve_private`.
 """
 
 from deployments.routing.policy import Decision, RoutingPolicy, policy_class, register_policy, registered_policies

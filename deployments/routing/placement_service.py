@@ -8,7 +8,7 @@ Lifetime. The first router replica that needs the table creates the actor by nam
 (``get_if_exists``), so every router replica of the deployment finds the same one. It
 is not detached: it dies with the router replica that created it, with the
 application. A router that finds it gone creates it again (at most once every
-``deployments.named_actor.RETRY_S``), and meanwhile places conversations by rendezvous hashing. Losing the
+``deployments.core.named_actor.RETRY_S``), and meanwhile places conversations by rendezvous hashing. Losing the
 table loses only placements: conversations that go on are placed again, and their
 next turns may miss the prefix cache once.
 
@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from deployments.named_actor import NamedActor
+from deployments.core.named_actor import NamedActor
 from deployments.routing.placement_table import PlacementTable
 
 logger = logging.getLogger("ray.serve")

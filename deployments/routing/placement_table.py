@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from deployments.routing.config import overloaded
+from deployments.config.routing import overloaded
 from deployments.routing.prefix_keys import rendezvous, stable_hash
 
 

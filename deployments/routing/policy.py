@@ -8,7 +8,8 @@ PolicyReplicaChooser`) hosts it inside every router replica's handle to the engi
 Policies are plug-ins, as vLLM's tool parsers and Ray's ``request_router_class`` are:
 ``engine.routing.policy`` takes a registered name (``pow2``, ``prefix``) or an import
 path (``my_pkg.my_module:MyPolicy``) of a :class:`RoutingPolicy` subclass. The shipped
-policies register themselves with :func:`register_policy`, as a user's own may::
+policies are import paths in :data:`deployments.config.routing.BUILTIN_POLICIES`, loaded on
+first use; a user's own may also register by name with :func:`register_policy`::
 
     from deployments.routing import Decision, RoutingPolicy, register_policy
 
@@ -20,7 +21,7 @@ policies register themselves with :func:`register_policy`, as a user's own may::
             return Decision(max(loads, key=loads.get), "busiest")
 
 A policy reads its own settings from ``RoutingConfig.options`` (free-form) or the shared
-fields of :class:`~deployments.routing.config.RoutingConfig`.
+fields of :class:`~deployments.config.routing.RoutingConfig`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from chat_formats.plugins import PluginRegistry
+from deployments.config.routing import BUILTIN_POLICIES
 
 if TYPE_CHECKING:
-    from deployments.routing.config import RoutingConfig
+    from deployments.config.routing import RoutingConfig
 
 POLICY_CHOOSER = "deployments.routing.replica_chooser.PolicyReplicaChooser"
 """Serve's request router class that hosts a :class:`RoutingPolicy`."""
@@ -67,7 +69,7 @@ class RoutingPolicy:
         self.counts: dict[str, int] = dict.fromkeys(self.labels, 0)
 
     def choose(self, request: Any, loads: Mapping[str, int], placed: tuple[str, bool] | None = None) -> Decision:
-        """The replica for ``request`` (a :class:`~deployments.generation.GenerationRequest`)
+        """The replica for ``request`` (a :class:`~deployments.core.generation.GenerationRequest`)
         among the live replicas ``loads`` names (replica id to ongoing requests).
         ``placed``: the shared placement table's answer for :meth:`placement_key`."""
         raise NotImplementedError
@@ -98,13 +100,7 @@ class RoutingPolicy:
         """``replica`` died."""
 
 
-def _load_builtins() -> None:
-    # The shipped policies register on import, the same way a plug-in does.
-    import deployments.routing.pow2_policy  # noqa: F401
-    import deployments.routing.prefix_policy  # noqa: F401
-
-
-_REGISTRY: PluginRegistry[type[RoutingPolicy]] = PluginRegistry("routing policy", RoutingPolicy, _load_builtins)
+_REGISTRY: PluginRegistry[type[RoutingPolicy]] = PluginRegistry("routing policy", RoutingPolicy, BUILTIN_POLICIES)
 
 
 def register_policy(cls: type[RoutingPolicy]) -> type[RoutingPolicy]:
@@ -122,3 +118,20 @@ def policy_class(name_or_path: str) -> type[RoutingPolicy]:
     import path (``module:Class`` or ``module.Class``), which is then registered. Raises
     ValueError naming the known policies (:class:`chat_formats.plugins.PluginRegistry`)."""
     return _REGISTRY.get(name_or_path)
+
+
+ADAPTER_SLOTS = "adapter_slots"
+"""The request router's keyword for how many adapters an engine replica holds (the model's
+``lora.max_cpu_loras``): not a routing field, so the chooser takes it out before validating."""
+
+
+def request_router_config(cfg: RoutingConfig, adapter_slots: int = 1) -> dict[str, Any]:
+    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``, with engine
+    replicas that each hold ``adapter_slots`` LoRA adapters.
+    (``DeploymentConfig`` validates on assignment, so the dict becomes a
+    ``RequestRouterConfig``.) Every policy runs in a Serve router class of glm-serve's, so
+    that ``/metrics`` can read the engine statistics Serve hands to request routers."""
+    router = policy_class(cfg.policy).serve_router
+    kwargs = {**cfg.policy_kwargs(), ADAPTER_SLOTS: adapter_slots} if router == POLICY_CHOOSER else {}
+    return {"request_router_class": router, "request_router_kwargs": kwargs,
+            "request_routing_stats_period_s": cfg.stats_period_s}

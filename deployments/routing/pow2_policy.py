@@ -11,10 +11,9 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from deployments.routing.policy import Decision, RoutingPolicy, register_policy
+from deployments.routing.policy import Decision, RoutingPolicy
 
 
-@register_policy
 class Pow2Policy(RoutingPolicy):
     """Two replicas at random; the less loaded one."""
 

@@ -130,7 +130,7 @@ def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int, adapter
 
 
 def prefix_keys(request: Any, chars_per_block: int, tokens_per_block: int, min_match_blocks: int) -> PrefixKeys:
-    """The prefix keys of a :class:`~deployments.generation.GenerationRequest` (or any
+    """The prefix keys of a :class:`~deployments.core.generation.GenerationRequest` (or any
     object with ``messages`` / ``prompt`` / ``tools``, and ``adapter``, which salts every key)."""
     messages = getattr(request, "messages", None)
     adapter = getattr(request, "adapter", None)

@@ -108,8 +108,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.routing.config import RoutingConfig
-from deployments.routing.policy import Decision, RoutingPolicy, register_policy
+from deployments.config.routing import RoutingConfig
+from deployments.routing.policy import Decision, RoutingPolicy
 from deployments.routing.prefix_keys import EMPTY, PrefixKeys, prefix_keys, rendezvous, stable_hash
 
 LABELS = ("affinity", "spilled", "new", "hint", "adapter")
@@ -147,7 +147,6 @@ class PrefixDecision(Decision):
     spilled, or placed by rendezvous without the table): the table should learn it."""
 
 
-@register_policy
 class PrefixPolicy(RoutingPolicy):
     """The routing state of one router replica: choose a replica, record where a
     request went. Not thread-safe (Serve calls a request router on one event loop).

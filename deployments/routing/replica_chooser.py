@@ -4,8 +4,8 @@
 (``prefix``, or a plug-in) inside Serve 2.60's ``RequestRouter`` interface;
 :class:`Pow2ReplicaChooser` is Serve's own power-of-two-choices router (``pow2``). Both run
 inside every process that holds a handle to the engine (the router deployment's replicas),
-and register with :mod:`deployments.routing.choosers`, where the ingress and ``/metrics``
-find them. ``request_router_config`` (:mod:`deployments.routing.config`) tells Serve which
+and register with :mod:`deployments.routing.live_choosers`, where the ingress and ``/metrics``
+find them. ``request_router_config`` (:mod:`deployments.config.routing`) tells Serve which
 one, and hands the routing fields to :meth:`PolicyReplicaChooser.initialize_state`.
 
 Why no mixins
@@ -35,7 +35,7 @@ handle, not in :meth:`choose_replicas`: awaited inside Serve's routing step, the
 held every routing task, so a burst waited in the handle's bounded queue and could overflow
 it into 503s (docs/measurements.md#routing). The ingress has
 :meth:`PolicyReplicaChooser.place` run on this router's loop
-(:func:`deployments.routing.choosers.ask_placement_table`), which stamps the answer on the
+(:func:`deployments.routing.live_choosers.ask_placement_table`), which stamps the answer on the
 request (``GenerationRequest.placement``); :meth:`choose_replicas` only reads it. Only a request whose conversation this router has not routed before is looked
 up: a new conversation, or turns another router replica routed so far.
 
@@ -51,12 +51,12 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from deployments import serve_private
-from deployments.generation import GenerationRequest
-from deployments.routing import choosers
-from deployments.routing.config import ADAPTER_SLOTS, RoutingConfig
+from deployments.config.routing import RoutingConfig
+from deployments.core import serve_private
+from deployments.core.generation import GenerationRequest
+from deployments.routing import live_choosers
 from deployments.routing.placement_service import PlacementClient, placement_table_name
-from deployments.routing.policy import Decision, RoutingPolicy, policy_class
+from deployments.routing.policy import ADAPTER_SLOTS, Decision, RoutingPolicy, policy_class
 
 logger = logging.getLogger("ray.serve")
 
@@ -67,16 +67,16 @@ _DECISION_ATTR = "_glm_routing_decision"
 
 
 def _join_seam(router: Any, deployment_id: Any) -> None:
-    """What :mod:`deployments.routing.choosers` reads of every glm-serve request router."""
+    """What :mod:`deployments.routing.live_choosers` reads of every glm-serve request router."""
     router.deployment_key = (deployment_id.app_name, deployment_id.name)
     router.loop = None  # Serve's routing loop, once the router has run on it: where its state is touched
     router.lookup_timeout_s = None  # with the shared placement table: how long a lookup may take
-    choosers.register(router)
+    live_choosers.register(router)
 
 
 class Pow2ReplicaChooser(serve_private.pow2_router_class()):
     """Serve's default power-of-two-choices router, unchanged but for registering itself
-    (:mod:`deployments.routing.choosers`)."""
+    (:mod:`deployments.routing.live_choosers`)."""
 
     def __init__(self, *args: Any, deployment_id: Any, **kwargs: Any) -> None:
         # by keyword, as Serve passes it: Serve's own router puts mixins first in its MRO
@@ -109,7 +109,7 @@ class PolicyReplicaChooser(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Build the policy from ``request_router_kwargs`` (the fields of
-        :class:`~deployments.routing.config.RoutingConfig`); a wrong field fails here."""
+        :class:`~deployments.config.routing.RoutingConfig`); a wrong field fails here."""
         adapter_slots = kwargs.pop(ADAPTER_SLOTS, 1)  # the model's, not a routing field (request_router_config)
         cfg = RoutingConfig(**kwargs)
         self._policy = policy_class(cfg.policy)(cfg)
@@ -140,7 +140,7 @@ class PolicyReplicaChooser(RequestRouter):
         """Ask the shared placement table where ``request``'s conversation lives and stamp the
         answer on ``request.placement`` for :meth:`choose_replicas`; do nothing when the table
         is off or the policy already knows where the conversation's prefix is. Runs on this
-        router's loop (:func:`~deployments.routing.choosers.ask_placement_table`)."""
+        router's loop (:func:`~deployments.routing.live_choosers.ask_placement_table`)."""
         if self._table is None:
             return
         loads = self._loads(list(self.curr_replicas.values()))

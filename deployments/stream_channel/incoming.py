@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from deployments.generation import GenerationChunk
+from deployments.core.generation import GenerationChunk
 from deployments.stream_channel.receiver import StreamReceiver
 from deployments.stream_channel.wire import ChannelClosed
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from deployments.generation import GenerationChunk
+from deployments.core.generation import GenerationChunk
 from deployments.stream_channel.tls import client_context, keep_alive, matches
 from deployments.stream_channel.wire import (
     ACCEPTED,

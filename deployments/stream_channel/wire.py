@@ -2,8 +2,8 @@
 
 A frame is a 4-byte big-endian length and a JSON array ``[stream_key, *values]``: the
 stream's key (random, per request, known only to the router and the engine it sent the
-request to) and the values of a :class:`~deployments.generation.GenerationChunk` in its
-fields' order (:func:`~deployments.generation.chunk_to_wire`; ``logprobs``: null, or
+request to) and the values of a :class:`~deployments.core.generation.GenerationChunk` in its
+fields' order (:func:`~deployments.core.generation.chunk_to_wire`; ``logprobs``: null, or
 ``[[token, logprob, [[token, logprob], ...]], ...]``).
 
 JSON, not pickle: a frame from the network must never be able to run code in the router.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 
-from deployments.generation import GenerationChunk, chunk_from_wire, chunk_to_wire
+from deployments.core.generation import GenerationChunk, chunk_from_wire, chunk_to_wire
 
 Address = tuple[str, int, str, str]
 """A router replica's stream channel: (host, port, secret, SHA-256 of its TLS certificate, hex)."""

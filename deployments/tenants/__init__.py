@@ -1,6 +1,6 @@
 """Tenants: who calls the service, and what each may use.
 
-- :mod:`~deployments.tenants.tenants_file`: the tenants file (``router.tenants_file``) as
+- :mod:`~deployments.tenants.tenants_file`: the tenants file (``router.auth.tenants_file``) as
   typed, validated models, and ``glm-serve hash-key``'s digest;
 - :mod:`~deployments.tenants.directory`: a router replica's view of the tenants, keyed by
   the digest of each API key, kept current as the file changes;

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.named_actor import NamedActor
+from deployments.core.named_actor import NamedActor
 from deployments.tenants.buckets import Grant, Limits, QuotaBook, Standing, burst
 from deployments.tenants.rate_headers import RateLimited, rate_headers
 from deployments.tenants.tenants_file import Tenant

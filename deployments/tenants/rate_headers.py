@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 from deployments.tenants.buckets import Limits, Standing
 
 _HEADER_KINDS = ("requests", "tokens")

@@ -1,6 +1,6 @@
 """The tenants file: which internal apps may call the service, with which keys and limits.
 
-``router.tenants_file`` names a YAML file::
+``router.auth.tenants_file`` names a YAML file::
 
     tenants:
       - name: search-app
@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_TENANT = "default"
-"""The tenant of the keys from ``router.api_keys_env`` / ``router.api_keys_file``, and of
+"""The tenant of the keys from ``router.auth.api_keys_env`` / ``router.auth.api_keys_file``, and of
 every request when no key is required."""
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -157,6 +157,6 @@ def load_tenants(path: str) -> TenantsFile:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"router.tenants_file: cannot read {path}: "
+        raise ValueError(f"router.auth.tenants_file: cannot read {path}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
     return parse_tenants(text, path)

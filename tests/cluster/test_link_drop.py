@@ -47,7 +47,7 @@ asyncio.run(main())
 
 SENDER = """
 import asyncio, json, sys, time
-from deployments.generation import GenerationChunk
+from deployments.core.generation import GenerationChunk
 from deployments.stream_channel import StreamSender
 
 async def main():

@@ -344,7 +344,7 @@ def server(tmp_path_factory):
         subprocess.run([BIN / "ray", "stop", "--force"], env=env, stdout=subprocess.DEVNULL, check=False)
         log.close()
         # `ray stop --force` SIGKILLs the replicas; their vLLM processes must go with them
-        # (deployments/engine_lifetime.py) rather than linger on the machine.
+        # (deployments/engine/lifetime.py) rather than linger on the machine.
         _, alive = psutil.wait_procs(engine_procs, timeout=30)
         assert not alive, f"vLLM processes outlived the cluster: {[(p.pid, p.name()) for p in alive]}"
 

@@ -1,5 +1,5 @@
 """LoRA outputs are right: each adapter's greedy output through the engine glm-serve
-configures (``model.lora``, and the vLLM plug-in deployments/vllm_lora_fix.py) equals
+configures (``model.lora``, and the vLLM plug-in deployments/engine/lora_fix.py) equals
 transformers + PEFT's, token for token; base-model requests in the same batches are
 unaffected. Three adapters of ranks 8, 16 and 32 on the embedded SmolLM2, with two slots,
 so that slots are reused between batches."""

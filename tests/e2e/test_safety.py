@@ -222,7 +222,7 @@ def test_a_burst_of_what_the_router_admits_is_all_served(base_url):
 
 def test_trickled_bodies_free_their_places_and_a_normal_request_is_served(base_url):
     """400 clients each send a request's headers and a sliver of its body, then nothing:
-    past router.body_timeout_s each gets 408 (those past the cap 503 at once) and the
+    past router.deadlines.body_timeout_s each gets 408 (those past the cap 503 at once) and the
     places they held are free again."""
     host, port = base_url.removeprefix("http://").split(":")
     head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -432,7 +432,7 @@ def test_a_client_that_stops_reading_is_cut_its_engine_work_aborted_and_other_st
     (about 10 MB of events), reads up to its first event and then nothing, with a 4 KB
     receive buffer. The kernel's buffers take the first ~4 MB (on loopback the sender's
     grows to 4 MB); once a write to the client has then waited
-    ``router.client_send_timeout_s`` (5 s here), the gate in Serve's proxy cuts it: the
+    ``router.deadlines.client_send_timeout_s`` (5 s here), the gate in Serve's proxy cuts it: the
     router replica sees the client leave (499) before the choices are done, so the
     engine's work is aborted. The router replica's memory stays flat and other streams
     are served meanwhile."""

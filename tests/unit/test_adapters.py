@@ -9,10 +9,10 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from deployments.adapters import AdapterCatalog
 from deployments.config import LoraConfig, ModelConfig
-from deployments.engine_adapters import EngineAdapters
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.engine.adapters import EngineAdapters
+from deployments.lora.catalog import AdapterCatalog
 
 
 def _adapter(path, weights: bytes = b"w") -> None:

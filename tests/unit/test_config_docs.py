@@ -10,8 +10,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from deployments import cli, config_docs
+from deployments import cli
 from deployments.config import AppConfig
+from deployments.config import docs as config_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"

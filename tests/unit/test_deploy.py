@@ -73,8 +73,8 @@ def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
     worker_env = {e["name"]: e for e in container["env"]}
     assert head_env[CALLBACK_ENV]["value"] == worker_env[CALLBACK_ENV]["value"] == CALLBACK
     assert app.router.deployment.ray_actor_options.get("num_cpus", 1) > 0 and head["rayStartParams"]["num-cpus"] == "0"
-    assert app.router.api_keys_env not in head_env
-    assert "secretKeyRef" in worker_env[app.router.api_keys_env]["valueFrom"]
+    assert app.router.auth.api_keys_env not in head_env
+    assert "secretKeyRef" in worker_env[app.router.auth.api_keys_env]["valueFrom"]
 
 
 def test_the_manifest_is_locked_down_and_check_refuses_one_without_ray_auth(tmp_path, capsys):
@@ -123,8 +123,8 @@ def test_the_grafana_dashboard_covers_the_operators_questions_with_series_glm_se
     for topic in ("requests per second", "errors", "time to first token", "inter-token", "running and waiting",
                   "kv cache", "prefix-cache hit rate", "routing decisions"):
         assert topic in titles, topic
-    source = (ROOT / "deployments" / "metrics.py").read_text()
+    source = (ROOT / "deployments" / "ingress" / "metrics.py").read_text()
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     for name in {n for e in exprs for n in re.findall(r"\b(glm_serve_[a-z_]+)", e)}:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
-        assert f'"{base}"' in source, f"{name}: not a series deployments/metrics.py defines"
+        assert f'"{base}"' in source, f"{name}: not a series deployments/ingress/metrics.py defines"

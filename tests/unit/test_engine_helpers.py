@@ -11,10 +11,10 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.config import CpuConfig, StreamingConfig
-from deployments.engine_input import INLINE_RENDER_MAX_SIZE, render_size
-from deployments.engine_setup import apply_cpu_settings, cpu_env, stop_and_sampling_defaults
-from deployments.errors import APIError, EngineUnavailable
-from deployments.generation import GenerationRequest
+from deployments.core.errors import APIError, EngineUnavailable
+from deployments.core.generation import GenerationRequest
+from deployments.engine.engine_args import apply_cpu_settings, cpu_env, stop_and_sampling_defaults
+from deployments.engine.inputs import INLINE_RENDER_MAX_SIZE, render_size
 from deployments.ingress.engine_calls import engine_failure
 from deployments.stream_channel import ChannelClosed
 
@@ -144,8 +144,8 @@ def test_a_forced_tool_calls_grammar_builds_off_the_event_loop_within_its_timeou
     import time
 
     from chat_formats import ChatFormat
-    from deployments import engine_input
-    from deployments.engine_input import RequestInput
+    from deployments.engine import inputs as engine_input
+    from deployments.engine.inputs import RequestInput
 
     class SlowGrammar(ChatFormat):
         name = "slow-grammar"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, PrefixCacheStats, SchedulerStats
 
-from deployments.engine_stats import EngineStats
-from deployments.routing.choosers import engine_replica_stats, register
+from deployments.engine.stats import EngineStats
+from deployments.routing.live_choosers import engine_replica_stats, register
 
 
 def _step(queries: int, hits: int, running: int, waiting: int, usage: float) -> SchedulerStats:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from deployments.ingress.gate_watch import ProxyGateWatch
-from deployments.metrics import RouterMetrics
+from deployments.ingress.metrics import RouterMetrics
 
 
 def test_requests_without_the_gates_mark_are_counted_shown_and_warned_once(caplog):

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployments import protocol
-from deployments.access_log import RequestRecord
 from deployments.config import RouterConfig
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, error_response
-from deployments.json_body import MAX_DEPTH, parse_object
-from deployments.limits import check_limits
+from deployments.openai_api.json_body import MAX_DEPTH, parse_object
+from deployments.openai_api.request_limits import check_limits
+from deployments.openai_api.requests import ChatCompletionRequest, CompletionRequest
 from tests.hostile import HUGE_INT, LONE, hostile_bodies, nested
 
 MODEL = "m"  # the model name tests/hostile.py uses
@@ -28,7 +28,7 @@ MODEL = "m"  # the model name tests/hostile.py uses
 def _context() -> IngressContext:
     from chat_formats import get_chat_format
     from deployments.ingress.admission import Admission
-    from deployments.metrics import RouterMetrics
+    from deployments.ingress.metrics import RouterMetrics
 
     metrics = RouterMetrics()
     return IngressContext(engine=None, receiver=None, model_name=MODEL, chat_format=get_chat_format("template"),
@@ -44,7 +44,7 @@ def _answer(body: bytes, route: type) -> int:
     try:
         data = parse_object(body)
         parsed = ctx.validate(route, data, record)
-        if route is protocol.CompletionRequest:
+        if route is CompletionRequest:
             check_limits(ctx.config.limits, None, prompt=parsed.prompt, max_tokens=parsed.max_tokens,
                          choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
             parsed.sampling_kwargs()
@@ -57,7 +57,7 @@ def _answer(body: bytes, route: type) -> int:
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
-@given(body=hostile_bodies(MODEL), route=st.sampled_from([protocol.ChatCompletionRequest, protocol.CompletionRequest]))
+@given(body=hostile_bodies(MODEL), route=st.sampled_from([ChatCompletionRequest, CompletionRequest]))
 def test_hostile_bodies_get_a_4xx_that_can_be_written_never_an_exception(body, route):
     assert 400 <= _answer(body, route) < 500 or _answer(body, route) == 200
 
@@ -82,12 +82,12 @@ def test_valid_escaped_pairs_and_depth_within_the_limit_pass():
 @pytest.mark.parametrize("key", ["٣", "²", "-1", "+1", "1e3", "99999999999"])
 def test_logit_bias_keys_are_ascii_token_ids(key):
     assert _answer(json.dumps({"model": MODEL, "prompt": "x", "logit_bias": {key: 1}}).encode(),
-                   protocol.CompletionRequest) == 400
+                   CompletionRequest) == 400
 
 
 def test_amplification_is_bounded():
     def completion(**fields) -> int:
-        return _answer(json.dumps({"model": MODEL, "prompt": "x", **fields}).encode(), protocol.CompletionRequest)
+        return _answer(json.dumps({"model": MODEL, "prompt": "x", **fields}).encode(), CompletionRequest)
 
     assert completion(logit_bias={str(i): 1 for i in range(300)}) == 200
     assert completion(logit_bias={str(i): 1 for i in range(301)}) == 400, "OpenAI's cap of 300"

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from deployments.config import RouterConfig
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 from deployments.ingress import health as health_module
 from deployments.ingress.context import IngressContext
 from deployments.ingress.gate_watch import ProxyGateWatch
 from deployments.ingress.health import Health
-from deployments.metrics import RouterMetrics
+from deployments.ingress.metrics import RouterMetrics
 
 
 def _context(**router) -> IngressContext:

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from chat_formats import Glm4Format, chat_formats, get_chat_format
 from deployments.config import AppConfig
+from deployments.config.routing import RoutingConfig
 from deployments.routing import registered_policies
-from deployments.routing.config import RoutingConfig, request_router_config
+from deployments.routing.policy import request_router_config
 from deployments.routing.pow2_policy import Pow2Policy
 from deployments.routing.prefix_policy import PrefixPolicy
 from tests.unit.plugins import BusiestPolicy, ShoutFormat

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat_formats.glm4 import ToolCall, ToolCallStreamParser, parse_tool_call
-from deployments.generation import GenerationChunk
-from deployments.sse import DONE, StreamCounts, StreamEncoder, events
+from deployments.core.generation import GenerationChunk
+from deployments.openai_api.sse import DONE, StreamCounts, StreamEncoder, events
 
 NAMES = ["get_weather", "get_time", "g"]
 

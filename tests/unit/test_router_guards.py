@@ -8,15 +8,15 @@ import json
 import pytest
 from ray.exceptions import ActorDiedError
 
-from deployments.access_log import RequestRecord
-from deployments.auth import ApiKeys
 from deployments.config import RequestLimits, RouterConfig
-from deployments.engine import stalled
-from deployments.errors import APIError, EngineUnavailable
+from deployments.core.errors import APIError, EngineUnavailable
+from deployments.engine.deployment import stalled
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.engine_calls import engine_failure
-from deployments.limits import check_limits
-from deployments.protocol import ChatCompletionRequest
+from deployments.openai_api.request_limits import check_limits
+from deployments.openai_api.requests import ChatCompletionRequest
 from deployments.stream_channel import ChannelClosed
+from deployments.tenants.api_keys import ApiKeys
 
 
 def test_keys_come_from_the_named_variable_and_file(monkeypatch, tmp_path):

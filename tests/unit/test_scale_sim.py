@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.scale_sim import GENERATION_PROMPT, ScaleSim, Workload, run, token_id, tokenize, tokenize_message
-from deployments.simulated.profile import load_profile
+from deployments.config.engine_profile import load_profile
 
 SMALL = Workload(users=48, system_prompts=2, system_words=300, user_words=60, reply_tokens=16, turns=4,
                  think_s=1.0, duration_s=30.0, warmup_s=10.0)

@@ -1,12 +1,12 @@
-"""Caps on schemas that become grammars (deployments/schema_limits.py)."""
+"""Caps on schemas that become grammars (deployments/openai_api/schema_limits.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from deployments.config import SchemaLimits
-from deployments.errors import APIError
-from deployments.schema_limits import check_schema
+from deployments.core.errors import APIError
+from deployments.openai_api.schema_limits import check_schema
 
 LIMITS = SchemaLimits()
 REAL = {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]+$"},

@@ -1,4 +1,4 @@
-"""Ray Serve's private names glm-serve uses are all still there (deployments/serve_private.py).
+"""Ray Serve's private names glm-serve uses are all still there (deployments/core/serve_private.py).
 
 A Ray upgrade that moves one fails here, naming it, instead of in production."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ray
 
-from deployments import serve_private
+from deployments.core import serve_private
 
 
 def test_every_private_serve_name_glm_serve_uses_exists_in_this_ray():
@@ -16,7 +16,7 @@ def test_every_private_serve_name_glm_serve_uses_exists_in_this_ray():
 
 def test_the_private_names_were_read_in_the_installed_ray():
     assert ray.__version__ == serve_private.RAY_VERSION_CHECKED, (
-        f"Ray is {ray.__version__}, deployments/serve_private.py was checked against "
+        f"Ray is {ray.__version__}, deployments/core/serve_private.py was checked against "
         f"{serve_private.RAY_VERSION_CHECKED}: re-read each name in PRIVATE_NAMES in the new Ray's code, "
         "then update RAY_VERSION_CHECKED")
 
@@ -36,4 +36,4 @@ def test_no_module_outside_the_seam_imports_serves_private_surface():
     root = Path(__file__).resolve().parents[2] / "deployments"
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if "serve._private" in p.read_text() and p.name != "serve_private.py"]
-    assert not offenders, f"Serve's private surface is touched outside deployments/serve_private.py: {offenders}"
+    assert not offenders, f"Serve's private surface is touched outside deployments/core/serve_private.py: {offenders}"

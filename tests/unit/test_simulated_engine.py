@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from deployments.simulated.block_cache import BlockPool, block_hashes
-from deployments.simulated.engine import SamplingValues, SimulatedEngine
-from deployments.simulated.profile import EngineProfile, load_profile
-from deployments.simulated.scheduler import Scheduler, SimRequest
+from deployments.config.engine_profile import EngineProfile, load_profile
+from deployments.engine.simulated.block_cache import BlockPool, block_hashes
+from deployments.engine.simulated.engine import SamplingValues, SimulatedEngine
+from deployments.engine.simulated.scheduler import Scheduler, SimRequest
 
 BS = 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from deployments.sse import DONE, StreamEncoder, error_event
+from deployments.openai_api.sse import DONE, StreamEncoder, error_event
 
 
 def _payload(event: bytes) -> dict:
@@ -48,11 +48,11 @@ def test_error_event_and_done():
 import asyncio  # noqa: E402
 
 from chat_formats.glm4 import ToolCallStreamParser  # noqa: E402
-from deployments.generation import (
+from deployments.core.generation import (
     GenerationChunk,  # noqa: E402
     TokenLogprob,  # noqa: E402
 )
-from deployments.sse import StreamCounts, events  # noqa: E402
+from deployments.openai_api.sse import StreamCounts, events  # noqa: E402
 
 
 async def _aiter(items):

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from deployments.errors import APIError
-from deployments.generation import GenerationChunk, TokenLogprob
+from deployments.core.errors import APIError
+from deployments.core.generation import GenerationChunk, TokenLogprob
 from deployments.stream_channel import ChannelClosed, FrameTooLarge, IncomingStream, StreamReceiver, StreamSender
 from deployments.stream_channel import receiver as receiver_module
 from deployments.stream_channel.receiver import StreamOverflow, _ReceiverProtocol

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat_formats.base import ChatFormat
-from chat_formats.registry import register_chat_format
 
 PROMPT_PREFIX = "[gMASK]<sop>"
 SELF_INTRODUCTION = (
@@ -215,7 +214,6 @@ def tool_call_grammar(tools: list[dict[str, Any]], name: str | None = None) -> s
     return str(xgrammar.Grammar.union(*choices) if len(choices) > 1 else choices[0])
 
 
-@register_chat_format
 class Glm4Format(ChatFormat):
     """GLM-4's own format, with OpenAI tools rendered as its tool system block."""
 

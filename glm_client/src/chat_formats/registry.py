@@ -22,14 +22,13 @@ from functools import cache
 from chat_formats.base import ChatFormat
 from chat_formats.plugins import PluginRegistry
 
+BUILTIN_FORMATS = {
+    "glm4": "chat_formats.glm4:Glm4Format",
+    "template": "chat_formats.template:TemplateFormat",
+}
+"""The shipped formats by name: import paths, loaded on first use (no import cycle)."""
 
-def _load_builtins() -> None:
-    # The shipped formats register on import, the same way a plug-in does.
-    import chat_formats.glm4  # noqa: F401
-    import chat_formats.template  # noqa: F401
-
-
-_REGISTRY: PluginRegistry[type[ChatFormat]] = PluginRegistry("chat format", ChatFormat, _load_builtins)
+_REGISTRY: PluginRegistry[type[ChatFormat]] = PluginRegistry("chat format", ChatFormat, BUILTIN_FORMATS)
 
 
 def register_chat_format(cls: type[ChatFormat]) -> type[ChatFormat]:

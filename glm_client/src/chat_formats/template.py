@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from chat_formats.base import ChatFormat
-from chat_formats.registry import register_chat_format
 
 
-@register_chat_format
 class TemplateFormat(ChatFormat):
     """Renders with ``tokenizer.apply_chat_template``, as vLLM's own server does."""
 

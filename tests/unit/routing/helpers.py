@@ -6,8 +6,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.generation import GenerationRequest
-from deployments.routing.config import RoutingConfig
+from deployments.config.routing import RoutingConfig
+from deployments.core.generation import GenerationRequest
 from deployments.routing.prefix_policy import PrefixPolicy
 
 SYSTEM = "You are a helpful assistant for ACME Corp. " * 40  # ~1,700 characters every chat shares

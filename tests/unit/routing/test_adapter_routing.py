@@ -3,8 +3,8 @@ spreads a busy one; the prefix policy salts prefixes by adapter and asks the tab
 
 from __future__ import annotations
 
-from deployments.generation import GenerationRequest
-from deployments.routing.config import RoutingConfig
+from deployments.config.routing import RoutingConfig
+from deployments.core.generation import GenerationRequest
 from deployments.routing.placement_table import PlacementTable
 from deployments.routing.prefix_keys import prefix_keys
 from deployments.routing.prefix_policy import PrefixPolicy

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from deployments.generation import GenerationRequest
-from deployments.routing.config import RoutingConfig
+from deployments.config.routing import RoutingConfig
+from deployments.core.generation import GenerationRequest
 from deployments.routing.prefix_policy import PrefixPolicy
 from tests.unit.routing.helpers import SYSTEM, Hinted, chat, idle, policy, replicas, serve, turns
 
@@ -42,7 +42,7 @@ def test_roles_matter_and_a_next_turn_extends_the_previous_prefix():
 
 def test_keys_are_the_same_in_every_process_not_salted():
     """Python's hash() differs per process; the keys (and so rendezvous) must not."""
-    code = ("from deployments.routing.prefix_policy import PrefixPolicy;from deployments.generation import GenerationRequest;"
+    code = ("from deployments.routing.prefix_policy import PrefixPolicy;from deployments.core.generation import GenerationRequest;"
             "print(PrefixPolicy().keys(GenerationRequest(request_id='x',messages=[{'role':'user','content':'hi'}]))"
             ".hashes[0])")
     here = policy().keys(chat([{"role": "user", "content": "hi"}])).hashes[0]

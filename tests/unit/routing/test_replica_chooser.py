@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from deployments.routing import choosers
-from deployments.routing.config import RoutingConfig, request_router_config
+from deployments.config.routing import RoutingConfig
+from deployments.routing import live_choosers
 from deployments.routing.placement_table import PlacementTable
-from deployments.routing.policy import policy_class
+from deployments.routing.policy import policy_class, request_router_config
 from deployments.routing.prefix_policy import PrefixPolicy
 from tests.unit.routing.helpers import still, turns
 
@@ -94,12 +94,12 @@ def serve_builds(router_class: type) -> Any:
 
 
 def test_both_request_routers_build_as_serve_builds_them_and_join_the_seam():
-    from deployments.routing import choosers
+    from deployments.routing import live_choosers
     from deployments.routing.replica_chooser import PolicyReplicaChooser, Pow2ReplicaChooser
 
     for router_class in (Pow2ReplicaChooser, PolicyReplicaChooser):
         router = serve_builds(router_class)
-        assert router.deployment_key == ("glm", "GLMEngine") and router in choosers.choosers()
+        assert router.deployment_key == ("glm", "GLMEngine") and router in live_choosers.choosers()
 
 
 def make_router(**kwargs: Any) -> Any:
@@ -158,8 +158,8 @@ def test_the_serve_adapter_routes_turns_to_their_replica():
         assert ranks[0] != [chosen] and ranks[-1][-1] is chosen
         router.on_request_routed(spill, ranks[0][0].replica_id, None)
         assert router.decision_counts() == {"affinity": 0, "spilled": 1, "new": 1, "hint": 0, "adapter": 0}
-        assert choosers.decision_counts()["spilled"] >= 1
-        assert choosers.chooser_for("glm", "GLMEngine") is router
+        assert live_choosers.decision_counts()["spilled"] >= 1
+        assert live_choosers.chooser_for("glm", "GLMEngine") is router
 
         # Calls without a GenerationRequest (model_info) or not routed by prefix (tokenize).
         for call in (pending([], "model_info", "i4"), pending([first], "tokenize", "i5")):

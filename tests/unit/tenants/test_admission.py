@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.access_log import RequestRecord
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
-from deployments.metrics import RouterMetrics
+from deployments.ingress.metrics import RouterMetrics
 from deployments.tenants.tenants_file import Tenant, hash_key
 
 

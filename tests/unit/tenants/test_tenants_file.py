@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.auth import ApiKeys
 from deployments.cli import main
-from deployments.errors import APIError
+from deployments.core.errors import APIError
+from deployments.tenants.api_keys import ApiKeys
 from deployments.tenants.tenants_file import hash_key, parse_tenants
 
 
@@ -102,6 +102,6 @@ def test_check_validates_the_tenants_file_a_serve_config_names(tmp_path, capsys)
         {"name": "glm", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args}]}))
     assert main(["check", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "applications[0].args.router.tenants_file: " in err and "tenants[0] (a).priority" in err
+    assert "applications[0].args.router.auth.tenants_file: " in err and "tenants[0] (a).priority" in err
     tenants.write_text(_file(_tenant("a", "k")))
     assert main(["check", str(config)]) == 0

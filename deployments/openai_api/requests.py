@@ -1,20 +1,17 @@
-"""OpenAI wire format: request models, the error shape, and whole (non-streamed) responses.
+"""OpenAI wire format, requests: the request models, and a validation error as a 400.
 
 Requests are validated once, here, with pydantic; everything past this module works
-on plain values. Responses are built as dicts: they are written once per request,
-and streamed chunks (see :mod:`deployments.sse`) never go through pydantic at all.
+on plain values. Responses are plain dicts (:mod:`deployments.openai_api.responses`).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.errors import APIError
-from deployments.generation import Choice, TokenLogprob
+from deployments.core.errors import APIError
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
@@ -43,16 +40,11 @@ def from_validation_error(exc: ValidationError) -> APIError:
     return APIError(400, f"{param}: {message}", param=param)
 
 
-GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
-ADMITTED_ROUTES = GENERATION_ROUTES | {"/tokenize"}
-"""Routes that hold a place under router.max_in_flight_requests while they run: each
-reaches an engine replica and costs it work in proportion to the input."""
-"""The routes that generate, counted against ``router.max_in_flight_requests``."""
 MAX_CHOICES = 16
+"""Most choices (``n``) one request may ask for."""
 MAX_LOGIT_BIAS = 300
 """Most logit_bias entries in one request (OpenAI's own cap)."""
 _TOKEN_ID = re.compile(r"^[0-9]{1,10}$")
-"""Most choices (``n``) one request may ask for."""
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit on chat ``top_logprobs``."""
 MAX_COMPLETION_LOGPROBS = 5
@@ -329,122 +321,3 @@ class TokenizeRequest(WireModel):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("messages: give either messages or prompt")
         return self
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI's ``usage`` object; ``prompt_tokens_details.cached_tokens`` counts the prompt
-    tokens that vLLM's prefix cache supplied (no prefill was spent on them)."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }
-
-
-def chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
-    """A chat choice's ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
-    return {"content": [
-        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
-         "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(tok.encode())} for tok, lp in t.top]}
-        for t in tokens
-    ]}
-
-
-def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    """A completion choice's ``logprobs`` object; ``offset`` is where this text starts
-    in the choice's whole text (``text_offset`` counts from there)."""
-    text_offset = []
-    for t in tokens:
-        text_offset.append(offset)
-        offset += len(t.token)
-    return {
-        "tokens": [t.token for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top) for t in tokens],
-        "text_offset": text_offset,
-    }
-
-
-def chat_completion(request_id: str, model: str, choices: list[dict[str, Any]],
-                    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """A whole ``chat.completion`` object; ``choices`` from :func:`chat_choice`."""
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
-    }
-
-
-def chat_choice(index: int, text: str | None, finish_reason: str | None,
-                tool_calls: list[dict[str, Any]] | None = None,
-                logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
-    """One choice of a whole chat completion (with ``tool_calls`` when the model called a tool)."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return {"index": index, "message": message,
-            "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
-            "finish_reason": finish_reason}
-
-
-def text_completion(request_id: str, model: str, choices: list[Choice], prompt_tokens: int,
-                    cached_tokens: int = 0) -> dict[str, Any]:
-    """A whole ``text_completion`` object."""
-    return {
-        "id": request_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": i, "text": c.text,
-             "logprobs": completion_logprobs(c.logprobs) if c.logprobs is not None else None,
-             "finish_reason": c.finish_reason}
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices), cached_tokens),
-    }
-
-
-def model_list(model_id: str, max_model_len: int, created: int, adapters: list[str] = ()) -> dict[str, Any]:
-    """``GET /v1/models``: the base model, then each LoRA adapter with the base as its ``parent``
-    (vLLM's own server lists adapters the same way)."""
-    models = [{"id": model_id, "object": "model", "created": created, "owned_by": "glm-serve",
-               "max_model_len": max_model_len, "parent": None}]
-    models += [{"id": name, "object": "model", "created": created, "owned_by": "glm-serve",
-                "max_model_len": max_model_len, "parent": model_id} for name in adapters]
-    return {"object": "list", "data": models}
-
-
-def openapi_document(model: str) -> dict[str, Any]:
-    """``GET /openapi.json``: the request bodies, generated from the models above, so the
-    document cannot drift from what the router accepts."""
-    schemas: dict[str, Any] = {}
-
-    def body(model_cls: type[BaseModel]) -> dict[str, Any]:
-        schema = model_cls.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model_cls.__name__] = schema
-        return {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{model_cls.__name__}"}}}}
-
-    error = {"description": "An error in OpenAI's shape: {\"error\": {message, type, param, code}}"}
-    answer = {"200": {"description": "A JSON object, or server-sent events when stream is true"},
-              "400": error, "401": error, "404": error, "413": error, "503": error, "504": error}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "glm-serve", "version": "1", "description": f"OpenAI-compatible API serving `{model}`."},
-        "paths": {
-            "/v1/chat/completions": {"post": {"requestBody": body(ChatCompletionRequest), "responses": answer}},
-            "/v1/completions": {"post": {"requestBody": body(CompletionRequest), "responses": answer}},
-            "/tokenize": {"post": {"requestBody": body(TokenizeRequest), "responses": answer}},
-            "/v1/models": {"get": {"responses": {"200": {"description": "The served model"}}}},
-            "/health": {"get": {"responses": {"200": {"description": "An engine replica is running"},
-                                              "503": error}}},
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}},
-        },
-        "components": {"schemas": schemas},
-    }

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from deployments.routing.choosers import decision_counts, engine_replica_stats, lookup_counts
+from deployments.routing.live_choosers import decision_counts, engine_replica_stats, lookup_counts
 from deployments.routing.placement_service import LOOKUP_RESULTS
 
 # Latency buckets from a few ms (TTFT at low load) to minutes (long generations).
@@ -231,7 +231,7 @@ _ENGINE_SERIES = (
 
 class _EngineReplicas:
     """Each engine replica's vLLM statistics, labelled by replica, as Serve last collected
-    them (every ``engine.routing.stats_period_s``; deployments/engine_stats.py). Every
+    them (every ``engine.routing.stats_period_s``; deployments/engine/stats.py). Every
     router replica sees every engine replica, so one scrape of one router covers them all."""
 
     def collect(self):
@@ -256,7 +256,7 @@ _ADAPTER_SERIES = (
 
 def _adapter_families(stats: dict[str, dict[str, Any]]):
     """Each engine replica's LoRA loads, load time and evictions by adapter, and how many it
-    holds now (deployments/engine_adapters.py)."""
+    holds now (deployments/engine/adapters.py)."""
     for name, help_text, position in _ADAPTER_SERIES:
         family = CounterMetricFamily(name, help_text, labels=["replica", "adapter"])
         for replica, values in sorted(stats.items()):

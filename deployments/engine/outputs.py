@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.generation import TokenLogprob
+from deployments.core.generation import TokenLogprob
 
 
 def token_logprobs(token_ids: Any, candidates: Any, top: int) -> list[TokenLogprob]:

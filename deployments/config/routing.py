@@ -1,12 +1,51 @@
-"""``engine.routing``: how requests pick an engine replica, and what Serve is told."""
+"""``engine.routing``: how requests pick an engine replica.
+
+The shipped routing policies are named here by import path, not imported: the policy
+registry (:mod:`deployments.routing.policy`) loads one on first use, as vLLM's
+tool-parser table does, so config stays below routing in the layers and nothing imports
+in a circle. A plug-in policy is an import path too, imported and checked here.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployments.routing.policy import POLICY_CHOOSER, policy_class
+BUILTIN_POLICIES: dict[str, str] = {
+    "pow2": "deployments.routing.pow2_policy:Pow2Policy",
+    "prefix": "deployments.routing.prefix_policy:PrefixPolicy",
+}
+"""The shipped routing policies: name to import path."""
+
+POLICY_BASE = "deployments.routing.policy:RoutingPolicy"
+"""The class every routing policy derives from."""
+
+
+def check_policy_name(name_or_path: str) -> str:
+    """``name_or_path`` if it is a shipped policy's name or the import path of an existing
+    :data:`POLICY_BASE` subclass (``module:Class`` or ``module.Class``); ValueError naming
+    the known ones otherwise."""
+    if name_or_path in BUILTIN_POLICIES:
+        return name_or_path
+    module_name, sep, attr = name_or_path.partition(":")
+    if not sep:
+        module_name, _, attr = name_or_path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"unknown routing policy {name_or_path!r}; known: {sorted(BUILTIN_POLICIES)}, "
+                         "or an import path 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"routing policy {name_or_path!r}: cannot import {module_name!r} ({exc})") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"routing policy {name_or_path!r}: module {module_name!r} has no {attr!r}")
+    # By the base's import path, not the class: config sits below routing in the layers.
+    if not isinstance(cls, type) or POLICY_BASE not in {f"{c.__module__}:{c.__qualname__}" for c in cls.__mro__}:
+        raise ValueError(f"routing policy {name_or_path!r} is not a RoutingPolicy subclass")
+    return name_or_path
 
 
 def overloaded(load: float, least: float, gap: float, factor: float) -> bool:
@@ -100,8 +139,7 @@ class RoutingConfig(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
-        policy_class(value)  # a ValueError names the known policies
-        return value
+        return check_policy_name(value)
 
     def overloaded(self, load: int, least: int) -> bool:
         """The load guard: whether a replica with ``load`` ongoing requests is too busy to be
@@ -114,19 +152,3 @@ class RoutingConfig(BaseModel):
         period, which Serve's controller takes (all JSON values)."""
         return self.model_dump(exclude={"stats_period_s"})
 
-
-ADAPTER_SLOTS = "adapter_slots"
-"""The request router's keyword for how many adapters an engine replica holds (the model's
-``lora.max_cpu_loras``): not a routing field, so the chooser takes it out before validating."""
-
-
-def request_router_config(cfg: RoutingConfig, adapter_slots: int = 1) -> dict[str, Any]:
-    """What ``Deployment.options(request_router_config=...)`` needs for ``cfg``, with engine
-    replicas that each hold ``adapter_slots`` LoRA adapters.
-    (``DeploymentConfig`` validates on assignment, so the dict becomes a
-    ``RequestRouterConfig``.) Every policy runs in a Serve router class of glm-serve's, so
-    that ``/metrics`` can read the engine statistics Serve hands to request routers."""
-    router = policy_class(cfg.policy).serve_router
-    kwargs = {**cfg.policy_kwargs(), ADAPTER_SLOTS: adapter_slots} if router == POLICY_CHOOSER else {}
-    return {"request_router_class": router, "request_router_kwargs": kwargs,
-            "request_routing_stats_period_s": cfg.stats_period_s}

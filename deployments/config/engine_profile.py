@@ -21,10 +21,12 @@ CUDA-graph batch padding, and a model's reply length (a simulated reply runs to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from deployments.config.base import StrictModel
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "engine-profiles"
 """Where the shipped profiles are; ``model.simulated.profile`` may name one by its file stem."""
@@ -98,3 +100,39 @@ def write_profile(profile: EngineProfile, path: Path) -> None:
     """Write ``profile`` as YAML, fields in declaration order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(profile.model_dump(), sort_keys=False, width=100))
+
+
+class SimulatedEngineConfig(StrictModel):
+    """A simulated engine instead of vLLM: each engine replica batches, caches and evicts
+    as vLLM does and takes the time an engine profile says, without a model
+    (docs/scaling.md#the-simulated-engine)."""
+
+    profile: str = Field(
+        default="cpu-smollm2-135m",
+        description="The engine profile: a shipped one by name (config/engine-profiles/<name>.yaml) or a YAML "
+                    "file's path. `make calibrate` measures one.",
+    )
+    time_scale: float = Field(
+        default=1.0, gt=0.0, le=1000.0,
+        description="Each simulated engine step lasts this many times its profiled time: above 1 slows the engines "
+                    "down, so that many of them on one machine do not outrun the serving layer.",
+    )
+    kv_cache_blocks: int | None = Field(
+        default=None, ge=1, description="KV blocks of each simulated engine. None: the profile's.")
+
+    _profile: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> SimulatedEngineConfig:
+        try:
+            self._profile = load_profile(self.profile)
+        except ValidationError as exc:
+            raise ValueError(f"profile {self.profile!r}: {exc}") from None
+        return self
+
+    @property
+    def engine_profile(self) -> Any:
+        """The loaded :class:`~deployments.config.engine_profile.EngineProfile`."""
+        if self._profile is None:  # a copy that lost its private state: read the file again
+                self._profile = load_profile(self.profile)
+        return self._profile

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from chat_formats import ChatFormat
-from deployments.errors import APIError
-from deployments.generation import GenerationRequest
+from deployments.core.errors import APIError
+from deployments.core.generation import GenerationRequest
 
 INLINE_RENDER_MAX_SIZE = 16_384
 """Requests up to this :func:`render_size` are rendered and tokenized on the replica's
@@ -67,7 +67,7 @@ class RequestInput:
     async def structured(self, request: GenerationRequest) -> dict[str, Any] | None:
         """vLLM's structured-output fields: the request's own, or for a forced tool call the
         grammar of its tools, built in the grammar thread within :data:`GRAMMAR_TIMEOUT_S`
-        (the router already refused schemas past its caps: deployments/schema_limits.py)."""
+        (the router already refused schemas past its caps: deployments/openai_api/schema_limits.py)."""
         if not request.force_tool_call:
             return request.structured
         building = asyncio.get_running_loop().run_in_executor(

@@ -1,9 +1,9 @@
 """The engine deployment: each replica owns one vLLM engine (one GPU, or a set of CPU cores).
 
-A replica turns a :class:`~deployments.generation.GenerationRequest` into token ids
+A replica turns a :class:`~deployments.core.generation.GenerationRequest` into token ids
 (rendering chat messages with the model's own chat template), checks them against
 the context length, and runs them through vLLM's public ``AsyncLLM`` API. It never
-speaks HTTP: the router owns the wire format. See :mod:`deployments.generation` for
+speaks HTTP: the router owns the wire format. See :mod:`deployments.core.generation` for
 what the methods below yield and return.
 
 CPU and GPU run this same code; they differ only in configuration
@@ -21,22 +21,22 @@ from typing import Any
 from ray import serve
 
 from chat_formats import get_chat_format
-from deployments.adapters import AdapterCatalog
 from deployments.config import ModelConfig
-from deployments.engine_adapters import EngineAdapters
-from deployments.engine_backend import vllm_backend
-from deployments.engine_input import RequestInput
-from deployments.engine_lifetime import mark_engine_owner
-from deployments.engine_outputs import ChoiceSoFar
-from deployments.engine_setup import apply_cpu_settings, check_engine_kwargs, stop_and_sampling_defaults
-from deployments.engine_stats import EngineStats, ray_stat_logger
-from deployments.errors import APIError, EngineUnavailable, model_not_found
-from deployments.generation import (
+from deployments.core.errors import APIError, EngineUnavailable, model_not_found
+from deployments.core.generation import (
     Choice,
     GenerationChunk,
     GenerationRequest,
     GenerationResult,
 )
+from deployments.engine.adapters import EngineAdapters
+from deployments.engine.backend import vllm_backend
+from deployments.engine.engine_args import apply_cpu_settings, check_engine_kwargs, stop_and_sampling_defaults
+from deployments.engine.inputs import RequestInput
+from deployments.engine.lifetime import mark_engine_owner
+from deployments.engine.outputs import ChoiceSoFar
+from deployments.engine.stats import EngineStats, ray_stat_logger
+from deployments.lora.catalog import AdapterCatalog
 from deployments.stream_channel import FrameTooLarge, ReplyTo, StreamSender
 
 logger = logging.getLogger("glm_serve.engine")
@@ -67,7 +67,7 @@ class EngineDeployment:
         self._format = get_chat_format(config.chat_format)
         self._stats = EngineStats()
         if config.simulated is not None:
-            from deployments.simulated.engine import simulated_backend, simulated_engine, simulated_tokenizer
+            from deployments.engine.simulated.engine import simulated_backend, simulated_engine, simulated_tokenizer
 
             # No generation config: a simulated reply runs to max_tokens, whatever its eos ids.
             self._tokenizer = simulated_tokenizer(config)
@@ -125,7 +125,7 @@ class EngineDeployment:
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve's routing-stats hook, polled by the controller every
         ``engine.routing.stats_period_s``: vLLM's scheduler totals for the routers'
-        ``/metrics`` (deployments/engine_stats.py)."""
+        ``/metrics`` (deployments/engine/stats.py)."""
         stats = self._stats.snapshot()
         if self._adapters is not None:
             stats.update(self._adapters.snapshot())
@@ -240,7 +240,7 @@ class EngineDeployment:
 
     # ---- internals --------------------------------------------------------------
     async def _lora(self, request: GenerationRequest) -> Any:
-        """The request's adapter, loaded (deployments/engine_adapters.py), or None for the base
+        """The request's adapter, loaded (deployments/engine/adapters.py), or None for the base
         model; :class:`APIError` when it names one this replica cannot serve."""
         if request.adapter is None:
             return None

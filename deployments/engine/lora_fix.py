@@ -21,6 +21,8 @@ import functools
 import logging
 from typing import Any
 
+from deployments.engine.vllm_private import cpu_lora_kernels
+
 logger = logging.getLogger("glm_serve.vllm_lora_fix")
 
 _PATCHED = "_glm_serve_base_rows_zeroed"
@@ -53,11 +55,10 @@ def _zeroing_base_rows(shrink: Any) -> Any:
 
 def register() -> None:
     """The plug-in's entry point: patch the CPU LoRA shrink kernels if they have the bug."""
-    try:
-        from vllm.lora.ops.torch_ops import lora_ops
-        from vllm.lora.punica_wrapper import punica_cpu
-    except Exception:  # not a vLLM with these modules: nothing to fix
+    kernels = cpu_lora_kernels()
+    if kernels is None:
         return
+    lora_ops, punica_cpu = kernels
     if getattr(lora_ops.bgmv_shrink, _PATCHED, False) or not _indexes_last_slot(lora_ops.bgmv_shrink):
         return
     fixed = _zeroing_base_rows(lora_ops.bgmv_shrink)

@@ -1,10 +1,10 @@
 """A simulated engine with the face of vLLM's ``AsyncLLM``, for ``model.simulated``.
 
-The engine deployment (:mod:`deployments.engine`) calls it exactly as it calls vLLM:
+The engine deployment (:mod:`deployments.engine.deployment`) calls it exactly as it calls vLLM:
 ``generate(prompt, params, request_id, priority=..., lora_request=...)`` yields outputs with
 ``outputs[i].text / token_ids / finish_reason / logprobs`` and ``num_cached_tokens`` in
 DELTA mode; ``check_health``, ``model_config.max_model_len`` and the stat loggers work the
-same. Behind it, one asyncio task runs :class:`~deployments.simulated.scheduler.Scheduler`
+same. Behind it, one asyncio task runs :class:`~deployments.engine.simulated.scheduler.Scheduler`
 steps and sleeps each step's profiled time (times ``time_scale``) instead of computing a
 model. It imports neither torch nor vLLM: a replica is a Serve actor and a tokenizer.
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from deployments.engine_backend import EngineBackend
-from deployments.simulated.profile import EngineProfile
-from deployments.simulated.scheduler import Scheduler, SimRequest, Step
+from deployments.config.engine_profile import EngineProfile
+from deployments.engine.backend import EngineBackend
+from deployments.engine.simulated.scheduler import Scheduler, SimRequest, Step
 
 FILLER_TEXT = " the"
 """What each simulated token decodes to: one token of most tokenizers, the same token again

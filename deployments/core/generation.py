@@ -9,8 +9,8 @@ The router sends one :class:`GenerationRequest`. The engine answers with either
 * ``EngineDeployment.complete``: one :class:`GenerationResult`.
 
 A request the engine refuses (too long, bad sampling values, a schema it cannot
-compile) raises :class:`~deployments.errors.APIError` before anything is sent;
-:class:`~deployments.errors.EngineUnavailable` means the engine itself failed (its
+compile) raises :class:`~deployments.core.errors.APIError` before anything is sent;
+:class:`~deployments.core.errors.EngineUnavailable` means the engine itself failed (its
 vLLM core died); any other exception is a bug (500). These
 are plain slotted dataclasses, not pydantic models: one is encoded per streamed
 chunk, so they must cost next to nothing.

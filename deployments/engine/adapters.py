@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.adapters import Adapter, AdapterCatalog
-from deployments.errors import APIError, model_not_found
+from deployments.core.errors import APIError, model_not_found
+from deployments.lora.catalog import Adapter, AdapterCatalog
 
 
 @dataclass(slots=True)

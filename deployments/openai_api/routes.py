@@ -13,6 +13,12 @@ from typing import Any
 
 _HIDDEN = (b"%3f", b"%23")
 
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+"""The routes that generate."""
+ADMITTED_ROUTES = GENERATION_ROUTES | {"/tokenize"}
+"""Routes that hold a place under router.max_in_flight_requests while they run: each
+reaches an engine replica and costs it work in proportion to the input."""
+
 
 def route_path(scope: Mapping[str, Any]) -> str:
     """The ASGI ``scope``'s path without the application's ``root_path`` (Serve's route

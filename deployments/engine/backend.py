@@ -1,7 +1,7 @@
 """What the engine deployment needs from its engine library, in one place.
 
-The engine deployment (:mod:`deployments.engine`) speaks vLLM's public API. A simulated
-engine (``model.simulated``, :mod:`deployments.simulated`) speaks the same API without
+The engine deployment (:mod:`deployments.engine.deployment`) speaks vLLM's public API. A simulated
+engine (``model.simulated``, :mod:`deployments.engine.simulated`) speaks the same API without
 importing vLLM, so the few vLLM types the deployment builds or catches come from here: vLLM's
 for a real engine, the simulation's for a simulated one.
 """
@@ -36,7 +36,8 @@ def vllm_backend() -> EngineBackend:
     from vllm import SamplingParams, TokensPrompt
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from deployments.engine.vllm_private import engine_dead_error
 
     return EngineBackend(
         sampling_params=SamplingParams,
@@ -44,5 +45,5 @@ def vllm_backend() -> EngineBackend:
         tokens_prompt=lambda ids: TokensPrompt(prompt_token_ids=ids),
         delta=RequestOutputKind.DELTA,
         request_errors=(VLLMClientError, ValueError),
-        dead_errors=(EngineDeadError,),
+        dead_errors=(engine_dead_error(),),
     )

@@ -6,13 +6,15 @@ vLLM hands its scheduler statistics to stat loggers (its documented extension po
 :meth:`EngineStats.snapshot` from Serve's ``record_routing_stats`` hook; Serve's
 controller polls that hook every ``engine.routing.stats_period_s`` and hands the result
 to every router replica's request router, where ``/metrics`` reads it
-(:func:`deployments.routing.choosers.engine_replica_stats`). Nothing is sent per request or per token.
+(:func:`deployments.routing.live_choosers.engine_replica_stats`). Nothing is sent per request or per token.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from deployments.engine.vllm_private import ray_prometheus_stat_logger, stat_logger_base
 
 
 @dataclass(slots=True)
@@ -56,11 +58,9 @@ class EngineStats:
 
     def logger_factory(self) -> Any:
         """A vLLM ``StatLoggerFactory`` whose loggers record into this object."""
-        from vllm.v1.metrics.loggers import StatLoggerBase
-
         stats = self
 
-        class _Recorder(StatLoggerBase):
+        class _Recorder(stat_logger_base()):  # type: ignore[misc]
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
@@ -79,6 +79,4 @@ def ray_stat_logger() -> Any:
     per-process registry (``RayPrometheusStatLogger``, as Ray Serve LLM attaches it): they
     appear on each node's metrics export as ``ray_vllm_*``, tagged ``ReplicaId`` with the
     engine replica's id."""
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
-
-    return RayPrometheusStatLogger
+    return ray_prometheus_stat_logger()

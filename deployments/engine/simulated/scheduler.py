@@ -2,7 +2,7 @@
 
 :meth:`Scheduler.step` does what one vLLM 0.32 engine step does (``vllm/v1/core/sched/
 scheduler.py``), and returns how long the step would take by the engine's profile instead
-of running a model. Both the simulated engine replica (:mod:`deployments.simulated.engine`,
+of running a model. Both the simulated engine replica (:mod:`deployments.engine.simulated.engine`,
 which sleeps that long) and the discrete-event simulator (:mod:`benchmarks.scale_sim`,
 which advances a virtual clock) drive it, so they batch, cache and evict alike.
 
@@ -26,8 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.simulated.block_cache import BlockHash, BlockPool, block_hashes
-from deployments.simulated.profile import EngineProfile
+from deployments.config.engine_profile import EngineProfile
+from deployments.engine.simulated.block_cache import BlockHash, BlockPool, block_hashes
 
 
 @dataclass(slots=True, eq=False)

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from deployments.config import SchemaLimits
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 
 _ALTERNATIVES = ("anyOf", "oneOf", "allOf")
 

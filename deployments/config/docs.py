@@ -161,7 +161,7 @@ def _submodel(path: str, annotation: Any) -> type[BaseModel] | None:
         return any(_is_model(x) or nested(x) for x in get_args(a))
 
     if nested(annotation):
-        raise ConfigDocsError(f"{path}: a model inside a container is not supported by deployments/config_docs.py")
+        raise ConfigDocsError(f"{path}: a model inside a container is not supported by deployments/config/docs.py")
     return None
 
 
@@ -366,11 +366,11 @@ def render(model: type[BaseModel] = AppConfig, notes: Mapping[str, str] | None =
     paths = {s.path for s in all_sections}
     stale = sorted(set(notes) - paths)
     if stale:
-        raise ConfigDocsError(f"deployments/config_docs.py has notes for sections that no longer exist: {stale}")
+        raise ConfigDocsError(f"deployments/config/docs.py has notes for sections that no longer exist: {stale}")
 
     lines = [
         f"<!-- Generated from deployments/config.py by `{COMMAND}`: edit the Field descriptions there, "
-        "or the prose in deployments/config_docs.py, not this file. -->",
+        "or the prose in deployments/config/docs.py, not this file. -->",
         "",
         HEADER.rstrip(),
         "",

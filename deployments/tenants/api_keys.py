@@ -2,10 +2,10 @@
 
 Keys come from three sources, none of them the config file:
 
-- ``router.tenants_file``: tenants, each with the SHA-256 digests of its keys and its own
+- ``router.auth.tenants_file``: tenants, each with the SHA-256 digests of its keys and its own
   limits (:mod:`deployments.tenants.tenants_file`);
-- ``router.api_keys_env``: an environment variable of the router replicas' processes with
-  comma-separated keys, and ``router.api_keys_file``: a file with one key per line (``#``
+- ``router.auth.api_keys_env``: an environment variable of the router replicas' processes with
+  comma-separated keys, and ``router.auth.api_keys_file``: a file with one key per line (``#``
   starts a comment). Their keys belong to the ``default`` tenant, which has no limits.
 
 A configured source that yields no key is an error at start-up, so a typo never leaves
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 from deployments.tenants.tenants_file import DEFAULT_TENANT, Tenant, hash_key, load_tenants
 
 logger = logging.getLogger("glm_serve.router")
@@ -41,7 +41,7 @@ RELOAD_CHECK_S = 1.0
 def _env_keys(env_name: str) -> list[str]:
     found = [k.strip() for k in os.environ.get(env_name, "").split(",") if k.strip()]
     if not found:
-        raise ValueError(f"router.api_keys_env: the environment variable {env_name} is unset or empty "
+        raise ValueError(f"router.auth.api_keys_env: the environment variable {env_name} is unset or empty "
                          "in the router replica's process")
     return [hash_key(k) for k in found]
 
@@ -50,11 +50,11 @@ def _file_keys(file_name: str) -> list[str]:
     try:
         lines = Path(file_name).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"router.api_keys_file: cannot read {file_name}: "
+        raise ValueError(f"router.auth.api_keys_file: cannot read {file_name}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
     found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not found:
-        raise ValueError(f"router.api_keys_file: {file_name} holds no key")
+        raise ValueError(f"router.auth.api_keys_file: {file_name} holds no key")
     return [hash_key(k) for k in found]
 
 
@@ -143,7 +143,7 @@ class ApiKeys:
             try:
                 changed |= self._tenants_file.changed()
             except ValueError as exc:  # a half-saved edit: keep the last valid tenants
-                logger.error("router.tenants_file did not validate, the last valid version stays in force: %s", exc)
+                logger.error("router.auth.tenants_file did not validate, the last valid version stays in force: %s", exc)
         if changed:
             try:
                 self._rebuild()
@@ -155,8 +155,8 @@ class ApiKeys:
         tenants = list(self._tenants_file.value.tenants) if self._tenants_file is not None else []  # type: ignore[union-attr]
         if plain:
             if any(t.name == DEFAULT_TENANT for t in tenants):
-                raise ValueError(f"router.tenants_file: the name {DEFAULT_TENANT!r} is taken by the keys of "
-                                 "router.api_keys_env / api_keys_file")
+                raise ValueError(f"router.auth.tenants_file: the name {DEFAULT_TENANT!r} is taken by the keys of "
+                                 "router.auth.api_keys_env / api_keys_file")
             tenants.append(default_tenant(plain))
         by_digest = {digest: tenant for tenant in tenants for digest in tenant.keys}
         self.tenants = {t.name: t for t in tenants}

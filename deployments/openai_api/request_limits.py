@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployments.config import RequestLimits
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 
 
 def prompt_chars(messages: list[Any] | None, prompt: Any) -> int:

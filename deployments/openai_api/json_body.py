@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from deployments.errors import APIError
+from deployments.core.errors import APIError
 
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays a body may have (a JSON schema needs far less)."""

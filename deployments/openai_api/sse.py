@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from chat_formats import ToolCallParser
-from deployments.errors import error_body
-from deployments.generation import GenerationChunk, TokenLogprob
-from deployments.protocol import chat_logprobs, completion_logprobs, usage
+from deployments.core.errors import error_body
+from deployments.core.generation import GenerationChunk, TokenLogprob
+from deployments.openai_api.responses import chat_logprobs, completion_logprobs, usage
 
 DONE = b"data: [DONE]\n\n"
 
