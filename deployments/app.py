@@ -2,7 +2,7 @@
 
 ``serve run config/serve.yaml`` calls :func:`build_app` with the config's ``args``
 block. It validates them once (an unknown or wrong field fails here, by name) and
-binds the graph ``RouterDeployment -> EngineDeployment``.
+binds the graph ``IngressDeployment -> EngineDeployment``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from ray.serve import Application
 from deployments.config import AppConfig
 from deployments.engine.deployment import EngineDeployment
 from deployments.engine.engine_args import check_engine_kwargs
-from deployments.ingress.deployment import RouterDeployment
+from deployments.ingress.deployment import IngressDeployment
 from deployments.routing.policy import request_router_config
 
 ENGINE_DEPLOYMENT = "GLMEngine"
-ROUTER_DEPLOYMENT = "GLMRouter"
+INGRESS_DEPLOYMENT = "GLMRouter"
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -31,6 +31,6 @@ def build_app(args: dict[str, Any]) -> Application:
     options["request_router_config"] = request_router_config(config.engine.routing, lora.slots if lora else 1)
     engine = EngineDeployment.options(name=ENGINE_DEPLOYMENT, **options).bind(
         config.model, config.engine.stall_timeout_s, config.engine.export_ray_metrics)
-    return RouterDeployment.options(
-        name=ROUTER_DEPLOYMENT, **config.router.deployment.serve_options()
+    return IngressDeployment.options(
+        name=INGRESS_DEPLOYMENT, **config.router.deployment.serve_options()
     ).bind(engine, config.model, config.router, warm_engine=not config.engine.may_scale_to_zero)

@@ -9,7 +9,7 @@ Layout of ``args``::
 
     model:     which checkpoint and how vLLM runs it           -> ModelConfig
     engine:    the engine deployment (replicas, resources)     -> EngineDeploymentConfig
-    router:    the HTTP ingress (limits, its own deployment)   -> RouterConfig
+    router:    the HTTP ingress (limits, its own deployment)   -> IngressConfig
 """
 
 from deployments.config.app import AppConfig
@@ -17,11 +17,11 @@ from deployments.config.base import BUILDER, StrictModel, is_builder
 from deployments.config.engine_profile import EngineProfile, SimulatedEngineConfig, load_profile
 from deployments.config.lora import ADAPTER_NAME, LORA_RANKS, LoraConfig
 from deployments.config.model import CpuConfig, ModelConfig, StreamingConfig
-from deployments.config.router import RequestLimits, RouterConfig, SchemaLimits
+from deployments.config.router import IngressConfig, RequestLimits, SchemaLimits
 from deployments.config.routing import RoutingConfig
-from deployments.config.serve_options import DeploymentOptions, EngineDeploymentConfig, RouterDeploymentOptions
+from deployments.config.serve_options import DeploymentOptions, EngineDeploymentConfig, IngressDeploymentOptions
 
 __all__ = ["ADAPTER_NAME", "BUILDER", "LORA_RANKS", "AppConfig", "CpuConfig", "DeploymentOptions",
-           "EngineDeploymentConfig", "EngineProfile", "LoraConfig", "ModelConfig", "RequestLimits", "RouterConfig",
-           "RouterDeploymentOptions", "RoutingConfig", "SchemaLimits", "SimulatedEngineConfig", "StreamingConfig",
+           "EngineDeploymentConfig", "EngineProfile", "LoraConfig", "ModelConfig", "RequestLimits", "IngressConfig",
+           "IngressDeploymentOptions", "RoutingConfig", "SchemaLimits", "SimulatedEngineConfig", "StreamingConfig",
            "StrictModel", "is_builder", "load_profile"]

@@ -6,7 +6,7 @@ from pydantic import Field, model_validator
 
 from deployments.config.base import StrictModel
 from deployments.config.model import ModelConfig
-from deployments.config.router import RouterConfig
+from deployments.config.router import IngressConfig
 from deployments.config.serve_options import EngineDeploymentConfig, check_queue_holds_admitted
 
 
@@ -21,8 +21,8 @@ class AppConfig(StrictModel):
         description="The engine deployment (one vLLM engine per replica): its Serve options, its stall watch, "
                     "its metrics and how requests pick an engine replica.",
     )
-    router: RouterConfig = Field(
-        default_factory=RouterConfig,
+    router: IngressConfig = Field(
+        default_factory=IngressConfig,
         description="The HTTP ingress: authentication, admission, deadlines, request limits and its own Serve "
                     "options.",
     )

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from deployments.config.base import StrictModel
-from deployments.config.serve_options import RouterDeploymentOptions, check_queue_holds_admitted
+from deployments.config.serve_options import IngressDeploymentOptions, check_queue_holds_admitted
 
 
 class SchemaLimits(StrictModel):
@@ -46,7 +46,7 @@ class RequestLimits(StrictModel):
     )
 
 
-class RouterAuth(StrictModel):
+class IngressAuth(StrictModel):
     """``router.auth``: who may call. With a key source set, every route but /health needs
     'Authorization: Bearer <key>' (docs/tenants.md)."""
 
@@ -70,7 +70,7 @@ class RouterAuth(StrictModel):
     )
 
 
-class RouterDeadlines(StrictModel):
+class IngressDeadlines(StrictModel):
     """``router.deadlines``: how long each part of a request may take before it is cut."""
 
     request_timeout_s: float = Field(
@@ -101,14 +101,14 @@ class RouterDeadlines(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _first_token_within_the_request(self) -> RouterDeadlines:
+    def _first_token_within_the_request(self) -> IngressDeadlines:
         if self.first_token_timeout_s > self.request_timeout_s:
             raise ValueError("first_token_timeout_s must not exceed request_timeout_s")
         return self
 
 
-MOVED_KEYS: dict[str, str] = {**{name: "auth" for name in RouterAuth.model_fields},
-                              **{name: "deadlines" for name in RouterDeadlines.model_fields}}
+MOVED_KEYS: dict[str, str] = {**{name: "auth" for name in IngressAuth.model_fields},
+                              **{name: "deadlines" for name in IngressDeadlines.model_fields}}
 """Keys that were once ``router.<key>`` and are now ``router.<section>.<key>``: still read
 from their old place (``glm-serve check`` names the new one)."""
 
@@ -120,7 +120,7 @@ def moved_keys(router: Any) -> list[tuple[str, str]]:
     return [(f"router.{key}", f"router.{MOVED_KEYS[key]}.{key}") for key in router if key in MOVED_KEYS]
 
 
-class RouterConfig(StrictModel):
+class IngressConfig(StrictModel):
     """The HTTP ingress: authentication, request limits, deadlines and its own Serve options."""
 
     max_request_body_bytes: int = Field(
@@ -171,16 +171,16 @@ class RouterConfig(StrictModel):
             "loopback when the whole app runs on one machine."
         ),
     )
-    auth: RouterAuth = Field(
-        default_factory=RouterAuth,
+    auth: IngressAuth = Field(
+        default_factory=IngressAuth,
         description="Who may call: API keys, tenants, and whether /metrics needs a key.",
     )
-    deadlines: RouterDeadlines = Field(
-        default_factory=RouterDeadlines,
+    deadlines: IngressDeadlines = Field(
+        default_factory=IngressDeadlines,
         description="How long a request, its first token, its body, its client and /health may take.",
     )
-    deployment: RouterDeploymentOptions = Field(
-        default_factory=RouterDeploymentOptions,
+    deployment: IngressDeploymentOptions = Field(
+        default_factory=IngressDeploymentOptions,
         description="Serve options of the router deployment (the HTTP ingress).",
     )
 
@@ -200,7 +200,7 @@ class RouterConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _room_above_the_stream_cap(self) -> RouterConfig:
+    def _room_above_the_stream_cap(self) -> IngressConfig:
         # A router replica full of streams must still take /health, /metrics and the
         # requests it refuses itself; Serve would otherwise queue or refuse those too.
         cap = self.max_in_flight_requests

@@ -130,7 +130,7 @@ class EngineDeploymentConfig(DeploymentOptions):
         return self.model_dump(exclude_none=True, exclude={"stall_timeout_s", "routing", "export_ray_metrics"})
 
 
-class RouterDeploymentOptions(DeploymentOptions):
+class IngressDeploymentOptions(DeploymentOptions):
     """Serve options of the router deployment (the HTTP ingress)."""
 
     # The router only relays bytes; one replica handles thousands of streams, so it

@@ -3,7 +3,7 @@
     Exception
     ├── APIError            a response in OpenAI's error shape: a request the router or an
     │                       engine refused (4xx), or a failure mapped to 5xx. Raised anywhere,
-    │                       written to the client in one place (RouterDeployment.__call__,
+    │                       written to the client in one place (IngressDeployment.__call__,
     │                       or an SSE error event once a stream has begun).
     └── EngineUnavailable   an engine replica's vLLM engine died; the router answers 503
                             and Serve's health check replaces the replica.

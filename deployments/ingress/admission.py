@@ -9,7 +9,7 @@ import time
 from deployments.core.errors import overloaded
 from deployments.ingress import access_log
 from deployments.ingress.access_log import RequestRecord
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 from deployments.openai_api.routes import ADMITTED_ROUTES, GENERATION_ROUTES
 from deployments.tenants.quota_service import TenantQuotas
 
@@ -21,7 +21,7 @@ class Admission:
     """Counts the generation requests this replica serves now against ``cap``
     (``router.max_in_flight_requests``; None: no cap), and closes each request's record."""
 
-    def __init__(self, cap: int | None, metrics: RouterMetrics, quotas: TenantQuotas | None = None,
+    def __init__(self, cap: int | None, metrics: IngressMetrics, quotas: TenantQuotas | None = None,
                  batch_share: float = 1.0) -> None:
         self.cap = cap
         self.batch_cap = None if cap is None else max(1, int(cap * batch_share))

@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from chat_formats import ChatFormat
-from deployments.config import RouterConfig
+from deployments.config import IngressConfig
 from deployments.core.errors import APIError, model_not_found
 from deployments.core.generation import GenerationRequest
 from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 from deployments.lora.catalog import AdapterCatalog
 from deployments.openai_api.json_body import parse_object
 from deployments.openai_api.requests import from_validation_error
@@ -39,8 +39,8 @@ class IngressContext:
     """Where engine replicas send this replica's streamed chunks (deployments/stream_channel.py)."""
     model_name: str
     chat_format: ChatFormat
-    config: RouterConfig
-    metrics: RouterMetrics
+    config: IngressConfig
+    metrics: IngressMetrics
     admission: Admission
     default_max_tokens: int | None = None
     """The model's default_max_tokens: what a request that sets none may generate per choice."""

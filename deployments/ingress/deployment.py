@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from chat_formats import get_chat_format
-from deployments.config import ModelConfig, RouterConfig
+from deployments.config import IngressConfig, ModelConfig
 from deployments.core.errors import APIError
 from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
@@ -49,7 +49,7 @@ from deployments.ingress.context import IngressContext, error_response
 from deployments.ingress.gate_watch import ProxyGateWatch
 from deployments.ingress.health import Health
 from deployments.ingress.introspection import Metrics, OpenAPI
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 from deployments.ingress.models import Models
 from deployments.ingress.tokenize import Tokenize
 from deployments.lora.catalog import AdapterCatalog
@@ -71,12 +71,12 @@ def _node_ip() -> str:
 
 
 @serve.deployment
-class RouterDeployment:
+class IngressDeployment:
     """OpenAI-compatible HTTP API in front of the engine deployment."""
 
-    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: RouterConfig,
+    def __init__(self, engine: DeploymentHandle, model: ModelConfig, config: IngressConfig,
                  warm_engine: bool = True):
-        metrics = RouterMetrics(export=config.export_ray_metrics)
+        metrics = IngressMetrics(export=config.export_ray_metrics)
         self._ctx = ctx = IngressContext(
             engine=engine,
             # Chunks come back over a direct connection from the engine replicas; Serve
@@ -168,7 +168,7 @@ def _with_rate_headers(response: Response, record: RequestRecord) -> Response:
     return response
 
 
-def _router_replicas(config: RouterConfig) -> int:
+def _router_replicas(config: IngressConfig) -> int:
     """The router replicas a tenant's limit is split over when the quota actor is out of
     reach: the configured count, or autoscaling's most (the strict side)."""
     options = config.deployment

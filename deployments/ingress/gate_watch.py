@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 
 logger = logging.getLogger("glm_serve.router")
 
@@ -26,7 +26,7 @@ WARN_EVERY_S = 300.0
 class ProxyGateWatch:
     """Counts generation requests with and without the gate's mark."""
 
-    def __init__(self, metrics: RouterMetrics) -> None:
+    def __init__(self, metrics: IngressMetrics) -> None:
         self._metrics = metrics
         self.through = 0
         self.bypassed = 0

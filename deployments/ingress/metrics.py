@@ -67,7 +67,7 @@ class _Series:
             self._ray.observe(value, self._tags)
 
 
-class RouterMetrics:
+class IngressMetrics:
     """The counters and histograms the router keeps. ``export``: also through Ray's metrics
     agent, as ``ray_glm_serve_*`` (``router.export_ray_metrics``)."""
 
@@ -135,11 +135,11 @@ class RouterMetrics:
 
     def export_routing(self) -> None:
         """Bring the routing series exported through Ray's metrics agent
-        (``ray_glm_serve_routing_decisions_total``, ``..._directory_lookups_total``) up to the
+        (``ray_glm_serve_routing_decisions_total``, ``..._placement_lookups_total``) up to the
         totals ``/metrics`` shows. Cheap (two dicts of four numbers); a no-op without export."""
         if not self._routing_counters:
             return
-        for tag, totals in (("decision", decision_counts()), ("result", directory_lookup_counts())):
+        for tag, totals in (("decision", decision_counts()), ("result", placement_lookup_counts())):
             counter = self._routing_counters[tag]
             for value, total in totals.items():
                 delta = total - self._routing_exported.get((tag, value), 0)
@@ -188,12 +188,12 @@ class RouterMetrics:
 
 
 _DECISIONS = ("glm_serve_routing_decisions", "Engine replica choices of the prefix router.")
-_LOOKUPS = ("glm_serve_routing_directory_lookups",
+_LOOKUPS = ("glm_serve_routing_placement_lookups",
             "Lookups of the prefix router in the shared placement table: hit (known conversation), placed "
             "(placed now), timeout or unavailable (placed by rendezvous hashing instead).")
 
 
-def directory_lookup_counts() -> dict[str, int]:
+def placement_lookup_counts() -> dict[str, int]:
     """The placement-table lookups of the request routers in this process, by outcome."""
     return lookup_counts(LOOKUP_RESULTS)
 
@@ -205,7 +205,7 @@ class _RoutingDecisions:
 
     def collect(self):
         for (name, help_text), label, totals in ((_DECISIONS, "decision", decision_counts()),
-                                                 (_LOOKUPS, "result", directory_lookup_counts())):
+                                                 (_LOOKUPS, "result", placement_lookup_counts())):
             family = CounterMetricFamily(name, help_text, labels=[label])
             for value, count in sorted(totals.items()):
                 family.add_metric([value], count)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from deployments.ingress.gate_watch import ProxyGateWatch
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 
 
 def test_requests_without_the_gates_mark_are_counted_shown_and_warned_once(caplog):
-    metrics = RouterMetrics()
+    metrics = IngressMetrics()
     watch = ProxyGateWatch(metrics)
     assert watch.state() == {"status": "unknown", "through": 0, "bypassed": 0}
     watch.saw("1")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployments.config import RouterConfig
+from deployments.config import IngressConfig
 from deployments.core.errors import APIError
 from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.context import IngressContext, error_response
@@ -28,11 +28,11 @@ MODEL = "m"  # the model name tests/hostile.py uses
 def _context() -> IngressContext:
     from chat_formats import get_chat_format
     from deployments.ingress.admission import Admission
-    from deployments.ingress.metrics import RouterMetrics
+    from deployments.ingress.metrics import IngressMetrics
 
-    metrics = RouterMetrics()
+    metrics = IngressMetrics()
     return IngressContext(engine=None, receiver=None, model_name=MODEL, chat_format=get_chat_format("template"),
-                          config=RouterConfig(), metrics=metrics, admission=Admission(None, metrics),
+                          config=IngressConfig(), metrics=metrics, admission=Admission(None, metrics),
                           default_max_tokens=512)
 
 

@@ -9,23 +9,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployments.config import RouterConfig
+from deployments.config import IngressConfig
 from deployments.core.errors import APIError
 from deployments.ingress import health as health_module
 from deployments.ingress.context import IngressContext
 from deployments.ingress.gate_watch import ProxyGateWatch
 from deployments.ingress.health import Health
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 
 
 def _context(**router) -> IngressContext:
     from chat_formats import get_chat_format
     from deployments.ingress.admission import Admission
 
-    metrics = RouterMetrics()
+    metrics = IngressMetrics()
     engine = SimpleNamespace(app_name="glm", deployment_name="GLMEngine")
     return IngressContext(engine=engine, receiver=None, model_name="m", chat_format=get_chat_format("template"),
-                          config=RouterConfig(**router), metrics=metrics, admission=Admission(None, metrics))
+                          config=IngressConfig(**router), metrics=metrics, admission=Admission(None, metrics))
 
 
 def test_a_stampede_of_health_probes_costs_one_controller_call(monkeypatch):

@@ -8,7 +8,7 @@ import json
 import pytest
 from ray.exceptions import ActorDiedError
 
-from deployments.config import RequestLimits, RouterConfig
+from deployments.config import IngressConfig, RequestLimits
 from deployments.core.errors import APIError, EngineUnavailable
 from deployments.engine.deployment import stalled
 from deployments.ingress.access_log import RequestRecord
@@ -87,9 +87,9 @@ def test_any_configured_key_is_accepted_as_the_default_tenant(monkeypatch):
 
 def test_the_env_var_name_is_validated():
     with pytest.raises(ValueError, match="api_keys_env"):
-        RouterConfig(api_keys_env="MY KEYS")
+        IngressConfig(api_keys_env="MY KEYS")
     with pytest.raises(ValueError, match="first_token_timeout_s"):
-        RouterConfig(first_token_timeout_s=700, request_timeout_s=600)
+        IngressConfig(first_token_timeout_s=700, request_timeout_s=600)
 
 
 def _chat(**fields):

@@ -7,7 +7,7 @@ import pytest
 from deployments.core.errors import APIError
 from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.admission import Admission
-from deployments.ingress.metrics import RouterMetrics
+from deployments.ingress.metrics import IngressMetrics
 from deployments.tenants.tenants_file import Tenant, hash_key
 
 
@@ -17,7 +17,7 @@ def _record(batch: bool) -> RequestRecord:
 
 
 def test_batch_requests_are_refused_first_when_the_replica_is_nearly_full():
-    admission = Admission(8, RouterMetrics(), batch_share=0.75)
+    admission = Admission(8, IngressMetrics(), batch_share=0.75)
     held = [_record(batch=True) for _ in range(6)]
     for record in held:
         admission.admit(record)
@@ -35,7 +35,7 @@ def test_batch_requests_are_refused_first_when_the_replica_is_nearly_full():
 
 
 def test_usage_is_counted_per_tenant_by_name():
-    metrics = RouterMetrics()
+    metrics = IngressMetrics()
     admission = Admission(None, metrics)
     record = _record(batch=False)
     admission.admit(record)
