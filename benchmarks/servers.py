@@ -32,8 +32,8 @@ import yaml
 
 from benchmarks.cpu_usage import process_stats, session_pids
 from deployments.config import ModelConfig
+from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from deployments.engine.engine_args import cpu_env
-from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
         # proxy gate, as `glm-serve run` (`make serve`) installs it.
         proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", str(run_config)], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", CALLBACK_ENV: CALLBACK})
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", PROXY_CALLBACK_ENV: PROXY_CALLBACK})
         try:
             base = f"http://127.0.0.1:{port}"
             yield base, _wait_healthy(f"{base}/health", proc, log, timeout_s), proc.pid

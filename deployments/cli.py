@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from deployments.config import AppConfig, is_builder
 from deployments.config import docs as config_docs
+from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from deployments.config.router import moved_keys
-from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
 from deployments.tenants.tenants_file import hash_key, load_tenants, parse_tenants
 
 
@@ -187,12 +187,12 @@ def _install_proxy_gate() -> None:
     """Ask the Ray that `serve run` starts to put glm-serve's admission gate in its HTTP
     proxy (deployments/proxy_gate.py). Ray reads the variable when a node's proxy starts,
     so it takes effect on a cluster `serve run` starts, not on one it joins (`--address`)."""
-    current = os.environ.get(CALLBACK_ENV)
+    current = os.environ.get(PROXY_CALLBACK_ENV)
     if current is None:
-        os.environ[CALLBACK_ENV] = CALLBACK
-    elif current != CALLBACK:
-        print(f"glm-serve: {CALLBACK_ENV}={current!r} is your own proxy callback, so the proxy gate is not "
-              f"installed; add {CALLBACK}() to the middlewares it returns to keep fast refusals", file=sys.stderr)
+        os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
+    elif current != PROXY_CALLBACK:
+        print(f"glm-serve: {PROXY_CALLBACK_ENV}={current!r} is your own proxy callback, so the proxy gate is not "
+              f"installed; add {PROXY_CALLBACK}() to the middlewares it returns to keep fast refusals", file=sys.stderr)
 
 
 def config_docs_command(write: str | None, check: str | None) -> int:

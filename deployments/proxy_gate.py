@@ -51,19 +51,15 @@ from deployments.config import AppConfig, is_builder
 from deployments.core import serve_private
 from deployments.core.errors import APIError, overloaded
 from deployments.ingress.access_log import to_stderr
-from deployments.openai_api.routes import ADMITTED_ROUTES, ambiguity, route_path
+from deployments.openai_api.routes import ADMITTED_ROUTES, GATE_HEADER, ambiguity, route_path
 
 logger = logging.getLogger("glm_serve.proxy_gate")
 
-CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-CALLBACK = "deployments.proxy_gate.middlewares"
 REFRESH_S = 5.0
 """How often each proxy asks Serve's controller for the applications' bounds. Between two
 asks a router replica that started or stopped shifts the cap by its share; the routers'
 own checks cover the difference."""
 REFUSED_BY_HEADER = "x-glm-serve-refused-by"
-GATE_HEADER = "x-glm-serve-gate"
-"""Set on every request the gate passes to Serve's proxy (a client's own copy is dropped)."""
 _GATE_HEADER_BYTES = GATE_HEADER.encode()
 _GATE_MARK = (_GATE_HEADER_BYTES, b"1")
 

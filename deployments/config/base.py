@@ -8,6 +8,12 @@ BUILDER = "deployments.app.build_app"
 """The app builder's import path (Serve accepts ``module:attr`` and ``module.attr`` alike)."""
 
 
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+"""The variable Ray reads, when a node's HTTP proxy starts, for a callback returning its middlewares."""
+PROXY_CALLBACK = "deployments.proxy_gate.middlewares"
+"""The proxy gate's import path, for :data:`PROXY_CALLBACK_ENV`."""
+
+
 def is_builder(import_path: object) -> bool:
     """Whether a Serve application's ``import_path`` is glm-serve's app builder."""
     return str(import_path).replace(":", ".") == BUILDER

@@ -53,8 +53,7 @@ from deployments.ingress.metrics import IngressMetrics
 from deployments.ingress.models import Models
 from deployments.ingress.tokenize import Tokenize
 from deployments.lora.catalog import AdapterCatalog
-from deployments.openai_api.routes import ADMITTED_ROUTES, ambiguity, route_path
-from deployments.proxy_gate import GATE_HEADER
+from deployments.openai_api.routes import ADMITTED_ROUTES, GATE_HEADER, ambiguity, route_path
 from deployments.stream_channel import StreamReceiver
 from deployments.tenants.api_keys import ApiKeys
 from deployments.tenants.quota_service import TenantQuotas, quota_actor_name

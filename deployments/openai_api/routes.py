@@ -18,6 +18,9 @@ GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 ADMITTED_ROUTES = GENERATION_ROUTES | {"/tokenize"}
 """Routes that hold a place under router.max_in_flight_requests while they run: each
 reaches an engine replica and costs it work in proportion to the input."""
+GATE_HEADER = "x-glm-serve-gate"
+"""Set by the proxy gate on every request it passes to Serve's proxy (a client's own copy
+is dropped), so that the ingress knows whether the gate runs in front of it."""
 
 
 def route_path(scope: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from benchmarks.servers import deploy_failed
-from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
+from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from tests.e2e import tiny_glm
 from tests.waiting import wait_until
 
@@ -296,7 +296,7 @@ def server(tmp_path_factory):
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_CPU_", "GOMP_", "OMP_"))}
     # and glm-serve's admission gate in Serve's proxy, set where `ray start` runs as an
     # operator would (`glm-serve run` sets it for the cluster it starts)
-    env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS), CALLBACK_ENV: CALLBACK}
+    env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", API_KEYS_ENV: ",".join(API_KEYS), PROXY_CALLBACK_ENV: PROXY_CALLBACK}
     ray_port, metrics_port = _free_port(), _free_port()
     subprocess.run(
         [BIN / "ray", "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=2",

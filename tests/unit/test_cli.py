@@ -17,7 +17,7 @@ from ray.serve._private.http_util import validate_http_proxy_callback_return
 from ray.serve._private.utils import call_function_from_import_path
 
 from deployments import cli
-from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
+from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # not resolved: the venv's bin, where pip puts scripts
@@ -170,17 +170,17 @@ def test_run_execs_the_serve_next_to_python(tmp_path, capsys, monkeypatch):
 def test_run_installs_the_proxy_gate_unless_another_callback_is_set(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "execvp", _fake_execvp([]))
     path = _write(tmp_path, GOOD)
-    monkeypatch.delenv(CALLBACK_ENV, raising=False)
+    monkeypatch.delenv(PROXY_CALLBACK_ENV, raising=False)
     with pytest.raises(_Exec):
         cli.main(["run", path])
-    assert os.environ[CALLBACK_ENV] == CALLBACK
+    assert os.environ[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
     # what Ray's proxy will do with it: import, call, check it is a list of middlewares
-    assert validate_http_proxy_callback_return(call_function_from_import_path(CALLBACK))
+    assert validate_http_proxy_callback_return(call_function_from_import_path(PROXY_CALLBACK))
 
-    monkeypatch.setenv(CALLBACK_ENV, "mine.middlewares")
+    monkeypatch.setenv(PROXY_CALLBACK_ENV, "mine.middlewares")
     with pytest.raises(_Exec):
         cli.main(["run", path])
-    assert os.environ[CALLBACK_ENV] == "mine.middlewares", "a user's own callback is kept"
+    assert os.environ[PROXY_CALLBACK_ENV] == "mine.middlewares", "a user's own callback is kept"
     assert "proxy gate is not installed" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from deployments.cli import check_file, main
 from deployments.config import AppConfig
-from deployments.proxy_gate import CALLBACK, CALLBACK_ENV
+from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
@@ -71,7 +71,7 @@ def test_gpus_only_on_workers_one_per_pod_and_the_model_on_every_gpu_pod():
     # replicas run: the workers, since the head offers no CPU to schedule them on.
     head_env = {e["name"]: e for e in head["template"]["spec"]["containers"][0]["env"]}
     worker_env = {e["name"]: e for e in container["env"]}
-    assert head_env[CALLBACK_ENV]["value"] == worker_env[CALLBACK_ENV]["value"] == CALLBACK
+    assert head_env[PROXY_CALLBACK_ENV]["value"] == worker_env[PROXY_CALLBACK_ENV]["value"] == PROXY_CALLBACK
     assert app.router.deployment.ray_actor_options.get("num_cpus", 1) > 0 and head["rayStartParams"]["num-cpus"] == "0"
     assert app.router.auth.api_keys_env not in head_env
     assert "secretKeyRef" in worker_env[app.router.auth.api_keys_env]["valueFrom"]
