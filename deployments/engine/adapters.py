@@ -17,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from deployments.core.engine_snapshot import AdapterCounts, EngineSnapshot
 from deployments.core.errors import APIError, model_not_found
 from deployments.lora.catalog import Adapter, AdapterCatalog
 
 
 @dataclass(slots=True)
-class AdapterCounts:
-    """One adapter's loads on this replica."""
+class _Counts:
+    """One adapter's loads on this replica (mutable; reported as an AdapterCounts)."""
 
     loads: int = 0
     load_seconds: float = 0.0
@@ -44,16 +45,16 @@ class EngineAdapters:
         self._loaded: set[int] = set()
         self._failed: dict[int, str] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        self.counts: dict[str, AdapterCounts] = {}
+        self.counts: dict[str, _Counts] = {}
 
     def resident(self) -> list[str]:
         """Names of the adapters loaded now (as of the last load), sorted."""
         return sorted({self._names[i] for i in self._loaded})
 
-    def snapshot(self) -> dict[str, Any]:
-        """What the routers' ``/metrics`` and routing read (plain values)."""
-        return {"adapters": self.resident(),
-                "adapter_counts": {name: [c.loads, c.load_seconds, c.evictions] for name, c in self.counts.items()}}
+    def report(self, snapshot: EngineSnapshot) -> EngineSnapshot:
+        """``snapshot`` with the adapters held now and each one's counts."""
+        counts = {name: AdapterCounts(c.loads, c.load_seconds, c.evictions) for name, c in self.counts.items()}
+        return replace(snapshot, adapters=tuple(self.resident()), adapter_counts=counts)
 
     async def lora_request(self, name: str) -> Any:
         """vLLM's ``LoRARequest`` for adapter ``name``, loaded: 404 when there is no such
@@ -93,12 +94,12 @@ class EngineAdapters:
             reason = _reason(exc, adapter)
             self._failed[request.lora_int_id] = reason
             raise self._refusal(adapter, reason) from None
-        counts = self.counts.setdefault(adapter.name, AdapterCounts())
+        counts = self.counts.setdefault(adapter.name, _Counts())
         counts.loads += 1
         counts.load_seconds += time.perf_counter() - started
         now = set(await self._engine.list_loras())
         for gone in self._loaded - now:
-            self.counts.setdefault(self._names[gone], AdapterCounts()).evictions += 1
+            self.counts.setdefault(self._names[gone], _Counts()).evictions += 1
         self._loaded = now | {request.lora_int_id}
 
     @staticmethod

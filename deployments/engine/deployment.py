@@ -125,11 +125,11 @@ class EngineDeployment:
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve's routing-stats hook, polled by the controller every
         ``engine.routing.stats_period_s``: vLLM's scheduler totals for the routers'
-        ``/metrics`` (deployments/engine/stats.py)."""
-        stats = self._stats.snapshot()
+        ``/metrics`` and routing (deployments/core/engine_snapshot.py)."""
+        snapshot = self._stats.snapshot()
         if self._adapters is not None:
-            stats.update(self._adapters.snapshot())
-        return stats
+            snapshot = self._adapters.report(snapshot)
+        return snapshot.to_wire()
 
     def __del__(self) -> None:
         sender = getattr(self, "_sender", None)

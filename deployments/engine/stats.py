@@ -3,10 +3,12 @@
 vLLM hands its scheduler statistics to stat loggers (its documented extension point,
 ``AsyncLLM.from_engine_args(stat_loggers=...)``) after every engine step.
 :class:`EngineStats` keeps running totals of them. The engine deployment returns
-:meth:`EngineStats.snapshot` from Serve's ``record_routing_stats`` hook; Serve's
-controller polls that hook every ``engine.routing.stats_period_s`` and hands the result
-to every router replica's request router, where ``/metrics`` reads it
-(:func:`deployments.routing.live_choosers.engine_replica_stats`). Nothing is sent per request or per token.
+:meth:`EngineStats.snapshot` (an :class:`~deployments.core.engine_snapshot.EngineSnapshot`)
+from Serve's ``record_routing_stats`` hook; Serve's controller polls that hook every
+``engine.routing.stats_period_s`` and hands the result to every ingress replica's request
+router, where ``/metrics`` reads it
+(:func:`deployments.routing.live_choosers.engine_replica_stats`). Nothing is sent per
+request or per token.
 """
 
 from __future__ import annotations
@@ -14,25 +16,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from deployments.core.engine_snapshot import EngineSnapshot
 from deployments.engine.vllm_private import ray_prometheus_stat_logger, stat_logger_base
 
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counters since the engine started, and the scheduler's latest state."""
+    """Running totals of vLLM's scheduler statistics, folded in after every engine step;
+    the fields are :class:`~deployments.core.engine_snapshot.EngineSnapshot`'s counters."""
 
     prefix_cache_queries: int = 0
-    """Prompt tokens looked up in the prefix cache."""
     prefix_cache_hits: int = 0
-    """Of those, tokens found there (no prefill spent on them)."""
     prompt_tokens_computed: int = 0
-    """Prompt tokens the engine had to prefill."""
     generation_tokens: int = 0
     preemptions: int = 0
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
-    """Fraction of the KV cache's blocks in use, 0 to 1."""
 
     def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
         """Fold one engine step's ``SchedulerStats`` / ``IterationStats`` (either may be None)
@@ -52,9 +52,9 @@ class EngineStats:
             prompt = getattr(iteration_stats, "prompt_token_stats", None)
             self.prompt_tokens_computed += getattr(prompt, "computed", 0) if prompt is not None else 0
 
-    def snapshot(self) -> dict[str, Any]:
-        """The totals as a plain dict (what crosses Ray to the routers)."""
-        return asdict(self)
+    def snapshot(self) -> EngineSnapshot:
+        """The totals now (a field missing from the snapshot is a TypeError here)."""
+        return EngineSnapshot(**asdict(self))
 
     def logger_factory(self) -> Any:
         """A vLLM ``StatLoggerFactory`` whose loggers record into this object."""

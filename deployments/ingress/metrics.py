@@ -11,12 +11,14 @@ deploy/grafana/glm-serve.json queries both kinds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from deployments.core.engine_snapshot import AdapterCounts, EngineSnapshot
 from deployments.routing.live_choosers import decision_counts, engine_replica_stats, lookup_counts
 from deployments.routing.placement_service import LOOKUP_RESULTS
 
@@ -212,60 +214,61 @@ class _RoutingDecisions:
             yield family
 
 
-# (name, help, kind, EngineStats field): vLLM's own scheduler counters per engine replica.
-_ENGINE_SERIES = (
+# (name, help, kind, the value of one replica's snapshot): vLLM's own scheduler counters.
+_ENGINE_SERIES: tuple[tuple[str, str, str, Callable[[EngineSnapshot], float]], ...] = (
     ("glm_serve_engine_prefix_cache_queries", "Prompt tokens looked up in the engine's prefix cache.",
-     "counter", "prefix_cache_queries"),
+     "counter", lambda s: s.prefix_cache_queries),
     ("glm_serve_engine_prefix_cache_hits", "Prompt tokens found in the engine's prefix cache.",
-     "counter", "prefix_cache_hits"),
+     "counter", lambda s: s.prefix_cache_hits),
     ("glm_serve_engine_prompt_tokens_computed", "Prompt tokens the engine prefilled.",
-     "counter", "prompt_tokens_computed"),
-    ("glm_serve_engine_generation_tokens", "Tokens the engine generated.", "counter", "generation_tokens"),
-    ("glm_serve_engine_preemptions", "Requests the engine preempted (KV cache full).", "counter", "preemptions"),
-    ("glm_serve_engine_requests_running", "Requests in the engine's running batch.", "gauge", "running"),
-    ("glm_serve_engine_requests_waiting", "Requests waiting in the engine's scheduler.", "gauge", "waiting"),
+     "counter", lambda s: s.prompt_tokens_computed),
+    ("glm_serve_engine_generation_tokens", "Tokens the engine generated.", "counter", lambda s: s.generation_tokens),
+    ("glm_serve_engine_preemptions", "Requests the engine preempted (KV cache full).", "counter",
+     lambda s: s.preemptions),
+    ("glm_serve_engine_requests_running", "Requests in the engine's running batch.", "gauge", lambda s: s.running),
+    ("glm_serve_engine_requests_waiting", "Requests waiting in the engine's scheduler.", "gauge", lambda s: s.waiting),
     ("glm_serve_engine_kv_cache_usage", "Fraction of the engine's KV cache in use (0-1).", "gauge",
-     "kv_cache_usage"),
+     lambda s: s.kv_cache_usage),
 )
 
 
 class _EngineReplicas:
     """Each engine replica's vLLM statistics, labelled by replica, as Serve last collected
-    them (every ``engine.routing.stats_period_s``; deployments/engine/stats.py). Every
-    router replica sees every engine replica, so one scrape of one router covers them all."""
+    them (every ``engine.routing.stats_period_s``; deployments/core/engine_snapshot.py). Every
+    ingress replica sees every engine replica, so one scrape of one ingress covers them all."""
 
     def collect(self):
         stats = engine_replica_stats()
-        for name, help_text, kind, field in _ENGINE_SERIES:
+        for name, help_text, kind, value in _ENGINE_SERIES:
             family_cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             family = family_cls(name, help_text, labels=["replica"])
-            for replica, values in sorted(stats.items()):
-                if field in values:
-                    family.add_metric([replica], values[field])
+            for replica, snapshot in sorted(stats.items()):
+                family.add_metric([replica], value(snapshot))
             yield family
         yield from _adapter_families(stats)
 
 
-# (name, help, position in EngineAdapters.snapshot()'s [loads, load_seconds, evictions]).
-_ADAPTER_SERIES = (
-    ("glm_serve_engine_adapter_loads", "LoRA adapters loaded into the engine (vLLM's add_lora of one not loaded).", 0),
-    ("glm_serve_engine_adapter_load_seconds", "Time spent loading LoRA adapters.", 1),
-    ("glm_serve_engine_adapter_evictions", "LoRA adapters the engine dropped to make room (max_cpu_loras).", 2),
+# (name, help, the value of one adapter's counts).
+_ADAPTER_SERIES: tuple[tuple[str, str, Callable[[AdapterCounts], float]], ...] = (
+    ("glm_serve_engine_adapter_loads", "LoRA adapters loaded into the engine (vLLM's add_lora of one not loaded).",
+     lambda c: c.loads),
+    ("glm_serve_engine_adapter_load_seconds", "Time spent loading LoRA adapters.", lambda c: c.load_seconds),
+    ("glm_serve_engine_adapter_evictions", "LoRA adapters the engine dropped to make room (max_cpu_loras).",
+     lambda c: c.evictions),
 )
 
 
-def _adapter_families(stats: dict[str, dict[str, Any]]):
+def _adapter_families(stats: dict[str, EngineSnapshot]):
     """Each engine replica's LoRA loads, load time and evictions by adapter, and how many it
     holds now (deployments/engine/adapters.py)."""
-    for name, help_text, position in _ADAPTER_SERIES:
+    for name, help_text, value in _ADAPTER_SERIES:
         family = CounterMetricFamily(name, help_text, labels=["replica", "adapter"])
-        for replica, values in sorted(stats.items()):
-            for adapter, counts in sorted(values.get("adapter_counts", {}).items()):
-                family.add_metric([replica, adapter], counts[position])
+        for replica, snapshot in sorted(stats.items()):
+            for adapter, counts in sorted(snapshot.adapter_counts.items()):
+                family.add_metric([replica, adapter], value(counts))
         yield family
     loaded = GaugeMetricFamily("glm_serve_engine_adapters_loaded", "LoRA adapters the engine holds now.",
                                labels=["replica"])
-    for replica, values in sorted(stats.items()):
-        if "adapters" in values:
-            loaded.add_metric([replica], len(values["adapters"]))
+    for replica, snapshot in sorted(stats.items()):
+        loaded.add_metric([replica], len(snapshot.adapters))
     yield loaded

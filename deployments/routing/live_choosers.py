@@ -20,6 +20,8 @@ import asyncio
 import weakref
 from typing import Any
 
+from deployments.core.engine_snapshot import EngineSnapshot
+
 _CHOOSERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -62,14 +64,16 @@ async def ask_placement_table(app_name: str, deployment_name: str, request: Any)
         future.cancel()
 
 
-def engine_replica_stats() -> dict[str, dict[str, Any]]:
+def engine_replica_stats() -> dict[str, EngineSnapshot]:
     """The latest statistics of every engine replica the request routers in this process
     know, by replica id: what each replica's ``record_routing_stats`` returned when Serve's
-    controller last polled it (``{}`` until the first poll)."""
-    stats: dict[str, dict[str, Any]] = {}
+    controller last polled it (a replica not polled yet is left out)."""
+    stats: dict[str, EngineSnapshot] = {}
     for chooser in choosers():
         for replica in list(chooser.curr_replicas.values()):
-            stats[replica.replica_id.unique_id] = dict(replica.routing_stats or {})
+            snapshot = EngineSnapshot.from_wire(replica.routing_stats)
+            if snapshot is not None:
+                stats[replica.replica_id.unique_id] = snapshot
     return stats
 
 

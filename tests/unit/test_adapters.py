@@ -7,6 +7,8 @@ import asyncio
 import os
 
 import pytest
+
+from deployments.core.engine_snapshot import EngineSnapshot
 from pydantic import ValidationError
 
 from deployments.config import LoraConfig, ModelConfig
@@ -108,5 +110,7 @@ def test_adapters_load_once_count_evictions_and_refuse_a_broken_one_by_name(tmp_
     asyncio.run(run())
     assert engine.calls == 4, "a refused adapter is not tried again until its files change"
     assert adapters.resident() == ["b", "c"]
-    counts = adapters.snapshot()["adapter_counts"]
-    assert {name: (c[0], c[2]) for name, c in counts.items()} == {"a": (1, 1), "b": (1, 0), "c": (1, 0)}
+    report = adapters.report(EngineSnapshot())
+    assert report.adapters == ("b", "c")
+    assert {name: (c.loads, c.evictions) for name, c in report.adapter_counts.items()} == {
+        "a": (1, 1), "b": (1, 0), "c": (1, 0)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, PrefixCacheStats, SchedulerStats
 
+from deployments.core.engine_snapshot import EngineSnapshot
 from deployments.engine.stats import EngineStats
 from deployments.routing.live_choosers import engine_replica_stats, register
 
@@ -23,9 +24,10 @@ def test_counters_add_up_and_gauges_take_the_latest_step():
     stats.record(_step(50, 50, running=1, waiting=0, usage=0.5), None)
     stats.record(None, None)
     snap = stats.snapshot()
-    assert snap["prefix_cache_queries"] == 150 and snap["prefix_cache_hits"] == 110
-    assert snap["generation_tokens"] == 3 and snap["prompt_tokens_computed"] == 40
-    assert (snap["running"], snap["waiting"], snap["kv_cache_usage"]) == (1, 0, 0.5)
+    assert snap.prefix_cache_queries == 150 and snap.prefix_cache_hits == 110
+    assert snap.generation_tokens == 3 and snap.prompt_tokens_computed == 40
+    assert (snap.running, snap.waiting, snap.kv_cache_usage) == (1, 0, 0.5)
+    assert EngineSnapshot.from_wire(snap.to_wire()) == snap, "the wire form reads back as it was written"
 
 
 def test_the_logger_factory_makes_a_vllm_stat_logger_that_records_here():
@@ -49,5 +51,5 @@ def test_routers_report_what_serve_collected_from_each_replica():
 
     router = _Router()
     register(router)
-    assert engine_replica_stats()["a"] == {"running": 2}
-    assert engine_replica_stats()["b"] == {}, "a replica not yet polled reports nothing"
+    assert engine_replica_stats()["a"] == EngineSnapshot(running=2)
+    assert "b" not in engine_replica_stats(), "a replica not yet polled reports nothing"
