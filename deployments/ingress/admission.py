@@ -43,7 +43,13 @@ class Admission:
         record.admitted = True
 
     def finish(self, record: RequestRecord) -> None:
-        """The one place a request is counted and logged, when it ends (once)."""
+        """The one place a request is counted and logged, when it ends.
+
+        Its end has one owner at a time: :meth:`IngressDeployment.__call__
+        <deployments.ingress.deployment.IngressDeployment.__call__>` until it returns a
+        stream, then the stream's relay (:func:`deployments.ingress.engine_calls.stream`),
+        which ends it when the stream does, or when its body is dropped unread. The guard
+        below only makes a second call harmless; no path relies on it."""
         if record.finished:
             return
         record.finished = True

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -108,55 +109,63 @@ class IngressDeployment:
         self._warmup = engine.model_info.remote() if warm_engine else None
 
     async def __call__(self, request: Request) -> Response:
+        """Answer one HTTP request. Its record ends here (counted, logged, its admission and
+        tenant units settled) unless it became a stream, whose relay then owns its end
+        (:func:`deployments.ingress.engine_calls.stream`): one owner at any time, never two."""
         ctx = self._ctx
         path = route_path(request.scope)
         handler = self._routes.get((request.method, path))
         # Unknown paths share one label: a scanner must not mint a metrics series per URL.
         record = RequestRecord(route=path if handler else "unmatched", method=request.method)
+        response: Response | None = None
         try:
-            why = ambiguity(request.scope)
-            if why is not None:
-                raise APIError(400, f"Refused: {why}.")
-            if not self._api_keys.enabled:
-                tenant: Tenant | None = self._api_keys.anonymous
-            elif path in self._open_paths:
-                tenant = None  # a probe or a scrape: nobody's
-            else:
-                tenant = self._api_keys.identify(request.headers.get("authorization"))
-            record.caller = tenant
-            if handler is None:
-                if path in self._paths:
-                    raise APIError(405, f"Method {request.method} is not allowed on {path}.")
-                raise APIError(404, f"No route {path}.", "not_found_error")
-            if path in ADMITTED_ROUTES:
-                self._gate.saw(request.headers.get(GATE_HEADER))
-                ctx.admission.admit(record)
-                record.ticket = await ctx.admission.quotas.admit(tenant)  # type: ignore[union-attr,arg-type]
-            response = await handler(request, record)
+            response = await self._answer(request, record, path, handler)
+            if isinstance(response, StreamingResponse):
+                return _with_rate_headers(response, record)  # its relay ends the record
+            record.status = response.status_code
         except APIError as exc:
             record.status, record.error_code = exc.status, exc.code or exc.type
             if isinstance(exc, RateLimited):
                 record.error_code = f"rate_limit:{exc.kind}"
-            ctx.admission.finish(record)
-            return _with_rate_headers(error_response(exc), record)
+            response = error_response(exc)
         except ClientDisconnect:
             record.status = 499
-            ctx.admission.finish(record)
-            return Response(status_code=499)
+            response = Response(status_code=499)
         except asyncio.CancelledError:  # the client left while we waited: release its admission
             record.status = 499
-            ctx.admission.finish(record)
             raise
         except Exception as exc:  # never let one request take the replica's loop down
             logger.exception("unhandled error on %s", path)
             error = APIError(500, f"Internal error: {type(exc).__name__}", "server_error")
             record.status, record.error_code = error.status, error.code or error.type
-            ctx.admission.finish(record)
-            return error_response(error)
-        if not isinstance(response, StreamingResponse):  # a stream's record ends in its relay
-            record.status = response.status_code
-            ctx.admission.finish(record)
+            response = error_response(error)
+        finally:
+            if not isinstance(response, StreamingResponse):
+                ctx.admission.finish(record)
         return _with_rate_headers(response, record)
+
+    async def _answer(self, request: Request, record: RequestRecord, path: str, handler: Any) -> Response:
+        """Authenticate, admit and hand the request to its endpoint; raises APIError."""
+        ctx = self._ctx
+        why = ambiguity(request.scope)
+        if why is not None:
+            raise APIError(400, f"Refused: {why}.")
+        if not self._api_keys.enabled:
+            tenant: Tenant | None = self._api_keys.anonymous
+        elif path in self._open_paths:
+            tenant = None  # a probe or a scrape: nobody's
+        else:
+            tenant = self._api_keys.identify(request.headers.get("authorization"))
+        record.caller = tenant
+        if handler is None:
+            if path in self._paths:
+                raise APIError(405, f"Method {request.method} is not allowed on {path}.")
+            raise APIError(404, f"No route {path}.", "not_found_error")
+        if path in ADMITTED_ROUTES:
+            self._gate.saw(request.headers.get(GATE_HEADER))
+            ctx.admission.admit(record)
+            record.ticket = await ctx.admission.quotas.admit(tenant)  # type: ignore[union-attr,arg-type]
+        return await handler(request, record)
 
 
 def _with_rate_headers(response: Response, record: RequestRecord) -> Response:
