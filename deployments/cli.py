@@ -3,7 +3,7 @@
 `serve run` finds a bad config only in the Serve controller, after Ray has started, and
 then waits on. `glm-serve check` finds it in a second, one line per bad field, starting no
 Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`.
-`glm-serve config-docs` renders docs/configuration.md from deployments/config.py;
+`glm-serve config-docs` renders docs/configuration.md from deployments/config/;
 `glm-serve hash-key` prints the digest of an API key for the tenants file."""
 
 import argparse
@@ -212,7 +212,7 @@ def config_docs_command(write: str | None, check: str | None) -> int:
             current = None
             print(f"{check}: cannot read it: {e.strerror}", file=sys.stderr)
         if current != text:
-            print(f"{check} is stale: deployments/config.py has changed since it was generated; run "
+            print(f"{check} is stale: deployments/config/ has changed since it was generated; run "
                   f"`{config_docs.COMMAND}` (glm-serve config-docs --write {check}) and commit it", file=sys.stderr)
             return 1
         print(f"{check}: up to date")
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("config", metavar="CONFIG", help="Serve config file, e.g. config/serve-cpu.yaml")
     r.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",
                    help="passed on to `serve run` as they are, e.g. --address auto")
-    d = sub.add_parser("config-docs", help="print docs/configuration.md as rendered from deployments/config.py")
+    d = sub.add_parser("config-docs", help="print docs/configuration.md as rendered from deployments/config/")
     mode = d.add_mutually_exclusive_group()
     mode.add_argument("--write", metavar="PATH", help="write it to PATH instead, e.g. docs/configuration.md")
     mode.add_argument("--check", metavar="PATH", help="exit 1 when PATH differs from it (CI: a stale copy)")

@@ -72,7 +72,7 @@ HEADER = f"""\
 # Configuration
 
 `config/*.yaml` are Serve config files whose application is `deployments.app:build_app`.
-Its `args` are validated by `deployments/config.py` (pydantic; an unknown or mistyped field
+Its `args` are validated by `deployments/config/` (pydantic; an unknown or mistyped field
 is named, and `glm-serve check CONFIG` does that before anything starts). Each field's
 description says what it does; why the shipped values are what they are, with numbers, is in
 [measurements.md](measurements.md).
@@ -319,7 +319,7 @@ _DOC = re.compile(r"\bdocs/([\w.-]+\.md)\b")
 
 def prose(text: str) -> str:
     """A description as one Markdown table cell: whitespace joined, ``|`` escaped, and
-    outside code spans ``<``/``*`` escaped and ``docs/X.md`` linked (this file is in docs/)."""
+    outside code spans ``<``/``*`` escaped and ``docs/<page>.md`` linked (this file is in docs/)."""
     out = []
     for i, part in enumerate(_CODE.split(" ".join(text.split()))):
         if i % 2 == 0:  # not a code span
@@ -369,7 +369,7 @@ def render(model: type[BaseModel] = AppConfig, notes: Mapping[str, str] | None =
         raise ConfigDocsError(f"deployments/config/docs.py has notes for sections that no longer exist: {stale}")
 
     lines = [
-        f"<!-- Generated from deployments/config.py by `{COMMAND}`: edit the Field descriptions there, "
+        f"<!-- Generated from deployments/config/ by `{COMMAND}`: edit the Field descriptions there, "
         "or the prose in deployments/config/docs.py, not this file. -->",
         "",
         HEADER.rstrip(),

@@ -36,7 +36,7 @@ class IngressContext:
 
     engine: DeploymentHandle
     receiver: StreamReceiver
-    """Where engine replicas send this replica's streamed chunks (deployments/stream_channel.py)."""
+    """Where engine replicas send this replica's streamed chunks (deployments/stream_channel/)."""
     model_name: str
     chat_format: ChatFormat
     config: IngressConfig

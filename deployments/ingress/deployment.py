@@ -80,7 +80,7 @@ class IngressDeployment:
         self._ctx = ctx = IngressContext(
             engine=engine,
             # Chunks come back over a direct connection from the engine replicas; Serve
-            # carries the request (deployments/stream_channel.py says why).
+            # carries the request (deployments/stream_channel/ says why).
             receiver=StreamReceiver(config.stream_host or _node_ip()),
             model_name=model.name,
             adapters=AdapterCatalog(model.lora),
