@@ -10,6 +10,11 @@ Layout of ``args``::
     model:     which checkpoint and how vLLM runs it           -> ModelConfig
     engine:    the engine deployment (replicas, resources)     -> EngineDeploymentConfig
     router:    the HTTP ingress (limits, its own deployment)   -> IngressConfig
+
+One module per section: ``model`` (with ``lora``, and ``engine_profile`` for the simulated
+engine), ``serve_options`` (both deployments' Serve options), ``router`` (the ingress, with
+its ``auth`` and ``deadlines`` sub-sections), ``routing`` (``engine.routing``), ``app``
+(the whole ``args``) and ``docs`` (docs/configuration.md, rendered from the models).
 """
 
 from deployments.config.app import AppConfig
