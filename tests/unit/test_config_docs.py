@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from deployments import cli
 from deployments.config import AppConfig
 from deployments.config import docs as config_docs
+from deployments.config import docs_prose
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
@@ -82,7 +83,7 @@ def test_types_defaults_and_constraints_come_from_the_fields():
 
 
 def test_the_example_is_a_valid_app_config():
-    app = yaml.safe_load(config_docs.EXAMPLE)["applications"][0]
+    app = yaml.safe_load(docs_prose.EXAMPLE)["applications"][0]
     assert app["import_path"] == "deployments.app:build_app"
     AppConfig.model_validate(app["args"])
 
@@ -98,7 +99,7 @@ def test_a_field_without_a_description_fails_naming_it():
     with pytest.raises(config_docs.ConfigDocsError, match=r"args\.inner\.bare \(.*Inner\.bare\)"):
         config_docs.render(Outer, notes={})
     with pytest.raises(config_docs.ConfigDocsError, match="no longer exist"):  # prose for a removed section
-        config_docs.render(AppConfig, notes={**config_docs.NOTES, "args.gone": "text"})
+        config_docs.render(AppConfig, notes={**docs_prose.NOTES, "args.gone": "text"})
 
 
 def test_cli_prints_writes_and_checks(tmp_path, capsys):
