@@ -1,4 +1,4 @@
-"""docs/configuration.md is rendered from deployments/config.py, and the checked-in copy is current."""
+"""docs/configuration.md is rendered from deployments/config/, and the checked-in copy is current."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 from deployments import cli
-from deployments.config import AppConfig
+from deployments.config import AppConfig, docs_prose
 from deployments.config import docs as config_docs
-from deployments.config import docs_prose
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
