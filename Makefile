@@ -101,7 +101,7 @@ bench-ceiling: model
 
 # Per-chunk cost of the engine -> router hop: Serve's streaming handle vs the stream channel.
 bench-transport: install
-	$(PY) -m benchmarks.chunk_transport
+	$(PY) -m benchmarks.bench_transport
 
 lint: install
 	$(PY) -m pip install -q 'ruff==0.15.0'

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import http_load, servers
-from benchmarks.cpu_usage import session_cpu
-from benchmarks.workload import combine, compare_rounds
+from benchmarks.harness import http_load, servers
+from benchmarks.harness.cpu_usage import session_cpu
+from benchmarks.harness.workload import combine, compare_rounds
 from deployments.config import AppConfig
 
 ROOT = servers.ROOT

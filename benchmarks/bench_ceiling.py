@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -37,9 +36,10 @@ import aiohttp
 import psutil
 import yaml
 
-from benchmarks import http_load, servers
-from benchmarks.cpu_usage import own_cpu_seconds
-from benchmarks.reporting import write_results
+from benchmarks.harness import http_load, servers
+from benchmarks.harness.cpu_usage import own_cpu_seconds
+from benchmarks.harness.reporting import write_results
+from benchmarks.harness.stats import percentile
 
 ROOT = servers.ROOT
 MODEL = "smollm2-135m-instruct"
@@ -166,10 +166,11 @@ def placement_table_rate(routers: int, replicas: int, in_flight: int, seconds: f
         table_cores = (sum(table_proc.cpu_times()[:2]) - before) / wall
     finally:
         ray.shutdown()
-    latencies = sorted(x for r in results for x in r)
+    latencies = [x for r in results for x in r]
+    p50, p99 = (percentile(latencies, q) or 0.0 for q in (50, 99))
     row = {"routers": routers, "replicas": replicas, "in_flight_per_router": in_flight,
-           "calls_per_s": len(latencies) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-           "p99_ms": latencies[int(0.99 * len(latencies))] * 1000, "table_cores": table_cores}
+           "calls_per_s": len(latencies) / seconds, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000,
+           "table_cores": table_cores}
     print(f"placement table: {row['calls_per_s']:.0f} calls/s from {routers} callers x {in_flight} in flight, "
           f"{replicas} replicas; p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms; "
           f"the table's actor used {table_cores:.2f} cores", flush=True)

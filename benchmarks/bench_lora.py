@@ -41,12 +41,13 @@ import aiohttp
 import httpx
 import yaml
 
-from benchmarks import servers
-from benchmarks.http_load import sse_events
-from benchmarks.lora_adapters import LLAMA_TARGETS, make_adapter
-from benchmarks.plots import bar_panels
-from benchmarks.reporting import print_targets, write_results
-from benchmarks.workload import _pct, prompts
+from benchmarks.harness import servers
+from benchmarks.harness.http_load import sse_events
+from benchmarks.harness.lora_adapters import LLAMA_TARGETS, make_adapter
+from benchmarks.harness.plots import bar_panels
+from benchmarks.harness.reporting import print_targets, write_results
+from benchmarks.harness.stats import percentile
+from benchmarks.harness.workload import prompts
 from deployments.config import AppConfig, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +201,7 @@ def summarize(answers: list[Answer], wall_s: float, loads: tuple[float, float] |
             per_replica[a.replica] = per_replica.get(a.replica, 0) + 1
     return {
         "requests": len(answers), "by_status": by_status,
-        "ttft_p50_s": _round(_pct(ttfts, 50)), "ttft_p99_s": _round(_pct(ttfts, 99)),
+        "ttft_p50_s": _round(percentile(ttfts, 50)), "ttft_p99_s": _round(percentile(ttfts, 99)),
         "tok_s": round(sum(a.tokens for a in ok) / wall_s, 1),
         "adapter_loads": None if loads is None else loads[0],
         "load_s": None if loads is None else round(loads[1], 3),

@@ -11,9 +11,9 @@ each with 2 engine replicas (one core each) and 2 router replicas; they differ o
 conversation of the workload needs: one replica cannot hold them all, the two together
 can. Both stay up; they take turns on each workload (the other paused with SIGSTOP, so
 they never share the CPU), ``--rounds`` times, the first of them rotating per workload and
-round; the results pool every round. Workloads (benchmarks/chat_sessions.py): ``multi-turn``,
-``unique`` (same sizes, no shared prefix) and ``hot-system`` (many users, one question
-each, one system prompt). Every request is streamed with ``ignore_eos`` and a fixed
+round; the results pool every round. Workloads (benchmarks/harness/chat_sessions.py):
+``multi-turn``, ``unique`` (same sizes, no shared prefix) and ``hot-system`` (many users,
+one question each, one system prompt). Every request is streamed with ``ignore_eos`` and a fixed
 answer length; the client records TTFT, the engine replica (``x-glm-serve-replica``), the
 prompt tokens vLLM's prefix cache supplied (``usage.prompt_tokens_details``) and when each
 request ran (for how unevenly the replicas were loaded, ``in_flight_gap``).
@@ -39,10 +39,10 @@ import aiohttp
 import yaml
 from tqdm import tqdm
 
-from benchmarks import chat_sessions, http_load, servers
-from benchmarks.chat_sessions import Shape, TurnRecord, User
-from benchmarks.plots import bar_panels
-from benchmarks.reporting import print_targets, write_results
+from benchmarks.harness import chat_sessions, http_load, servers
+from benchmarks.harness.chat_sessions import Shape, TurnRecord, User
+from benchmarks.harness.plots import bar_panels
+from benchmarks.harness.reporting import print_targets, write_results
 from deployments.config import AppConfig
 from deployments.config.routing import RoutingConfig
 
@@ -104,38 +104,6 @@ def _sizer(tokenizer):
     return size
 
 
-async def stream_turn(session: aiohttp.ClientSession, url: str, body: dict, record: TurnRecord,
-                   origin: float) -> None:
-    start = time.perf_counter()
-    record.sent_s = start - origin
-    parts: list[str] = []
-    try:
-        async with session.post(url, json=body) as response:
-            record.replica = response.headers.get("x-glm-serve-replica")
-            if response.status != 200:
-                record.error = f"HTTP {response.status}: {(await response.text())[:200]}"
-                return
-            async for event in http_load.sse_events(response):
-                if "error" in event:
-                    record.error = f"stream error: {event['error']}"
-                    return
-                if event.get("choices"):
-                    text = event["choices"][0].get("delta", {}).get("content")
-                    if text:
-                        if not parts:
-                            record.ttft_s = time.perf_counter() - start
-                        parts.append(text)
-                if usage := event.get("usage"):
-                    record.prompt_tokens = usage["prompt_tokens"]
-                    record.completion_tokens = usage["completion_tokens"]
-                    record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        record.e2e_s = time.perf_counter() - start
-        record.text = "".join(parts)
-
-
 async def _run_user(session, url: str, model: str, user: User, answer_tokens: int,
                     records: list[TurnRecord], progress: tqdm, origin: float, tag: str) -> None:
     history: list[dict[str, str]] = [{"role": "system", "content": user.system}] if user.system else []
@@ -148,7 +116,7 @@ async def _run_user(session, url: str, model: str, user: User, answer_tokens: in
         record = TurnRecord(f"{tag}{user.name}", index)
         body = {"model": model, "messages": messages, "max_tokens": answer_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-        await stream_turn(session, url, body, record, origin)
+        await http_load.stream_turn(session, url, body, record, origin)
         records.append(record)
         progress.update(1)
         if record.error:

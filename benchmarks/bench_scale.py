@@ -4,9 +4,9 @@ The real Serve app (``config/serve-sim.yaml``: router replicas, routing, placeme
 stream channel, proxy) with simulated engine replicas (``model.simulated``: vLLM's
 batching, block hashes and LRU eviction on a profile's clock), driven over HTTP by
 hundreds of closed-loop multi-turn users behind a few shared system prompts
-(:class:`benchmarks.scale_sim.Workload`). Each replica count runs each policy once.
+(:class:`benchmarks.harness.scale_sim.Workload`). Each replica count runs each policy once.
 
-Then the discrete-event simulator (:mod:`benchmarks.scale_sim`) runs the same workload,
+Then the discrete-event simulator (:mod:`benchmarks.harness.scale_sim`) runs the same workload,
 profile and time scale at the same replica counts, which is its validation (the same
 ranking, TTFT within 20 %), and at 64-256 replicas.
 
@@ -38,12 +38,13 @@ import aiohttp
 import httpx
 import yaml
 
-from benchmarks import scale_sim, servers
-from benchmarks.bench_routing import stream_turn
-from benchmarks.chat_sessions import _WORDS, TurnRecord
-from benchmarks.cpu_usage import own_cpu_seconds, session_cpu
-from benchmarks.plots import bar_panels
-from benchmarks.reporting import Check, print_targets, write_results
+from benchmarks.harness import scale_sim, servers
+from benchmarks.harness.chat_sessions import WORDS, TurnRecord
+from benchmarks.harness.cpu_usage import own_cpu_seconds, session_cpu
+from benchmarks.harness.http_load import stream_turn
+from benchmarks.harness.plots import bar_panels
+from benchmarks.harness.reporting import Check, print_targets, write_results
+from benchmarks.harness.stats import percentile
 from deployments.config import AppConfig
 from deployments.config.engine_profile import load_profile
 
@@ -72,7 +73,7 @@ def routers_for(replicas: int) -> int:
 
 # Words that are one token each in SmolLM2's tokenizer (with their leading space), as the
 # simulator's words are: the same workload in tokens on both sides.
-_ONE_TOKEN_WORDS = [w for w in _WORDS if w not in ("zephyr", "napkin", "zipper")]
+_ONE_TOKEN_WORDS = [w for w in WORDS if w not in ("zephyr", "napkin", "zipper")]
 
 
 @dataclasses.dataclass
@@ -154,7 +155,7 @@ def summarize_serve(records: list[TurnRecord], workload: scale_sim.Workload, rep
     window = [r for r in records if start <= r.sent_s < end]
     ok = [r for r in window if not r.error]
     finished = [r for r in records if not r.error and start <= r.sent_s + r.e2e_s < end]
-    ttfts = sorted(r.ttft_s for r in ok if r.ttft_s)
+    ttfts = [r.ttft_s for r in ok if r.ttft_s]
     busy = dict.fromkeys(replicas, 0.0)
     for r in records:
         if r.replica in busy:
@@ -164,12 +165,13 @@ def summarize_serve(records: list[TurnRecord], workload: scale_sim.Workload, rep
     queries = sum(counters["end"][0].values()) - sum(counters["start"][0].values())
     hits = sum(counters["end"][1].values()) - sum(counters["start"][1].values())
 
-    def pct(p: float) -> float:
-        return scale_sim.percentile(ttfts, p)
+    def pct(q: float) -> float:
+        value = percentile(ttfts, q)  # as the simulator reads its own
+        return 0.0 if value is None else value
 
     return {"tokens_per_s": sum(r.completion_tokens for r in finished) / workload.duration_s,
-            "hit_rate": hits / queries if queries else 0.0, "ttft_p50_s": pct(0.5), "ttft_p90_s": pct(0.9),
-            "ttft_p99_s": pct(0.99), "peak_to_mean_load": max(loads) / mean, "requests": len(finished),
+            "hit_rate": hits / queries if queries else 0.0, "ttft_p50_s": pct(50), "ttft_p90_s": pct(90),
+            "ttft_p99_s": pct(99), "peak_to_mean_load": max(loads) / mean, "requests": len(finished),
             "failed": len(window) - len(ok), "cpu_cores": cpu_cores,
             "mean_prompt_tokens": sum(r.prompt_tokens for r in finished) / len(finished) if finished else 0.0,
             "errors": sorted({r.error[:120] for r in window if r.error})[:5]}

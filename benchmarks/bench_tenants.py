@@ -33,11 +33,12 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from benchmarks import servers
-from benchmarks.http_load import sse_events
-from benchmarks.plots import bar_panels
-from benchmarks.reporting import print_targets, write_results
-from benchmarks.workload import _pct, prompts
+from benchmarks.harness import servers
+from benchmarks.harness.http_load import sse_events
+from benchmarks.harness.plots import bar_panels
+from benchmarks.harness.reporting import print_targets, write_results
+from benchmarks.harness.stats import percentile
+from benchmarks.harness.workload import prompts
 from deployments.config import AppConfig
 from deployments.tenants.tenants_file import hash_key
 
@@ -175,7 +176,7 @@ def summarize(phase: Phase, tenant: str) -> dict:
     admitted = [a for a in mine if a.status not in (429, 503)]
     return {
         "sent": len(mine), "by_status": by_status,
-        "ttft_p50_s": _pct(ttfts, 50), "ttft_p90_s": _pct(ttfts, 90),
+        "ttft_p50_s": percentile(ttfts, 50), "ttft_p90_s": percentile(ttfts, 90),
         "tok_s": round(sum(a.tokens for a in ok) / phase.seconds, 1),
         "admitted_per_min": round(len(admitted) * 60 / phase.seconds, 1),
         "charged_tokens_per_min": round(sum(a.usage_tokens for a in ok) * 60 / phase.seconds, 1),

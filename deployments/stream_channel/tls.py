@@ -11,7 +11,7 @@ needs a host name. TLS 1.3 only.
 Why TLS (Python's ``ssl``, OpenSSL) and the ``cryptography`` package for the certificate:
 the chunks cross the cluster network, so they need encryption and integrity from a
 well-kept implementation; both are already installed with Ray. ZeroMQ's CURVE was measured
-beside it (benchmarks/chunk_transport.py, docs/measurements.md).
+beside it (benchmarks/bench_transport.py, docs/measurements.md).
 """
 
 from __future__ import annotations

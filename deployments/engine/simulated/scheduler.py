@@ -3,7 +3,7 @@
 :meth:`Scheduler.step` does what one vLLM 0.32 engine step does (``vllm/v1/core/sched/
 scheduler.py``), and returns how long the step would take by the engine's profile instead
 of running a model. Both the simulated engine replica (:mod:`deployments.engine.simulated.engine`,
-which sleeps that long) and the discrete-event simulator (:mod:`benchmarks.scale_sim`,
+which sleeps that long) and the discrete-event simulator (:mod:`benchmarks.harness.scale_sim`,
 which advances a virtual clock) drive it, so they batch, cache and evict alike.
 
 One step:

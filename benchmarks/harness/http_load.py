@@ -1,4 +1,5 @@
-"""A lean OpenAI streaming load generator (aiohttp) for the served systems.
+"""A lean OpenAI streaming load generator (aiohttp) for the served systems, and one
+streamed chat turn (:func:`stream_turn`) for the multi-turn benchmarks.
 
 aiohttp rather than httpx: on a 2-core machine the load generator shares the CPU
 with the server it measures, and aiohttp spends less of it per streamed event.
@@ -14,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
-from benchmarks.workload import RequestRecord, prompts, run_level
+from benchmarks.harness.chat_sessions import TurnRecord
+from benchmarks.harness.workload import RequestRecord, prompts, run_level
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict]:
@@ -27,6 +29,41 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict]:
         if payload == b"[DONE]":
             return
         yield json.loads(payload)
+
+
+async def stream_turn(session: aiohttp.ClientSession, url: str, body: dict, record: TurnRecord,
+                      origin: float) -> None:
+    """Stream one chat turn (``body``) and fill in ``record``: when it was sent (seconds after
+    ``origin``), TTFT, end to end, the engine replica that answered (``x-glm-serve-replica``),
+    the usage's prompt, cached and completion tokens, the answer's text, or the error."""
+    start = time.perf_counter()
+    record.sent_s = start - origin
+    parts: list[str] = []
+    try:
+        async with session.post(url, json=body) as response:
+            record.replica = response.headers.get("x-glm-serve-replica")
+            if response.status != 200:
+                record.error = f"HTTP {response.status}: {(await response.text())[:200]}"
+                return
+            async for event in sse_events(response):
+                if "error" in event:
+                    record.error = f"stream error: {event['error']}"
+                    return
+                if event.get("choices"):
+                    text = event["choices"][0].get("delta", {}).get("content")
+                    if text:
+                        if not parts:
+                            record.ttft_s = time.perf_counter() - start
+                        parts.append(text)
+                if usage := event.get("usage"):
+                    record.prompt_tokens = usage["prompt_tokens"]
+                    record.completion_tokens = usage["completion_tokens"]
+                    record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        record.e2e_s = time.perf_counter() - start
+        record.text = "".join(parts)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> RequestRecord:
@@ -55,7 +92,7 @@ async def run(system: str, base_url: str, model: str, requests: dict[int, int], 
               server_cpu: Callable[[], dict[str, float]] | None = None) -> list[dict]:
     """Drive ``base_url`` at each concurrency in ``requests``; one summary per level.
 
-    ``server_cpu``: see :func:`benchmarks.workload.run_level`."""
+    ``server_cpu``: see :func:`benchmarks.harness.workload.run_level`."""
     url = f"{base_url}/v1/chat/completions"
     results = []
     connector = aiohttp.TCPConnector(limit=0)

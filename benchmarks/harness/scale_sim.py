@@ -19,7 +19,7 @@ ids when the user sends it as history, as with a real tokenizer.
 Reported per run (after a warm-up): generated tokens/s, prefix-cache hit rate (hit
 tokens over looked-up prompt tokens, vLLM's own counters), TTFT p50/p90/p99, and the
 peak-to-mean replica load (the busiest replica's time-averaged ongoing requests over the
-mean's). ``python -m benchmarks.scale_sim --help`` for the knobs; ``make bench-scale``
+mean's). ``python -m benchmarks.harness.scale_sim --help`` for the knobs; ``make bench-scale``
 runs it beside the Serve runs.
 """
 
@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.stats import percentile
 from deployments.config.engine_profile import EngineProfile, load_profile
 from deployments.config.routing import RoutingConfig
 from deployments.core.generation import GenerationRequest
@@ -75,12 +76,6 @@ GENERATION_PROMPT = [token_id("<|im_start|>"), token_id("assistant"), NEWLINE]
 _COMMON_WORDS = [f"word{i % 997}" for i in range(4096)]
 _COMMON_IDS = [token_id(w) for w in _COMMON_WORDS]
 _COMMON_TEXT = [" ".join(_COMMON_WORDS[:n]) for n in range(4096)]
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """The ``p`` quantile (0 to 1) of already sorted values, by rank; 0 when there are none.
-    The simulator and the Serve runs it is checked against read theirs the same way."""
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
 
 
 @dataclass
@@ -209,15 +204,17 @@ class ScaleSim:
             replica.set_ongoing(end, 0, w.warmup_s)
         loads = [r.load_area / w.duration_s for r in self.replicas.values()]
         mean = statistics.fmean(loads) or 1.0
-        ttfts = sorted(self.ttfts)
 
-        def pct(p: float) -> float:
-            return percentile(ttfts, p)
+        def pct(q: float) -> float:
+            """TTFT's ``q``-th percentile; 0 when nothing was measured. The Serve runs it is
+            checked against (``make bench-scale``) read theirs with the same helper."""
+            value = percentile(self.ttfts, q)
+            return 0.0 if value is None else value
 
         return Result(policy=self.routers[0].name, replicas=len(self.replicas), routers=len(self.routers),
                       users=w.users, tokens_per_s=self.tokens / w.duration_s,
                       hit_rate=self.hits / self.queries if self.queries else 0.0,
-                      ttft_p50_s=pct(0.5), ttft_p90_s=pct(0.9), ttft_p99_s=pct(0.99),
+                      ttft_p50_s=pct(50), ttft_p90_s=pct(90), ttft_p99_s=pct(99),
                       peak_to_mean_load=max(loads) / mean, requests=self.requests,
                       wall_s=time.monotonic() - started, preemptions=self.preemptions,
                       placement_calls=self.placement_calls,

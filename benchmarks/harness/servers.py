@@ -1,7 +1,7 @@
 """Start, pause and stop the systems the benchmark compares, each in its own session.
 
 * ``raw``: vLLM's ``AsyncLLM`` in a child process that runs one level per command
-  (:mod:`benchmarks.raw_engine`);
+  (:mod:`benchmarks.harness.raw_engine`);
 * ``vllm-server``: vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``)
   with the same engine arguments and CPU settings as glm-serve's engine replicas;
 * ``glm-serve``: ``serve run`` of the same config file, the way users run it.
@@ -30,13 +30,14 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.cpu_usage import process_stats, session_pids
+from benchmarks.harness.cpu_usage import process_stats, session_pids
 from deployments.config import ModelConfig
 from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from deployments.engine.engine_args import cpu_env
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository (benchmarks/harness/ is two folders below it)."""
 
 
 def pause(session: int) -> None:
@@ -189,7 +190,7 @@ def glm_serve(config_path: Path, log_dir: Path, timeout_s: float = 600) -> Itera
 
 
 class RawEngine:
-    """The bench's handle on a :mod:`benchmarks.raw_engine` child: one level per call."""
+    """The bench's handle on a :mod:`benchmarks.harness.raw_engine` child: one level per call."""
 
     def __init__(self, proc: subprocess.Popen, results, log: Path):
         self._proc = proc
@@ -216,7 +217,7 @@ def raw_engine(model: ModelConfig, log_dir: Path, max_tokens: int, seed: int,
     """Yield (the engine's handle, start-up seconds, session id of its processes)."""
     log = log_dir / "raw.log"
     read_fd, write_fd = os.pipe()
-    cmd = [str(BIN / "python"), "-m", "benchmarks.raw_engine", "--model-json", model.model_dump_json(),
+    cmd = [str(BIN / "python"), "-m", "benchmarks.harness.raw_engine", "--model-json", model.model_dump_json(),
            "--max-tokens", str(max_tokens), "--seed", str(seed), "--results-fd", str(write_fd)]
     start = time.monotonic()
     # Progress bars pass through on stderr; vLLM logs to stdout, which goes to raw.log.

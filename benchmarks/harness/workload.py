@@ -18,7 +18,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from benchmarks.cpu_usage import own_cpu_seconds, serving_seconds
+from benchmarks.harness.cpu_usage import own_cpu_seconds, serving_seconds
+from benchmarks.harness.stats import percentile
 
 Item = TypeVar("Item")
 
@@ -52,16 +53,9 @@ class RequestRecord:
         return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_s: float) -> dict:
-    """One results.json record: throughput and latency percentiles (milliseconds)."""
+    """One results.json record: throughput and latency percentiles (milliseconds,
+    :func:`benchmarks.harness.stats.percentile`)."""
     ok = [r for r in records if r.error is None]
     tokens = sum(r.output_tokens for r in ok)
     out: dict = {
@@ -77,7 +71,7 @@ def summarize(system: str, concurrency: int, records: list[RequestRecord], wall_
               "e2e": [r.e2e_s for r in ok]}
     for name, values in series.items():
         for q in (50, 90, 99):
-            value = _pct(values, q)
+            value = percentile(values, q)
             out[f"{name}_p{q}_ms"] = None if value is None else round(value * 1000, 2)
     first_errors = sorted({r.error for r in records if r.error})[:3]
     if first_errors:
@@ -151,7 +145,7 @@ async def run_level(system: str, concurrency: int, items: list[Item],
     bar on stderr; the level's summary.
 
     ``server_cpu`` returns the CPU seconds used so far by the server's processes, by
-    process name (:func:`benchmarks.cpu_usage.session_cpu`). The summary's
+    process name (:func:`benchmarks.harness.cpu_usage.session_cpu`). The summary's
     ``serving_cpu_ms_per_token`` is what this process (the load generator; for the raw
     engine also its front end) and the server's processes other than the model's spent
     per output token; ``cpu_by_process`` is each process name's share of one core.

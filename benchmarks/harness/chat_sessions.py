@@ -22,9 +22,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from benchmarks.harness.stats import percentile
+
 WORKLOADS = ("multi-turn", "unique", "hot-system")
 
-_WORDS = (
+WORDS = (
     "river harbor lantern orchard quarry meadow signal ledger copper violet granite thunder compass "
     "archive beacon canyon glacier harvest island journey kettle ladder marble needle ocean pepper "
     "quartz ribbon saddle timber umbrella valley walnut yellow zephyr anchor bridge candle desert "
@@ -33,6 +35,7 @@ _WORDS = (
     "magnet napkin olive parrot rabbit salmon tomato violin wagon yogurt zipper planet mountain "
     "station theory method account report policy figure sample market course energy season"
 ).split()
+"""The words every text here is made of (``make bench-scale``'s users draw theirs from them too)."""
 
 # A count of tokens -> that many tokens of text (the benchmark passes the model's tokenizer).
 Sizer = Callable[[str, int], str]
@@ -93,7 +96,7 @@ def kv_blocks(shape: Shape, block_tokens: int = 128, share: float = 0.65) -> int
 
 
 def words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(count))
+    return " ".join(rng.choice(WORDS) for _ in range(count))
 
 
 def _text(rng: random.Random, tokens: int, sizer: Sizer, tag: str) -> str:
@@ -164,13 +167,6 @@ class TurnRecord:
     text: str = field(default="", repr=False)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def in_flight_gap(records: list[TurnRecord]) -> float | None:
     """How unevenly the replicas were loaded while requests ran: the time-averaged
     difference between the most and the least requests in flight on one replica, over the
@@ -215,8 +211,8 @@ def summarize(records: list[TurnRecord], wall_s: float, conversations: bool = Tr
         "errors": len(records) - len(ok),
         "error_samples": sorted({r.error for r in records if r.error})[:3],
         "wall_s": round(wall_s, 2),
-        "ttft_p50_s": _round(_pct(ttfts, 50)),
-        "ttft_p90_s": _round(_pct(ttfts, 90)),
+        "ttft_p50_s": _round(percentile(ttfts, 50)),
+        "ttft_p90_s": _round(percentile(ttfts, 90)),
         "ttft_mean_s": _round(statistics.fmean(ttfts) if ttfts else None),
         "output_tok_s": round(sum(r.completion_tokens for r in ok) / wall_s, 2) if wall_s > 0 else None,
         "prompt_tokens": prompt,

@@ -1,7 +1,7 @@
 """What one streamed chunk costs to carry from an engine replica to the router, three ways.
 
-    python -m benchmarks.chunk_transport                 # make bench-transport
-    python -m benchmarks.chunk_transport --chunks 400    # seconds (run by make test)
+    python -m benchmarks.bench_transport                 # make bench-transport
+    python -m benchmarks.bench_transport --chunks 400    # seconds (run by make test)
 
 A producer deployment sends text chunks to a consumer deployment as fast as they are
 taken, through
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ray import serve
 
-from benchmarks.cpu_usage import own_cpu_seconds
+from benchmarks.harness.cpu_usage import own_cpu_seconds
 from deployments.core.generation import GenerationChunk
 from deployments.stream_channel import IncomingStream, StreamReceiver, StreamSender
 
