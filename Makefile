@@ -31,19 +31,19 @@ model: install
 serve: model
 	$(VENV)/bin/glm-serve run $(CONFIG)
 
-# Both shipped configs against Serve's schema and deployments/config.py, and
+# Both shipped configs against Serve's schema and deployments/config/, and
 # docs/configuration.md against what `make config-docs` would write; about a second.
 check-config: install
 	$(VENV)/bin/glm-serve check config/serve.yaml config/serve-cpu.yaml config/serve-sim.yaml
 	$(VENV)/bin/glm-serve config-docs --check docs/configuration.md
 
 # docs/configuration.md from the field names, types, defaults and descriptions of
-# deployments/config.py (the prose around them is in deployments/config/docs.py).
+# deployments/config/ (the prose around them is in deployments/config/docs_prose.py).
 config-docs: install
 	$(VENV)/bin/glm-serve config-docs --write docs/configuration.md
 
-# The suite runs in a shuffled order (pytest-randomly; unit, benchmark smoke, cluster and
-# e2e tests each stay in their own group, tests/conftest.py says why). The seed is fixed
+# The suite runs in a shuffled order (pytest-randomly; unit, packaging, benchmark smoke and
+# simulated app, cluster and e2e tests each stay in their own group, tests/conftest.py says why). The seed is fixed
 # so that CI is reproducible, and printed first; `make test TEST_SEED=N` tries another.
 TEST_SEED ?= 20261202
 

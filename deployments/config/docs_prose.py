@@ -21,7 +21,7 @@ applications:
         ray_actor_options: {num_gpus: 1}
         routing: {policy: prefix}  # args.engine.routing
       router:                      # args.router
-        api_keys_env: GLM_SERVE_API_KEYS
+        auth: {api_keys_env: GLM_SERVE_API_KEYS}  # args.router.auth
         limits: {max_messages: 200}  # args.router.limits
 """
 """A small application config; the unit tests validate it with :class:`AppConfig`."""

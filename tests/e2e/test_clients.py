@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from glm_client import AsyncServeClient, Conversation, Role, ServeClient, VLLMClient, get_client
-from tests.e2e.conftest import API_KEY, TINY_GLM_PREFIX
+from tests.support.e2e_cluster import API_KEY, TINY_GLM_PREFIX
 
 WEATHER = {"name": "get_weather", "description": "城市天气",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import MAX_MODEL_LEN, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.support.e2e_cluster import MAX_MODEL_LEN, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 GOOD = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 CHAT = "/v1/chat/completions"

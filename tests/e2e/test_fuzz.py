@@ -16,8 +16,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import MODEL_NAME, processes_named
-from tests.hostile import hostile_bodies
+from tests.support.e2e_cluster import MODEL_NAME, processes_named
+from tests.support.hostile import hostile_bodies
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=40))

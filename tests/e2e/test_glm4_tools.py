@@ -1,4 +1,4 @@
-"""GLM-4's format and OpenAI tools end to end, on the tiny GLM-4 look-alike (tests/e2e/tiny_glm.py)."""
+"""GLM-4's format and OpenAI tools end to end, on the tiny GLM-4 look-alike (tests/support/tiny_glm.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from chat_formats.glm4 import render_prompt
-from tests.e2e.conftest import MODEL_NAME, TINY_GLM_NAME
+from tests.support.e2e_cluster import MODEL_NAME, TINY_GLM_NAME
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "城市天气",

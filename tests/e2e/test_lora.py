@@ -2,7 +2,7 @@
 glm_client, refused by name when unknown or broken (the engines serve on), served when
 copied in while running, and routed to where they are loaded across both router replicas.
 
-The tiny GLM's output does not depend on its input (tests/e2e/tiny_glm.py), so these
+The tiny GLM's output does not depend on its input (tests/support/tiny_glm.py), so these
 tests check serving, not what an adapter says: tests/e2e/test_lora_outputs.py compares
 outputs with transformers + PEFT on SmolLM2.
 """
@@ -19,8 +19,15 @@ import openai
 import pytest
 
 from glm_client import Conversation, Role, ServeClient
-from tests.e2e.conftest import API_KEY, LORA_CONFIGURED, LORA_RANK, TINY_GLM_NAME, TINY_GLM_PREFIX, make_glm_adapter
-from tests.waiting import wait_until
+from tests.support.e2e_cluster import (
+    API_KEY,
+    LORA_CONFIGURED,
+    LORA_RANK,
+    TINY_GLM_NAME,
+    TINY_GLM_PREFIX,
+    make_glm_adapter,
+)
+from tests.support.waiting import wait_until
 
 REPLICA = "x-glm-serve-replica"
 

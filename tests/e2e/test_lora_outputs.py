@@ -11,9 +11,9 @@ import gc
 
 import pytest
 
-from benchmarks.lora_adapters import LLAMA_TARGETS, make_adapter
+from benchmarks.harness.lora_adapters import LLAMA_TARGETS, make_adapter
 from deployments.config import ModelConfig
-from tests.e2e.conftest import MODEL_DIR
+from tests.support.e2e_cluster import MODEL_DIR
 
 TOKENS = 32
 RANKS = (8, 16, 32)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import API_KEY, LORA_CONFIGURED, MODEL_NAME, ROOT, TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.support.e2e_cluster import API_KEY, LORA_CONFIGURED, MODEL_NAME, TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.support.paths import ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "glm-serve.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
-from tests.e2e.conftest import MAX_MODEL_LEN, MODEL_NAME
+from tests.support.e2e_cluster import MAX_MODEL_LEN, MODEL_NAME
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

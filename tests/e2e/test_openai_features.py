@@ -2,7 +2,7 @@
 structured output, forced GLM-4 tool calls, several choices, logprobs, logit_bias, and a
 400 for every field glm-serve does not implement.
 
-Forced output runs on the tiny GLM-4 look-alike (tests/e2e/tiny_glm.py), whose rigged
+Forced output runs on the tiny GLM-4 look-alike (tests/support/tiny_glm.py), whose rigged
 logits make a grammar's output short and deterministic; the rest on SmolLM2.
 """
 
@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from glm_client import Conversation, Role, ServeClient
-from tests.e2e.conftest import API_KEY, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
+from tests.support.e2e_cluster import API_KEY, MODEL_NAME, TINY_GLM_NAME, TINY_GLM_PREFIX
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "城市天气",

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import MODEL_NAME, gauge, vllm_processes
+from tests.support.e2e_cluster import MODEL_NAME, gauge, vllm_processes
 
 LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to a thousand."}],
         "max_tokens": 400, "ignore_eos": True, "stream": True}

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.conftest import MODEL_NAME
+from tests.support.e2e_cluster import MODEL_NAME
 
 CHAT = "/v1/chat/completions"
 SYSTEM = {"role": "system", "content": "You are a concise assistant for a travel agency."}

@@ -2,7 +2,7 @@
 access log without secrets, on the real stack.
 
 The tiny GLM application has API keys, caps and a 10 s request deadline; the SmolLM2
-application bounds its engine queue (tests/e2e/conftest.py).
+application bounds its engine queue (tests/support/e2e_cluster.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 from deployments.proxy_gate import REFUSED_BY_HEADER
 from glm_client import APIStatusError, Conversation, Role, ServeClient
-from tests.e2e.conftest import (
+from tests.support.e2e_cluster import (
     API_KEYS,
     BODY_TIMEOUT_S,
     ENGINE_MAX_ONGOING,

@@ -1,5 +1,5 @@
 """Tenants against the real thing: the tiny GLM application's two router replicas, its
-tenants file (tests/e2e/conftest.py TENANTS), and the openai SDK as the client."""
+tenants file (tests/support/e2e_cluster.py TENANTS), and the openai SDK as the client."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX, write_tenants
-from tests.waiting import wait_until
+from tests.support.e2e_cluster import TENANTS, TINY_GLM_NAME, TINY_GLM_PREFIX, write_tenants
+from tests.support.waiting import wait_until
 
 
 def _client(base_url: str, tenant: str, retries: int = 0) -> openai.OpenAI:

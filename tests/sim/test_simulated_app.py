@@ -18,9 +18,9 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from benchmarks import servers
-from tests.e2e.conftest import MODEL_DIR, MODEL_NAME, processes_named
-from tests.waiting import wait_until
+from benchmarks.harness import servers
+from tests.support.e2e_cluster import MODEL_DIR, MODEL_NAME, processes_named
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_REPLICAS = 4

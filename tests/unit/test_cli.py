@@ -1,4 +1,5 @@
-"""`glm-serve check` / `glm-serve run`: a bad config fails in a second, one line per field, before Ray."""
+"""`glm-serve check` / `glm-serve run`: a bad config fails in a second, one line per field, before Ray;
+`glm-serve hash-key` and `glm-serve config-docs`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from ray.serve._private.http_util import validate_http_proxy_callback_return
 from ray.serve._private.utils import call_function_from_import_path
 
 from deployments import cli
+from deployments.config import AppConfig
+from deployments.config import docs as config_docs
 from deployments.config.base import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+from deployments.tenants.tenants_file import hash_key
+from tests.support.paths import ROOT
+from tests.support.tenants import tenant_entry, tenants_yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # not resolved: the venv's bin, where pip puts scripts
+
+
 GOOD = {
     "proxy_location": "HeadOnly",
     "applications": [
@@ -238,3 +245,49 @@ def test_module_check_imports_no_vllm_and_starts_no_ray():
     done = subprocess.run([sys.executable, "-m", "deployments.cli", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "check" in done.stdout and "run" in done.stdout
+
+
+def test_cli_hashes_a_key_and_checks_a_tenants_file(tmp_path, capsys):
+    assert cli.main(["hash-key", "secret"]) == 0
+    digest = capsys.readouterr().out.strip()
+    assert digest == hash_key("secret") and len(digest) == 64
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(tenants_yaml(tenant_entry("a", "k")))
+    bad.write_text(tenants_yaml(tenant_entry("a", "k", "    prioity: batch\n")))
+    assert cli.main(["check", str(good)]) == 0
+    assert cli.main(["check", str(bad)]) == 2
+    assert "tenants[0] (a).prioity: Extra inputs are not permitted" in capsys.readouterr().err
+
+
+def test_check_validates_the_tenants_file_a_serve_config_names(tmp_path, capsys):
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(tenants_yaml(tenant_entry("a", "k", "    priority: urgent\n")))
+    args = {"model": {"model": "models/smollm2-135m-instruct"}, "router": {"tenants_file": str(tenants)}}
+    AppConfig.model_validate(args)
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"applications": [
+        {"name": "glm", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args}]}))
+    assert cli.main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "applications[0].args.router.auth.tenants_file: " in err and "tenants[0] (a).priority" in err
+    tenants.write_text(tenants_yaml(tenant_entry("a", "k")))
+    assert cli.main(["check", str(config)]) == 0
+
+
+def test_cli_prints_writes_and_checks(tmp_path, capsys):
+    assert cli.main(["config-docs"]) == 0
+    assert capsys.readouterr().out == config_docs.render()
+
+    path = tmp_path / "configuration.md"
+    assert cli.main(["config-docs", "--write", str(path)]) == 0
+    assert path.read_text(encoding="utf-8") == config_docs.render()
+    assert cli.main(["config-docs", "--check", str(path)]) == 0
+    capsys.readouterr()
+
+    path.write_text(path.read_text(encoding="utf-8").replace("Most chat messages", "Many messages"))
+    assert cli.main(["config-docs", "--check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "is stale" in err and "`make config-docs`" in err and f"--write {path}" in err
+
+    assert cli.main(["config-docs", "--check", str(tmp_path / "missing.md")]) == 1
+    assert "`make config-docs`" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The shared placement table (deployments/routing/placement_table.py), alone and with
-routers that share it."""
+routers that share it, and with LoRA adapters: it keeps each adapter where it is loaded
+and spreads a busy one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from deployments.routing.placement_table import PlacementTable
 from deployments.routing.prefix_policy import PrefixPolicy
-from tests.unit.routing.helpers import idle, policy, replicas, still, turns
+from tests.support.routing import POOL, idle, policy, pool_loads, replicas, still, turns
 
 # --- the shared placement table --------------------------------------------------------
 
@@ -142,3 +143,48 @@ def test_a_placement_made_without_the_table_is_published_so_the_others_agree():
     assert shared_serve(policy(), table, second, {**idle(ids), decision.replica: 1}) == decision.replica
     confirmed = a.choose(first, idle(ids), placed=(decision.replica, False))
     assert not confirmed.publish
+
+
+# --- LoRA adapters ---------------------------------------------------------------------
+
+
+def test_an_adapter_stays_where_it_is_loaded_until_the_load_guard_says_no():
+    table = PlacementTable(adapter_slots=2, load_gap=4, load_factor=1.5)
+    first, placed = table.resolve(None, pool_loads(), "sql")
+    assert placed and table.has_adapter(first, "sql") and len(table) == 0  # no conversation pinned
+    others = [r for r in POOL if r != first]
+    assert table.resolve(None, pool_loads(**{first: 4}), "sql")[0] == first  # busier, within the guard: it stays
+    spread, _ = table.resolve(None, pool_loads(**{first: 5}), "sql")
+    assert spread in others and table.has_adapter(spread, "sql")  # past the guard: a second replica loads it
+    # then both hold it, and the less busy of the two takes it
+    third = next(r for r in others if r != spread)
+    assert table.resolve(None, {first: 5, spread: 1, third: 0}, "sql")[0] == spread
+
+
+def test_the_table_forgets_an_adapter_as_vllm_would_evict_it():
+    table = PlacementTable(adapter_slots=2)
+    for adapter in ("a", "b", "c"):
+        table.touch_adapter("r0", adapter)
+    assert not table.has_adapter("r0", "a") and table.has_adapter("r0", "b") and table.has_adapter("r0", "c")
+    table.touch_adapter("r0", "b")  # used again: "c" is now the least recent
+    table.touch_adapter("r0", "d")
+    assert table.has_adapter("r0", "b") and not table.has_adapter("r0", "c")
+
+
+def test_a_new_conversation_goes_where_its_adapter_is_however_many_conversations_went_there():
+    """Placed-lately conversations weigh on the choice among holders, not against holding:
+    single-request conversations would otherwise spread every adapter everywhere."""
+    table = PlacementTable(adapter_slots=4)
+    table.touch_adapter("r2", "sql")
+    for key in range(20):  # twenty conversations of the adapter placed on r2 just now
+        assert table.resolve(key, pool_loads(r2=2), "sql") == ("r2", True)
+    assert table.resolve(3, pool_loads(r2=30), "sql") == ("r2", False)  # a known conversation stays
+    assert table.resolve(100, pool_loads(r2=30), "sql")[0] != "r2"  # past the guard: elsewhere
+    assert table.resolve(101, pool_loads(r2=30)) [0] != "r2"  # the base model: by expected load
+
+
+def test_a_replica_that_left_takes_its_adapters_with_it():
+    table = PlacementTable(adapter_slots=2)
+    table.touch_adapter("gone", "sql")
+    target, _ = table.resolve(None, pool_loads(), "sql")
+    assert target in POOL and not table.has_adapter("gone", "sql")

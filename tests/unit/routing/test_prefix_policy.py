@@ -1,12 +1,9 @@
-"""The prefix policy (deployments/routing/prefix_policy.py) and its keys
-(deployments/routing/prefix_keys.py) as pure logic, and its cost."""
+"""The prefix policy (deployments/routing/prefix_policy.py) as pure logic, and its cost.
+Its keys: test_prefix_keys.py."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -15,42 +12,18 @@ import pytest
 from deployments.config.routing import RoutingConfig
 from deployments.core.generation import GenerationRequest
 from deployments.routing.prefix_policy import PrefixPolicy
-from tests.unit.routing.helpers import SYSTEM, Hinted, chat, idle, policy, replicas, serve, turns
-
-# --- keys ------------------------------------------------------------------------------
-
-
-def test_roles_matter_and_a_next_turn_extends_the_previous_prefix():
-    p = policy()
-    as_user = p.keys(chat([{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]))
-    as_assistant = p.keys(chat([{"role": "system", "content": "s"}, {"role": "assistant", "content": "x"}]))
-    assert as_user.hashes[0] == as_assistant.hashes[0]
-    assert as_user.hashes[1] != as_assistant.hashes[1], "same text under another role is another prefix"
-    assert as_user.anchors == (1,) and as_assistant.anchors == ()
-
-    first, second = (p.keys(r) for r in turns(1, 2))
-    assert second.hashes[: len(first.hashes)] == first.hashes
-    assert len(second.hashes) == len(first.hashes) + 2
-
-    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "function": {"name": "f"}}]}
-    other_call = {**call, "tool_calls": [{"id": "1", "function": {"name": "g"}}]}
-    assert p.keys(chat([call])).hashes != p.keys(chat([other_call])).hashes
-    assert p.keys(chat([{**call, "name": None}])).hashes == p.keys(chat([call])).hashes, "null fields are no field"
-    with_tools = GenerationRequest(request_id="t", messages=[{"role": "user", "content": "x"}], tools=[{"a": 1}])
-    assert len(p.keys(with_tools).hashes) == 2 and p.keys(with_tools).anchors == (1,)
-
-
-def test_keys_are_the_same_in_every_process_not_salted():
-    """Python's hash() differs per process; the keys (and so rendezvous) must not."""
-    code = ("from deployments.routing.prefix_policy import PrefixPolicy;from deployments.core.generation import GenerationRequest;"
-            "print(PrefixPolicy().keys(GenerationRequest(request_id='x',messages=[{'role':'user','content':'hi'}]))"
-            ".hashes[0])")
-    here = policy().keys(chat([{"role": "user", "content": "hi"}])).hashes[0]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
-                         env={**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": root})
-    assert int(out.stdout) == here
-
+from tests.support.routing import (
+    SYSTEM,
+    Hinted,
+    adapter_request,
+    chat,
+    idle,
+    policy,
+    pool_loads,
+    replicas,
+    serve,
+    turns,
+)
 
 # --- affinity --------------------------------------------------------------------------
 
@@ -350,3 +323,20 @@ def test_choose_is_well_under_a_millisecond_with_64_replicas_and_a_full_table():
     start = time.perf_counter()
     p.remove_replica("replica-05")
     print(f"remove_replica over a full table: {(time.perf_counter() - start) * 1e3:.1f} ms")
+
+
+# --- LoRA adapters ---------------------------------------------------------------------
+
+
+def test_the_policy_asks_the_table_for_an_adapter_request_with_no_conversation():
+    policy = PrefixPolicy(RoutingConfig(policy="prefix"))
+    loads = pool_loads()
+    short = adapter_request("sql", "hi")  # shorter than a block: no anchor, no conversation
+    assert policy.placement_query(short, loads) == (None, "sql")
+    assert policy.placement_query(adapter_request(None, "hi"), loads) is None  # the base model: nothing to ask
+    decision = policy.choose(short, loads, placed=("r1", True))
+    assert (decision.replica, decision.label) == ("r1", "adapter")
+    # without an answer (the table slow or down) every router agrees by rendezvous on the adapter
+    assert len({PrefixPolicy(RoutingConfig(policy="prefix")).choose(short, loads).replica for _ in range(5)}) == 1
+    # past the load guard it goes to the least loaded
+    assert policy.choose(short, pool_loads(r1=20, r0=1, r2=1), placed=("r1", True)).label == "new"

@@ -1,5 +1,5 @@
 """Serve's request routers (deployments/routing/replica_chooser.py) driven with fake
-replicas, no Ray cluster; the routing config and what Serve is told."""
+replicas (tests/support/routing.py), no Ray cluster."""
 
 from __future__ import annotations
 
@@ -12,73 +12,8 @@ from pydantic import ValidationError
 from deployments.config.routing import RoutingConfig
 from deployments.routing import live_choosers
 from deployments.routing.placement_table import PlacementTable
-from deployments.routing.policy import policy_class, request_router_config
-from deployments.routing.prefix_policy import PrefixPolicy
-from tests.unit.routing.helpers import still, turns
-
-CHOOSERS = {"pow2": "deployments.routing.replica_chooser.Pow2ReplicaChooser",
-            "prefix": "deployments.routing.replica_chooser.PolicyReplicaChooser"}
-
-# --- config ----------------------------------------------------------------------------
-
-
-def test_routing_config_is_strict_and_maps_to_serve_options():
-    from ray.serve._private.config import DeploymentConfig
-    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
-
-    pow2 = request_router_config(RoutingConfig(stats_period_s=3))
-    assert pow2["request_router_kwargs"] == {} and pow2["request_routing_stats_period_s"] == 3
-    cfg = RoutingConfig(policy="prefix", max_load_gap=4)
-    options = request_router_config(cfg, adapter_slots=4)
-    assert options["request_router_class"] == CHOOSERS["prefix"]
-    assert options["request_router_kwargs"]["max_load_gap"] == 4 and options["request_router_kwargs"]["policy"] == "prefix"
-    assert "stats_period_s" not in options["request_router_kwargs"]
-    # the model's adapter slots ride along, and the chooser takes them out before validating
-    kwargs = dict(options["request_router_kwargs"])
-    assert kwargs.pop("adapter_slots") == 4
-    assert RoutingConfig(**kwargs) == cfg
-    # what PolicyReplicaChooser.initialize_state builds from them
-    built = policy_class(cfg.policy)(RoutingConfig(**kwargs))
-    assert isinstance(built, PrefixPolicy) and built.config == cfg
-    # Serve takes both as it takes them from `.options()`, and imports the classes by path.
-    for policy in ("pow2", "prefix"):
-        config = DeploymentConfig()
-        config.request_router_config = request_router_config(RoutingConfig(policy=policy))
-        router_class = config.request_router_config.get_request_router_class()
-        assert router_class.__name__ == CHOOSERS[policy].rsplit(".", 1)[1]
-    from deployments.routing.replica_chooser import Pow2ReplicaChooser
-    assert issubclass(Pow2ReplicaChooser, PowerOfTwoChoicesRequestRouter), "pow2 is Serve's default router"
-    with pytest.raises(ValidationError):
-        RoutingConfig(policy="prefix", max_load_gapp=4)
-    with pytest.raises(ValidationError):
-        RoutingConfig(policy="round_robin")
-    for field in RoutingConfig.model_fields.values():
-        assert field.description, "every field is documented"
-
-
-# --- the Serve adapter, with fake replicas (no Ray cluster) ----------------------------
-
-
-class FakeReplica:
-    """What the base RequestRouter touches on a RunningReplica."""
-
-    def __init__(self, unique_id: str, deployment_id: Any) -> None:
-        from ray.serve.request_router import ReplicaID
-
-        self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=deployment_id)
-        self.max_ongoing_requests = 256
-        self.node_id = "node"
-        self.availability_zone = None
-        self.multiplexed_model_ids: set[str] = set()
-        self.routing_stats: dict[str, Any] = {}
-
-        self.queue_len = 0
-        self.probes = 0
-
-    async def get_queue_len(self, *, deadline_s: float) -> int:
-        self.probes += 1
-        await asyncio.sleep(0.01)
-        return self.queue_len
+from deployments.routing.policy import request_router_config
+from tests.support.routing import FakeReplica, make_router, pending, still, turns
 
 
 def serve_builds(router_class: type) -> Any:
@@ -100,30 +35,6 @@ def test_both_request_routers_build_as_serve_builds_them_and_join_the_seam():
     for router_class in (Pow2ReplicaChooser, PolicyReplicaChooser):
         router = serve_builds(router_class)
         assert router.deployment_key == ("glm", "GLMEngine") and router in live_choosers.choosers()
-
-
-def make_router(**kwargs: Any) -> Any:
-    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
-
-    from deployments.routing.replica_chooser import PolicyReplicaChooser
-
-    router = PolicyReplicaChooser(
-        deployment_id=DeploymentID(name="GLMEngine", app_name="glm"),
-        handle_source=DeploymentHandleSource.REPLICA,
-        use_replica_queue_len_cache=True,
-        self_node_id="node",  # what Serve passes for LocalityMixin; must be accepted and ignored
-        prefer_local_node_routing=False,
-    )
-    router.initialize_state(**{"policy": "prefix", **kwargs})
-    return router, DeploymentID(name="GLMEngine", app_name="glm")
-
-
-def pending(args: list[Any], method: str, internal_id: str) -> Any:
-    from ray.serve._private.common import RequestMetadata
-    from ray.serve.request_router import PendingRequest
-
-    metadata = RequestMetadata(request_id=internal_id, internal_request_id=internal_id, call_method=method)
-    return PendingRequest(args=args, kwargs={}, metadata=metadata)
 
 
 def test_the_serve_adapter_routes_turns_to_their_replica():

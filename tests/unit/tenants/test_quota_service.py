@@ -1,0 +1,152 @@
+"""Router replicas' leases on one ledger (deployments/tenants/quota_service.py), driven on a
+clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.tenants.quota_service import QuotaActor, TenantQuotas
+from deployments.tenants.rate_headers import RateLimited
+from deployments.tenants.tenants_file import Tenant, hash_key
+
+
+def _tenant(name: str = "t", **limits) -> Tenant:
+    return Tenant(name=name, keys=[hash_key(name)], **limits)
+
+
+class _InProcess:
+    """The quota actor's own class, its methods reached as ``.remote`` like an actor handle's:
+    several TenantQuotas (router replicas) in one test share one ledger."""
+
+    def __init__(self, clock):
+        self.actor = QuotaActor()
+        self.calls = 0
+        import deployments.tenants.quota_service as service
+        self._service = service
+        self._clock = clock
+        outer = self
+
+        class _Method:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                outer.calls += 1
+                return outer._call(self.name, args)
+
+        self.take, self.give = _Method("take"), _Method("give")
+
+    async def _call(self, name, args):
+        # The actor reads time.monotonic; the test's clock stands in for it.
+        self._service.time.monotonic, real = self._clock, self._service.time.monotonic
+        try:
+            return await getattr(self.actor, name)(*args)
+        finally:
+            self._service.time.monotonic = real
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("per_second", [5, 30, 100])
+def test_two_router_replicas_admit_the_limit_between_them_within_a_tenth_over_a_minute(per_second):
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(requests_per_minute=600)
+
+    async def scenario():
+        routers = [TenantQuotas("q", 2, clock=clock, actor=shared) for _ in range(2)]
+        admitted = refused = 0
+        # Requests alternating between the replicas for 2 minutes: half, 3x and 10x the limit.
+        for step in range(120 * per_second):
+            now[0] = step / per_second
+            try:
+                ticket = await routers[step % 2].admit(tenant)
+            except RateLimited as exc:
+                refused += 1
+                assert exc.status == 429 and float(exc.headers()["retry-after-ms"]) > 0
+                continue
+            admitted += 1
+            routers[step % 2].finish(ticket, 0)
+        return admitted, refused
+
+    admitted, refused = _run(scenario())
+    offered = 120 * per_second
+    limit = 600 * 2  # two minutes
+    if offered < limit:
+        assert (admitted, refused) == (offered, 0)
+    else:
+        assert limit * 0.9 <= admitted <= limit * 1.1, admitted
+    # Leases of 7: a grant and a refusal per lease and replica at most, however many are offered.
+    assert shared.calls < admitted / 2, "most requests are admitted from a lease, not by asking the ledger"
+
+
+def test_tokens_are_reserved_then_settled_and_usage_past_the_reservation_is_owed():
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(tokens_per_minute=6000)  # a burst of 600
+
+    async def scenario():
+        quotas = TenantQuotas("q", 1, clock=clock, actor=shared)
+        first = await quotas.admit(tenant)
+        await quotas.reserve_tokens(first, 500)
+        second = await quotas.admit(tenant)
+        with pytest.raises(RateLimited) as info:
+            await quotas.reserve_tokens(second, 500)  # 500 reserved of 600: 100 left
+        assert info.value.kind == "tokens" and info.value.type == "tokens"
+        quotas.finish(first, used_tokens=50)  # 450 come back
+        quotas.finish(second, 0)
+        third = await quotas.admit(tenant)
+        await quotas.reserve_tokens(third, 500)
+        quotas.finish(third, used_tokens=2000)  # a long prompt: 1500 owed
+        fourth = await quotas.admit(tenant)
+        with pytest.raises(RateLimited):
+            await quotas.reserve_tokens(fourth, 10)
+        now[0] += 20  # 2000 refilled: out of debt
+        await quotas.reserve_tokens(fourth, 10)
+
+    _run(scenario())
+
+
+def test_concurrency_counts_a_request_until_it_finishes():
+    clock = lambda: 0.0  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(max_concurrent_requests=2)
+
+    async def scenario():
+        routers = [TenantQuotas("q", 2, clock=clock, actor=shared) for _ in range(2)]
+        a = await routers[0].admit(tenant)
+        await routers[1].admit(tenant)
+        with pytest.raises(RateLimited) as info:
+            await routers[0].admit(tenant)
+        assert info.value.kind == "concurrent"
+        routers[0].finish(a, 0)
+        await routers[0].admit(tenant)  # the place a freed, from router 0's lease
+
+    _run(scenario())
+
+
+def test_without_the_ledger_each_replica_enforces_its_share_starting_empty():
+    tenant = _tenant(requests_per_minute=120)  # a burst of 12; 6 per replica of 2, filling at 1/s
+    now = [0.0]
+    fallbacks = []
+
+    async def scenario():
+        # No Ray here: the actor is out of reach.
+        quotas = TenantQuotas("q", 2, clock=lambda: now[0], on_fallback=lambda: fallbacks.append(1))
+        with pytest.raises(RateLimited):
+            await quotas.admit(tenant)
+        now[0] = 60.0
+        for _ in range(6):
+            ticket = await quotas.admit(tenant)
+            assert ticket.local and ticket.headers["x-ratelimit-limit-requests"] == "120"
+        with pytest.raises(RateLimited):
+            await quotas.admit(tenant)
+        assert quotas.fallbacks == len(fallbacks) == 6
+
+    _run(scenario())
