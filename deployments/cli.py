@@ -7,6 +7,7 @@ Ray and importing no vLLM; `glm-serve run` checks, then becomes `serve run`.
 `glm-serve hash-key` prints the digest of an API key for the tenants file."""
 
 import argparse
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -165,6 +166,11 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
             errors += _lines(e, args, ("applications", i, "args"))
             continue
         model = config.model.model
+        host = str(((data.get("http_options") or {}).get("host")) or "127.0.0.1")
+        if not _loopback(host) and not config.router.auth.has_keys and not config.router.auth.allow_unauthenticated:
+            errors.append(f"applications[{i}].args.router.auth: http_options.host {host!r} is not loopback and no "
+                          "key source is set (api_keys_env, api_keys_file or tenants_file), so anyone who reaches "
+                          "the port may call the API; set one, or router.auth.allow_unauthenticated: true")
         tenants_file = config.router.auth.tenants_file
         if tenants_file is not None:
             where = f"applications[{i}].args.router.auth.tenants_file"
@@ -181,6 +187,16 @@ def check_config(data: Any) -> tuple[list[str], list[str], int]:
             warnings.append(f"applications[{i}].args.model.model: {model!r} does not exist under {os.getcwd()} "
                             "(fine only if every Ray node, or a model hub, has it)")
     return errors, warnings, len(apps)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (Serve's ``http_options.host``) listens on loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
 
 
 def _install_proxy_gate() -> None:

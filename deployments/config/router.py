@@ -44,6 +44,12 @@ class RequestLimits(StrictModel):
         description="Most tokens one request may ask the engine to generate in all: n x max_tokens (the "
                     "model's default_max_tokens when the request sets none).",
     )
+    max_whole_logprobs: int = Field(
+        default=65_536, ge=1,
+        description="Most log-probabilities a whole (non-streamed) response may carry: n x max_tokens x "
+                    "(top_logprobs + 1). The ingress builds such a response in memory before it sends it; a stream "
+                    "leaves chunk by chunk and has no such cap. What one costs: docs/operations.md.",
+    )
 
 
 class IngressAuth(StrictModel):
@@ -68,6 +74,16 @@ class IngressAuth(StrictModel):
     metrics_without_key: bool = Field(
         default=False, description="Serve GET /metrics without an API key (for a scraper inside the network).",
     )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve with no key source on an HTTP host other than loopback, on purpose (a trusted network "
+                    "in front of it). Without it, `glm-serve check` and `glm-serve run` refuse such a config.",
+    )
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether any key source is set (keys env, keys file or tenants file)."""
+        return any((self.api_keys_env, self.api_keys_file, self.tenants_file))
 
 
 class IngressDeadlines(StrictModel):

@@ -35,7 +35,8 @@ class ChatCompletions:
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), messages=parsed.messages,
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,
                      max_tokens_param="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens",
-                     choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
+                     choices=parsed.n, default_max_tokens=ctx.default_max_tokens,
+                     logprobs=parsed.logprobs_count, stream=parsed.stream)
         ctx.check_sampling(parsed, record)
         ctx.check_tool_support(parsed.tools)
         tools: list[dict[str, Any]] | None = parsed.active_tools()

@@ -30,7 +30,8 @@ class Completions:
         parsed: CompletionRequest = ctx.validate(CompletionRequest,
                                                           await ctx.read_json(request), record)
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), prompt=parsed.prompt, stop=parsed.stop,
-                     max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
+                     max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens,
+                     logprobs=parsed.logprobs, logprobs_param="logprobs", stream=parsed.stream)
         ctx.check_sampling(parsed, record)
         generation = ctx.with_deadlines(GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",

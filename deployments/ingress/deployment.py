@@ -14,12 +14,14 @@ Request life cycle::
       -> model name, and may the tenant call it (404) -> limits (400/413)
       -> tenant's tokens, reserved (429)
       -> engine.generate (chunks over the stream channel) / engine.complete
-         (sent once more to another replica if the engine failed before any output)
+         (Serve tries another replica only while none has accepted the request; after
+         that an engine failure is the client's 503 with Retry-After)
       -> an APIError (the router's or an engine's refusal, a deadline) -> its status, here
       -> first chunk -> 200 + SSE stream
       -> a failure or a deadline after the first byte -> SSE error event, then [DONE]
       -> one access-log line and the metrics, once, when the request ends; the tenant's
-         place freed and its tokens settled
+         place freed and its tokens settled (:meth:`IngressDeployment.__call__`, or the
+         stream's relay once the request became a stream)
 
 Admission: glm-serve's gate in Serve's proxy refuses past ``router.max_in_flight_requests``
 x the router replicas (:mod:`deployments.proxy_gate`), this class past the cap on its own
@@ -93,12 +95,13 @@ class IngressDeployment:
                                 config.batch_admission_share),
             default_max_tokens=model.default_max_tokens,
         )
-        self._api_keys = ApiKeys(config.auth.api_keys_env, config.auth.api_keys_file, config.auth.tenants_file)
+        self._api_keys = ApiKeys(config.auth.api_keys_env, config.auth.api_keys_file, config.auth.tenants_file,
+                                 on_stale=lambda stale: metrics.tenants_file_stale.set(int(stale)))
         if any(t.limited for t in self._api_keys.tenants.values()):
             ctx.admission.quotas.start()  # type: ignore[union-attr]
         self._open_paths = {"/health"} | ({"/metrics"} if config.auth.metrics_without_key else set())
         self._gate = ProxyGateWatch(metrics)
-        handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate),
+        handlers = (ChatCompletions(ctx), Completions(ctx), Models(ctx), Tokenize(ctx), Health(ctx, self._gate, lambda: self._api_keys.stale),
                     Metrics(ctx), OpenAPI(ctx))
         self._routes = {handler.route: handler for handler in handlers}
         self._paths = {path for _, path in self._routes}
@@ -153,7 +156,9 @@ class IngressDeployment:
         if not self._api_keys.enabled:
             tenant: Tenant | None = self._api_keys.anonymous
         elif path in self._open_paths:
-            tenant = None  # a probe or a scrape: nobody's
+            # A probe or a scrape: nobody's, unless a valid key says whose (an operator's
+            # /health shows more than a load balancer's).
+            tenant = self._api_keys.identify_optional(request.headers.get("authorization"))
         else:
             tenant = self._api_keys.identify(request.headers.get("authorization"))
         record.caller = tenant

@@ -109,6 +109,10 @@ class IngressMetrics:
             Counter, "glm_serve_tenant_quota_fallbacks",
             "Requests of limited tenants admitted on this router replica's own share of the limits, because the "
             "shared ledger (a Ray actor) did not answer within 1 s.")
+        self.tenants_file_stale = self._series(
+            Gauge, "glm_serve_tenants_file_stale",
+            "1 while the tenants file on disk does not validate or cannot be read, and the last valid version "
+            "stays in force; else 0.")
         self.tenant_rate_limited = self._series(
             Counter, "glm_serve_tenant_rate_limited",
             "Requests refused with 429 by tenant and limit (requests, tokens, concurrent).", ("tenant", "limit"))

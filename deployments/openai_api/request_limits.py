@@ -29,8 +29,10 @@ def prompt_chars(messages: list[Any] | None, prompt: Any) -> int:
 def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, messages: list[Any] | None = None,
                  prompt: Any = None, tools: list[Any] | None = None, stop: Any = None,
                  max_tokens: int | None = None, max_tokens_param: str = "max_tokens", choices: int = 1,
-                 default_max_tokens: int | None = None) -> None:
-    """Raise the APIError for the first cap a request goes over."""
+                 default_max_tokens: int | None = None, logprobs: int | None = None,
+                 logprobs_param: str = "top_logprobs", stream: bool = False) -> None:
+    """Raise the APIError for the first cap a request goes over. ``logprobs``: the top
+    log-probabilities asked per token (0: the chosen token's only; None: none)."""
     param = "messages" if messages is not None else "prompt"
     if messages is not None and len(messages) > limits.max_messages:
         raise APIError(400, f"messages: {len(messages)} messages, more than the {limits.max_messages} allowed.",
@@ -64,3 +66,11 @@ def check_limits(limits: RequestLimits, max_tokens_limit: int | None, *, message
     if choices > 1 and per_choice is not None and choices * per_choice > limits.max_total_tokens:
         raise APIError(400, f"n: {choices} choices of {per_choice} tokens is {choices * per_choice} tokens, more than "
                             f"the {limits.max_total_tokens} one request may ask for.", param="n")
+    if logprobs is not None and not stream:
+        tokens = per_choice if per_choice is not None else limits.max_total_tokens
+        entries = choices * tokens * (logprobs + 1)
+        if entries > limits.max_whole_logprobs:
+            raise APIError(400, f"{logprobs_param}: {choices} choice(s) x {tokens} tokens x {logprobs + 1} "
+                                f"log-probabilities is {entries}, more than the {limits.max_whole_logprobs} a whole "
+                                "response may carry; stream it, or ask for fewer tokens or log-probabilities.",
+                           param=logprobs_param)

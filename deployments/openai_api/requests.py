@@ -45,6 +45,9 @@ MAX_CHOICES = 16
 MAX_LOGIT_BIAS = 300
 """Most logit_bias entries in one request (OpenAI's own cap)."""
 _TOKEN_ID = re.compile(r"^[0-9]{1,10}$")
+MAX_TOKENS = 2**31 - 1
+"""Largest token count a request may name (vLLM's own fields are 32-bit): past it a 400 names
+the field, before the number reaches any arithmetic (10**400 would overflow a float)."""
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit on chat ``top_logprobs``."""
 MAX_COMPLETION_LOGPROBS = 5
@@ -178,7 +181,7 @@ class SamplingFields(WireModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOKENS)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -243,8 +246,8 @@ class ChatCompletionRequest(SamplingFields):
     unsupported = UNSUPPORTED_CHAT_FIELDS
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -294,7 +297,7 @@ class CompletionRequest(SamplingFields):
     unsupported = UNSUPPORTED_COMPLETION_FIELDS
 
     prompt: str | list[int] | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS)  # OpenAI's default for completions
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
 
     @model_validator(mode="after")

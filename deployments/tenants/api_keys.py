@@ -22,6 +22,7 @@ an edit before it is saved.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -58,12 +59,13 @@ def _file_keys(file_name: str) -> list[str]:
     return [hash_key(k) for k in found]
 
 
-def _file_stamp(file_name: str) -> tuple[int, int, int] | None:
+def _file_stamp(file_name: str) -> str | None:
+    """The file's content digest (None: unreadable). A digest, not the modification time:
+    an edit of the same size within one timestamp tick would keep the time and size."""
     try:
-        st = os.stat(file_name)
+        return hashlib.sha256(Path(file_name).read_bytes()).hexdigest()
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def default_tenant(digests: list[str] | None = None) -> Tenant:
@@ -104,7 +106,8 @@ class ApiKeys:
     tenants file does not validate."""
 
     def __init__(self, env_name: str | None, file_name: str | None, tenants_file: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_stale: Callable[[bool], None] | None = None) -> None:
         self._env = _env_keys(env_name) if env_name is not None else []
         self._keys_file = _Watched(file_name, _file_keys, clock) if file_name is not None else None
         self._tenants_file = _Watched(tenants_file, load_tenants, clock) if tenants_file is not None else None
@@ -115,6 +118,10 @@ class ApiKeys:
         self.tenants: dict[str, Tenant] = {}
         """The tenants by name, the default one included while it has keys."""
         self._by_digest: dict[str, Tenant] = {}
+        self.stale: str | None = None
+        """Why the tenants file in force is not the one on disk (it stopped validating, or
+        cannot be read), or None when it is. Shown to operators in ``/health``."""
+        self._on_stale = on_stale
         self._rebuild()
 
     def identify(self, authorization: str | None) -> Tenant:
@@ -130,6 +137,14 @@ class ApiKeys:
             raise APIError(401, message, "authentication_error", code="invalid_api_key")
         return tenant
 
+    def identify_optional(self, authorization: str | None) -> Tenant | None:
+        """The tenant whose key ``authorization`` presents, or None for no key or a wrong one
+        (an open route: the caller is answered either way, with less)."""
+        try:
+            return self.identify(authorization) if authorization else None
+        except APIError:
+            return None
+
     def _reload_if_changed(self) -> None:
         changed = False
         if self._keys_file is not None:
@@ -144,11 +159,22 @@ class ApiKeys:
                 changed |= self._tenants_file.changed()
             except ValueError as exc:  # a half-saved edit: keep the last valid tenants
                 logger.error("router.auth.tenants_file did not validate, the last valid version stays in force: %s", exc)
+                self._set_stale(str(exc).splitlines()[0])
+            else:
+                if changed:
+                    self._set_stale(None)
         if changed:
             try:
                 self._rebuild()
             except ValueError as exc:
                 logger.error("%s; the last valid keys stay in force", exc)
+
+    def _set_stale(self, why: str | None) -> None:
+        # Fail static, not closed: a broken edit keeps the last good tenants serving
+        # (docs/operations.md says why), and operators see it here and in /metrics.
+        self.stale = why
+        if self._on_stale is not None:
+            self._on_stale(why is not None)
 
     def _rebuild(self) -> None:
         plain = self._env + (self._keys_file.value if self._keys_file is not None else [])  # type: ignore[operator]

@@ -142,11 +142,18 @@ class TenantQuotas:
 
     async def reserve_tokens(self, ticket: Ticket, tokens: int) -> None:
         """Reserve ``tokens`` (the most the request may generate) against the tenant's
-        tokens per minute; settled in :meth:`finish` on prompt plus completion."""
+        tokens per minute; settled in :meth:`finish` on prompt plus completion.
+
+        A reservation takes at most one full bucket: a request that asks for more is
+        admitted on a full bucket and pays the rest as debt when it ends, for what it
+        really used. Reserving all it asked would refund the unused part (a max_tokens of
+        10**15, say) into this replica's lease, which the tenant could then spend with no
+        limit while it keeps the lease busy."""
         if "tokens" not in ticket.limits or tokens <= 0:
             return
-        await self._take(ticket, {"tokens": float(tokens)})
-        ticket.reserved_tokens = float(tokens)
+        reserve = min(float(tokens), burst(ticket.limits["tokens"]))
+        await self._take(ticket, {"tokens": reserve})
+        ticket.reserved_tokens = reserve
 
     def finish(self, ticket: Ticket, used_tokens: int) -> None:
         """The request ended: free its place, and settle its tokens (what it reserved and did
@@ -273,6 +280,12 @@ class TenantQuotas:
                     continue
                 idle = now - lease.used_at >= LEASE_IDLE_S
                 amounts = {k: v for k, v in lease.held.items() if v != 0 and (idle or v < 0 or k == "concurrent")}
+                for kind, held in lease.held.items():
+                    # A refund beyond the lease's share goes back now, not when the lease
+                    # idles: a tenant with a request a second would keep it otherwise.
+                    share = _lease_extra(kind, lease.limits[kind]) if kind in lease.limits else 0.0
+                    if kind not in amounts and kind != "concurrent" and held > share:
+                        amounts[kind] = held - share
                 if not amounts:
                     if idle:
                         del self._leases[name]

@@ -291,3 +291,38 @@ def test_cli_prints_writes_and_checks(tmp_path, capsys):
 
     assert cli.main(["config-docs", "--check", str(tmp_path / "missing.md")]) == 1
     assert "`make config-docs`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host,router,ok", [
+    ("0.0.0.0", {}, False),  # anyone who reaches the port calls the API
+    ("10.1.2.3", {}, False),
+    ("my-host", {}, False),  # a name may resolve anywhere
+    ("0.0.0.0", {"auth": {"api_keys_env": "KEYS"}}, True),
+    ("0.0.0.0", {"auth": {"allow_unauthenticated": True}}, True),  # on purpose
+    ("0.0.0.0", {"allow_unauthenticated": True}, True),  # the flat key, read at its old place
+    ("127.0.0.1", {}, True),
+    ("localhost", {}, True),
+    ("::1", {}, True),
+])
+def test_an_api_open_to_the_network_by_accident_is_refused(tmp_path, capsys, host, router, ok):
+    config = _edited(lambda c: (c.update(http_options={"host": host}), c["applications"][0]["args"].update(
+        router=router)))
+    code, _, err = _check(capsys, _write(tmp_path, config))
+    assert (code == 0) is ok, err
+    if not ok:
+        assert "router.auth" in err[0] and "allow_unauthenticated" in err[0] and repr(host) in err[0]
+
+
+def test_a_key_at_its_old_place_is_read_and_its_new_place_named(tmp_path, capsys):
+    config = _edited(lambda c: c["applications"][0]["args"].update(
+        router={"request_timeout_s": 300, "metrics_without_key": True}))
+    code, out, err = _check(capsys, _write(tmp_path, config))
+    assert code == 0, err
+    said = "\n".join(out + err)
+    assert "router.request_timeout_s: still read, but its place is now router.deadlines.request_timeout_s" in said
+    assert "router.metrics_without_key: still read, but its place is now router.auth.metrics_without_key" in said
+    assert AppConfig.model_validate(config["applications"][0]["args"]).router.deadlines.request_timeout_s == 300
+    twice = _edited(lambda c: c["applications"][0]["args"].update(
+        router={"request_timeout_s": 300, "deadlines": {"request_timeout_s": 400}}))
+    code, _, err = _check(capsys, _write(tmp_path, twice))
+    assert code == 2 and "request_timeout_s is set twice" in "\n".join(err)

@@ -43,3 +43,17 @@ def test_a_request_within_the_caps_passes_and_prompts_are_measured_in_characters
     check_limits(LIMITS, None, prompt="y" * 100)
     with pytest.raises(APIError, match="prompt: 101 characters"):
         check_limits(LIMITS, None, prompt="y" * 101)
+
+
+def test_a_whole_response_carries_a_bounded_number_of_log_probabilities():
+    limits = RequestLimits()
+    # n 4 x 2,000 tokens x 21: 168,000 entries, about 100 MB of dicts in the ingress.
+    with pytest.raises(APIError) as info:
+        check_limits(limits, None, choices=4, max_tokens=2000, logprobs=20)
+    assert info.value.status == 400 and info.value.param == "top_logprobs"
+    assert "168000" in info.value.message and "stream" in info.value.message
+    check_limits(limits, None, choices=4, max_tokens=2000, logprobs=20, stream=True)  # leaves chunk by chunk
+    check_limits(limits, None, choices=1, max_tokens=2000, logprobs=20)  # 42,000 entries
+    with pytest.raises(APIError) as info:  # no max_tokens: bounded by what one request may generate
+        check_limits(limits, None, logprobs=5, logprobs_param="logprobs")
+    assert info.value.param == "logprobs"

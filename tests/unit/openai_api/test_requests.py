@@ -30,6 +30,9 @@ def _refusal(cls, body) -> APIError:
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"max_tokens": 10**400}, "max_tokens"),  # past a float: once a 500 from the quota arithmetic
+        ({"max_completion_tokens": 2**31}, "max_completion_tokens"),
+        ({"top_k": 10**30}, "top_k"),
         ({"n": 0}, "n"),
         ({"n": 17}, "n"),
         ({"top_logprobs": 2}, "top_logprobs"),

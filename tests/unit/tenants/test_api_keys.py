@@ -3,6 +3,8 @@ file, who they identify, and reloading when a file changes."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from deployments.core.errors import APIError
@@ -118,3 +120,25 @@ def test_plain_keys_are_the_default_tenant_beside_the_file(tmp_path, monkeypatch
     path.write_text(tenants_yaml(tenant_entry("default", "kd")))
     with pytest.raises(ValueError, match="'default' is taken"):
         ApiKeys("GLM_KEYS", None, str(path))
+
+
+def test_an_edit_of_the_same_size_and_time_is_seen_and_a_broken_file_is_shown_stale(tmp_path):
+    now = [0.0]
+    stale_flags = []
+    path = tmp_path / "tenants.yaml"
+    path.write_text(tenants_yaml(tenant_entry("a", "ka", "    requests_per_minute: 5\n")))
+    keys = ApiKeys(None, None, str(path), clock=lambda: now[0], on_stale=stale_flags.append)
+    stamp = path.stat().st_mtime_ns
+    path.write_text(tenants_yaml(tenant_entry("a", "ka", "    requests_per_minute: 6\n")))  # same size
+    os.utime(path, ns=(stamp, stamp))  # and the same timestamp (one tick of a coarse clock)
+    now[0] += 1.0
+    assert keys.identify("Bearer ka").requests_per_minute == 6
+    assert keys.stale is None
+    path.unlink()  # deleted: the last good version stays, and says so
+    now[0] += 1.0
+    assert keys.identify("Bearer ka").requests_per_minute == 6
+    assert keys.stale is not None and stale_flags[-1] is True
+    path.write_text(tenants_yaml(tenant_entry("a", "ka", "    requests_per_minute: 7\n")))
+    now[0] += 1.0
+    assert keys.identify("Bearer ka").requests_per_minute == 7
+    assert keys.stale is None and stale_flags[-1] is False

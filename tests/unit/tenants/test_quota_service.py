@@ -150,3 +150,40 @@ def test_without_the_ledger_each_replica_enforces_its_share_starting_empty():
         assert quotas.fallbacks == len(fallbacks) == 6
 
     _run(scenario())
+
+
+def test_a_reservation_past_the_bucket_cannot_turn_the_tokens_limit_off(monkeypatch):
+    """The attack: max_tokens 10**15 on a full bucket, used for 10 tokens, then a request a
+    second. Reserved whole, the unused 10**15 came back into the replica's lease, which a
+    request a second kept from idling: every later request was served from it, unlimited."""
+    import deployments.tenants.quota_service as service
+
+    monkeypatch.setattr(service, "FLUSH_S", 0.001)
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(tokens_per_minute=600)  # 10 tokens a second, a bucket of 60
+
+    async def scenario():
+        quotas = TenantQuotas("q", 1, clock=clock, actor=shared)
+        first = await quotas.admit(tenant)
+        await quotas.reserve_tokens(first, 10**15)
+        assert first.reserved_tokens == 60, "one reservation takes at most a full bucket"
+        quotas.finish(first, used_tokens=10)
+        used = 10
+        for second in range(1, 121):  # two minutes of a request a second, each of 60 tokens
+            now[0] = float(second)
+            await asyncio.sleep(0.005)  # the flusher's turn: the refund past the lease's share goes back
+            ticket = await quotas.admit(tenant)
+            try:
+                await quotas.reserve_tokens(ticket, 60)
+            except RateLimited:
+                quotas.finish(ticket, 0)
+                continue
+            quotas.finish(ticket, used_tokens=60)
+            used += 60
+        return used
+
+    used = _run(scenario())
+    assert used <= 1200 * 1.1 + 60, f"{used} tokens in two minutes against a limit of 600 a minute"
+    assert used >= 1200 * 0.8, "the limit still admits what it allows"
