@@ -53,6 +53,9 @@ class GenerationRequest:
     """The LoRA adapter to generate with (a name of ``model.lora``); None: the base model."""
     priority: int = 0
     """vLLM's request priority (lower runs first): 0 interactive, 1 batch tenants."""
+    cache_salt: str | None = None
+    """Partitions vLLM's prefix cache: only requests with the same salt share cached blocks
+    (one per tenant or cache group). None: the shared, unsalted cache."""
     first_token_deadline: float | None = None
     """Wall-clock time (``time.time()``) by which the first output must exist, queues included."""
     deadline: float | None = None

@@ -21,8 +21,8 @@ class EngineBackend:
     """Builds a request's sampling values (vLLM's ``SamplingParams``)."""
     structured_outputs: Callable[..., Any]
     """Builds structured-output constraints (vLLM's ``StructuredOutputsParams``)."""
-    tokens_prompt: Callable[[list[int]], Any]
-    """Wraps a prompt's token ids (vLLM's ``TokensPrompt``)."""
+    tokens_prompt: Callable[[list[int], str | None], Any]
+    """Wraps a prompt's token ids and its prefix-cache salt (vLLM's ``TokensPrompt``)."""
     delta: Any
     """The output mode that yields only what is new (vLLM's ``RequestOutputKind.DELTA``)."""
     request_errors: tuple[type[BaseException], ...]
@@ -42,7 +42,8 @@ def vllm_backend() -> EngineBackend:
     return EngineBackend(
         sampling_params=SamplingParams,
         structured_outputs=StructuredOutputsParams,
-        tokens_prompt=lambda ids: TokensPrompt(prompt_token_ids=ids),
+        tokens_prompt=lambda ids, salt: (TokensPrompt(prompt_token_ids=ids, cache_salt=salt) if salt
+                                         else TokensPrompt(prompt_token_ids=ids)),
         delta=RequestOutputKind.DELTA,
         request_errors=(VLLMClientError, ValueError),
         dead_errors=(engine_dead_error(),),

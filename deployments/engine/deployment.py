@@ -334,4 +334,4 @@ class EngineDeployment:
         except (ValueError, TypeError) as exc:
             raise APIError(400, f"Invalid sampling parameters: {exc}",
                                  param=getattr(exc, "parameter", None)) from None
-        return backend.tokens_prompt(token_ids), params, num_prompt
+        return backend.tokens_prompt(token_ids, request.cache_salt), params, num_prompt

@@ -58,7 +58,9 @@ class Admission:
             self.generating -= 1
             metrics.admitted.set(self.generating)
         if record.ticket is not None and self.quotas is not None:
-            self.quotas.finish(record.ticket, record.prompt_tokens + record.completion_tokens)
+            # Refused here after its tenant's limits let it in: the request is not the tenant's to pay.
+            self.quotas.finish(record.ticket, record.prompt_tokens + record.completion_tokens,
+                               refund_request=not record.admitted)
         duration_s = time.perf_counter() - record.start
         metrics.requests.labels(record.route, str(record.status)).inc()
         metrics.latency.labels(record.route).observe(duration_s)

@@ -119,12 +119,14 @@ class IngressContext:
 
     async def reserve_tokens(self, record: RequestRecord, generation: GenerationRequest) -> None:
         """Reserve the most ``generation`` may produce against its tenant's tokens per minute
-        (429 when it has not that many left), and give it its tenant's priority. The prompt's
-        tokens are charged when the request ends, with what it really generated."""
+        (429 when it has not that many left), and give it its tenant's priority and prefix-cache
+        salt. The prompt's tokens are charged when the request ends, with what it really
+        generated."""
         tenant: Tenant | None = record.caller
         if tenant is None:
             return
         generation.priority = 1 if tenant.batch else 0
+        generation.cache_salt = tenant.cache_salt
         if record.ticket is not None and self.admission.quotas is not None:
             per_choice = generation.max_tokens or self.default_max_tokens or self.max_tokens_limit(record) or 0
             await self.admission.quotas.reserve_tokens(record.ticket, per_choice * generation.sampling.get("n", 1))

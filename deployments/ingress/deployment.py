@@ -168,8 +168,10 @@ class IngressDeployment:
             raise APIError(404, f"No route {path}.", "not_found_error")
         if path in ADMITTED_ROUTES:
             self._gate.saw(request.headers.get(GATE_HEADER))
-            ctx.admission.admit(record)
+            # The tenant's own limits first: a tenant past them is refused before it takes
+            # one of the places every tenant shares (and that refusal is cached).
             record.ticket = await ctx.admission.quotas.admit(tenant)  # type: ignore[union-attr,arg-type]
+            ctx.admission.admit(record)
         return await handler(request, record)
 
 

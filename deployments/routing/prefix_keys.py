@@ -68,17 +68,21 @@ def stable_hash(kind: bytes, value: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def _adapter_salt(h: Any, adapter: str | None) -> Any:
-    # vLLM's prefix cache keys blocks by adapter too: a prompt cached for one adapter is not
-    # cached for another, or for the base model.
+def _salt(h: Any, adapter: str | None, cache_salt: str | None = None) -> Any:
+    # vLLM's prefix cache keys blocks by adapter and by cache salt too: a prompt cached for
+    # one adapter (or one tenant) is not cached for another, so it must not route as if it were.
     if adapter:
         _field(h, b"\x00adapter")
         _field(h, adapter.encode("utf-8", "surrogatepass"))
+    if cache_salt:
+        _field(h, b"\x00salt")
+        _field(h, cache_salt.encode("utf-8", "surrogatepass"))
     return h
 
 
-def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int, adapter: str | None = None) -> PrefixKeys:
-    h = _adapter_salt(blake2b(digest_size=8, person=b"glm-chat"), adapter)
+def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int, adapter: str | None = None,
+               cache_salt: str | None = None) -> PrefixKeys:
+    h = _salt(blake2b(digest_size=8, person=b"glm-chat"), adapter, cache_salt)
     hashes: list[int] = []
     anchors: list[int] = []
     if tools:
@@ -106,14 +110,15 @@ def _chat_keys(messages: Sequence[Any], tools: Any, min_blocks: int, adapter: st
     return PrefixKeys(tuple(hashes), tuple(anchors))
 
 
-def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int, adapter: str | None = None) -> PrefixKeys:
+def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int, adapter: str | None = None,
+                cache_salt: str | None = None) -> PrefixKeys:
     if isinstance(prompt, str):
-        h = _adapter_salt(blake2b(digest_size=8, person=b"glm-text"), adapter)
+        h = _salt(blake2b(digest_size=8, person=b"glm-text"), adapter, cache_salt)
 
         def encode(chunk: Any) -> bytes:
             return chunk.encode("utf-8", "surrogatepass")
     else:
-        h = _adapter_salt(blake2b(digest_size=8, person=b"glm-ids"), adapter)
+        h = _salt(blake2b(digest_size=8, person=b"glm-ids"), adapter, cache_salt)
 
         def encode(chunk: Any) -> bytes:
             try:
@@ -131,16 +136,17 @@ def _chunk_keys(prompt: str | Sequence[int], size: int, min_blocks: int, adapter
 
 def prefix_keys(request: Any, chars_per_block: int, tokens_per_block: int, min_match_blocks: int) -> PrefixKeys:
     """The prefix keys of a :class:`~deployments.core.generation.GenerationRequest` (or any
-    object with ``messages`` / ``prompt`` / ``tools``, and ``adapter``, which salts every key)."""
+    object with ``messages`` / ``prompt`` / ``tools``, and ``adapter`` and ``cache_salt``,
+    which salt every key)."""
     messages = getattr(request, "messages", None)
-    adapter = getattr(request, "adapter", None)
+    salts = (getattr(request, "adapter", None), getattr(request, "cache_salt", None))
     if messages is not None:
-        return _chat_keys(messages, getattr(request, "tools", None), min_match_blocks, adapter)
+        return _chat_keys(messages, getattr(request, "tools", None), min_match_blocks, *salts)
     prompt = getattr(request, "prompt", None)
     if isinstance(prompt, str):
-        return _chunk_keys(prompt, chars_per_block, min_match_blocks, adapter)
+        return _chunk_keys(prompt, chars_per_block, min_match_blocks, *salts)
     if isinstance(prompt, Sequence) and prompt:
-        return _chunk_keys(prompt, tokens_per_block, min_match_blocks, adapter)
+        return _chunk_keys(prompt, tokens_per_block, min_match_blocks, *salts)
     return EMPTY
 
 

@@ -42,6 +42,9 @@ LEASE_IDLE_S = 1.0
 FLUSH_S = 0.1
 """How often freed places and token debts go back to the ledger: a freed place held by one
 replica would refuse the tenant on the others."""
+CONCURRENT_RECHECK_S = 0.05
+"""How long a tenant at its concurrency limit is refused here without asking the ledger
+again (a place this replica frees ends it at once: the lease then holds the place)."""
 CALL_TIMEOUT_S = 1.0
 """Longest wait for the quota actor on a request's path; past it, the replica's own share."""
 
@@ -155,10 +158,13 @@ class TenantQuotas:
         await self._take(ticket, {"tokens": reserve})
         ticket.reserved_tokens = reserve
 
-    def finish(self, ticket: Ticket, used_tokens: int) -> None:
+    def finish(self, ticket: Ticket, used_tokens: int, refund_request: bool = False) -> None:
         """The request ended: free its place, and settle its tokens (what it reserved and did
-        not use comes back; what it used beyond is owed)."""
+        not use comes back; what it used beyond is owed). ``refund_request``: it was refused
+        after its tenant's limits admitted it, so its request unit comes back too."""
         give: dict[str, float] = {}
+        if refund_request and "requests" in ticket.limits:
+            give["requests"] = 1.0
         if ticket.place:
             give["concurrent"] = 1.0
             ticket.place = False
@@ -204,8 +210,10 @@ class TenantQuotas:
                     return
                 lease.standing, lease.standing_at = grant.standing, self._clock()
                 if grant.refused is not None:
-                    if grant.refused != "concurrent":  # a place may free any moment
-                        lease.refused_until[grant.refused] = lease.standing_at + grant.wait_s
+                    # A place may free any moment, so a concurrency refusal is kept only
+                    # briefly; it still answers a flood's queue on the lease lock at once.
+                    wait_s = CONCURRENT_RECHECK_S if grant.refused == "concurrent" else grant.wait_s
+                    lease.refused_until[grant.refused] = lease.standing_at + wait_s
                     raise self._refusal(ticket, grant)
                 for kind, amount in grant.granted.items():
                     lease.held[kind] = lease.held.get(kind, 0.0) + amount

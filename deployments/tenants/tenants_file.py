@@ -64,6 +64,11 @@ class Tenant(BaseModel):
         default=None, description="Whether the tenant's requests may set ignore_eos; None: the router's setting.")
     models: list[str] | None = Field(
         default=None, description="The models (and adapters) the tenant may call; None: all.")
+    cache_group: str | None = Field(
+        default=None,
+        description="Tenants with the same cache_group share vLLM's prefix cache (a team's apps with one system "
+                    "prompt). None: the tenant's cache is its own, so no other tenant can learn from cached_tokens "
+                    "or time to first token what it sent.")
 
     @field_validator("name")
     @classmethod
@@ -72,6 +77,22 @@ class Tenant(BaseModel):
             raise ValueError("a tenant name is 1-63 letters, digits, '_', '.' or '-', starting with a letter "
                              "or digit (it becomes a metrics label)")
         return name
+
+    @field_validator("cache_group")
+    @classmethod
+    def _plain_group(cls, group: str | None) -> str | None:
+        if group is not None and not _NAME.match(group):
+            raise ValueError("a cache_group is 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return group
+
+    @property
+    def cache_salt(self) -> str | None:
+        """vLLM's ``cache_salt`` for this tenant's prompts: its cache group's, or its own. The
+        default tenant (the plain keys' callers, or everyone on a service without keys)
+        keeps the unsalted cache, shared as before."""
+        if self.name == DEFAULT_TENANT:
+            return None
+        return f"group:{self.cache_group}" if self.cache_group else f"tenant:{self.name}"
 
     @field_validator("keys")
     @classmethod

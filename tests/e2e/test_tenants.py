@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -192,3 +193,21 @@ def test_usage_and_refusals_per_tenant_in_metrics_and_the_access_log(base_url, s
     wait_until(all_seen, timeout_s=20, what=f"per-tenant series: missing {set(wanted) - seen}")
     wait_until(lambda: '"tenant":"metered"' in server["log"].read_text(errors="replace"), timeout_s=20,
                what="the tenant's name in the access log")
+
+
+def test_a_tenant_cannot_learn_from_the_prefix_cache_what_another_sent(base_url):
+    """The oracle: a tenant sends a text it guesses another sent, and reads cached_tokens.
+    Each tenant's prompts are salted apart in vLLM's cache (and in prefix routing, so the
+    guess goes where the other's would have); a cache group shares on purpose."""
+    secret = " ".join(f"{uuid.uuid4().hex[:6]} ledger line {i}." for i in range(120))  # ~10 blocks of 128
+
+    def cached(tenant: str) -> int:
+        reply = _client(base_url, tenant).chat.completions.create(
+            model=TINY_GLM_NAME, messages=[{"role": "user", "content": secret}], max_tokens=1, temperature=0)
+        assert reply.usage.prompt_tokens > 512, reply.usage
+        return reply.usage.prompt_tokens_details.cached_tokens
+
+    assert cached("team-a") == 0, "a text nobody sent before"
+    assert cached("team-a") > 0, "the tenant's own repeat is served from the cache"
+    assert cached("team-b") > 0, "a tenant of the same cache group shares it"
+    assert cached("outsider") == 0, "another tenant learns nothing from cached_tokens"

@@ -55,6 +55,10 @@ TENANTS = {
     "elsewhere": ("key-elsewhere", {"models": ["some-other-model"]}),
     "revocable": ("key-revocable", {}),
     "background": ("key-background", {"priority": "batch", "max_tokens_limit": 8, "allow_ignore_eos": False}),
+    # Prefix-cache isolation: two apps of one team share a cache group, a third tenant does not.
+    "team-a": ("key-team-a", {"cache_group": "team"}),
+    "team-b": ("key-team-b", {"cache_group": "team"}),
+    "outsider": ("key-outsider", {}),
 }
 
 

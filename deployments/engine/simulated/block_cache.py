@@ -38,13 +38,18 @@ NONE_HASH: BlockHash = _sha256("vllm-none-hash")
 
 
 def block_hashes(token_ids: Sequence[int], block_size: int, extra_keys: tuple[Any, ...] | None = None,
-                 start: int = 0, parent: BlockHash | None = None) -> list[BlockHash]:
+                 cache_salt: str | None = None, start: int = 0, parent: BlockHash | None = None) -> list[BlockHash]:
     """The chained hashes of the full blocks of ``token_ids``, from block index ``start``
-    (whose parent hash is ``parent``) on. ``extra_keys`` (an adapter's name) enters every block."""
+    (whose parent hash is ``parent``) on. ``extra_keys`` (an adapter's name) enters every
+    block; ``cache_salt`` the first one's, as vLLM's ``cache_salt`` does, and through the
+    chain every later one."""
     hashes: list[BlockHash] = []
     parent = NONE_HASH if parent is None else parent
     for begin in range(start * block_size, len(token_ids) - block_size + 1, block_size):
-        parent = _sha256((parent, tuple(token_ids[begin:begin + block_size]), extra_keys))
+        keys = extra_keys
+        if begin == 0 and cache_salt:
+            keys = (*(extra_keys or ()), ("cache_salt", cache_salt))
+        parent = _sha256((parent, tuple(token_ids[begin:begin + block_size]), keys))
         hashes.append(parent)
     return hashes
 

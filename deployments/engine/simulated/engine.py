@@ -55,7 +55,7 @@ def simulated_backend() -> EngineBackend:
     return EngineBackend(
         sampling_params=SamplingValues,
         structured_outputs=dict,
-        tokens_prompt=lambda ids: {"prompt_token_ids": ids},
+        tokens_prompt=lambda ids, salt: {"prompt_token_ids": ids, "cache_salt": salt},
         delta="delta",
         request_errors=(ValueError,),  # SimulatedRequestError, and the scheduler's own refusals
         dead_errors=(SimulatedEngineError,),
@@ -129,7 +129,7 @@ class SimulatedEngine:
         if lora_request is not None:
             raise SimulatedRequestError("the simulated engine has no LoRA adapters")
         request = SimRequest(request_id, list(prompt["prompt_token_ids"]), params.max_tokens, priority,
-                             output_token=self._output_token)
+                             output_token=self._output_token, cache_salt=prompt.get("cache_salt"))
         self._scheduler.add(request)  # ValueError for a request that cannot fit
         stream = _Stream(request, params.n, params.logprobs)
         self._streams[request_id] = stream

@@ -41,6 +41,8 @@ class SimRequest:
     priority: int = 0
     extra_keys: tuple[Any, ...] | None = None
     """Enters every block hash (vLLM puts a LoRA adapter's name there)."""
+    cache_salt: str | None = None
+    """Enters the first block's hash, as vLLM's does: requests with other salts share nothing."""
     output_token: int = 0
     """The token id every generated position gets."""
     num_prompt: int = 0
@@ -237,7 +239,7 @@ class Scheduler:
         full = len(request.tokens) // self.block_size
         if full > len(request.hashes):
             parent = request.hashes[-1] if request.hashes else None
-            request.hashes += block_hashes(request.tokens, self.block_size, request.extra_keys,
+            request.hashes += block_hashes(request.tokens, self.block_size, request.extra_keys, request.cache_salt,
                                            start=len(request.hashes), parent=parent)
 
     def _cache_full_blocks(self, request: SimRequest) -> None:

@@ -44,6 +44,17 @@ def test_keys_are_the_same_in_every_process_not_salted():
     assert int(out.stdout) == here
 
 
+def test_prefix_keys_follow_the_tenants_cache_salt_as_vllms_cache_does():
+    def keys(salt):
+        request = adapter_request(None)
+        request.cache_salt = salt
+        return prefix_keys(request, 256, 64, 1).hashes
+
+    unsalted, a, b = keys(None), keys("tenant:a"), keys("tenant:b")
+    assert not set(unsalted) & set(a) and not set(a) & set(b), "one tenant's prefix routes apart from another's"
+    assert keys("tenant:a") == a
+
+
 def test_prefix_keys_are_salted_by_adapter_as_vllms_cache_is():
     base, sql, chat = (prefix_keys(adapter_request(a), 256, 64, 1).hashes for a in (None, "sql", "chat"))
     assert len(base) == len(sql) == len(chat) == 3

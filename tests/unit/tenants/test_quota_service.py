@@ -187,3 +187,45 @@ def test_a_reservation_past_the_bucket_cannot_turn_the_tokens_limit_off(monkeypa
     used = _run(scenario())
     assert used <= 1200 * 1.1 + 60, f"{used} tokens in two minutes against a limit of 600 a minute"
     assert used >= 1200 * 0.8, "the limit still admits what it allows"
+
+
+def test_a_flood_past_a_tenants_concurrency_is_refused_from_a_cached_answer():
+    """400 excess requests at once from a tenant at its concurrency limit: they queue on the
+    tenant's lease lock; the first refusal is kept briefly, so the rest are refused without
+    a ledger round trip each (and, in the ingress, before any shared place is taken)."""
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(max_concurrent_requests=4)
+
+    async def scenario():
+        quotas = TenantQuotas("q", 1, clock=clock, actor=shared)
+        held = [await quotas.admit(tenant) for _ in range(4)]
+        calls = shared.calls
+        results = await asyncio.gather(*(quotas.admit(tenant) for _ in range(400)), return_exceptions=True)
+        assert all(isinstance(r, RateLimited) and r.kind == "concurrent" for r in results)
+        assert shared.calls - calls <= 2, f"{shared.calls - calls} ledger calls for 400 refusals"
+        quotas.finish(held[0], 0)  # a place freed here is taken at once, cached refusal or not
+        await quotas.admit(tenant)
+        now[0] += 1.0  # and one freed elsewhere within CONCURRENT_RECHECK_S
+        with pytest.raises(RateLimited):
+            await quotas.admit(tenant)
+
+    _run(scenario())
+
+
+def test_a_request_refused_after_its_tenants_limits_gets_its_request_back():
+    clock = lambda: 0.0  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(requests_per_minute=60)  # a burst of 6
+
+    async def scenario():
+        quotas = TenantQuotas("q", 1, clock=clock, actor=shared)
+        for _ in range(20):  # the service's own cap refuses each: the tenant pays none
+            quotas.finish(await quotas.admit(tenant), 0, refund_request=True)
+        for _ in range(6):
+            await quotas.admit(tenant)
+        with pytest.raises(RateLimited):
+            await quotas.admit(tenant)
+
+    _run(scenario())

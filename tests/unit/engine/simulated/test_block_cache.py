@@ -63,3 +63,18 @@ def test_a_hit_block_in_use_is_not_evicted_and_an_unfilled_block_is_reused_first
     pool.touch(hit)
     assert pool.free_blocks == 1
     assert pool.allocate(1) != hit
+
+
+def test_a_cache_salt_enters_the_first_block_as_vllms_does():
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core import kv_cache_utils
+
+    kv_cache_utils.init_none_hash(sha256)
+    tokens = list(range(100, 108))
+    first = kv_cache_utils.hash_block_tokens(sha256, None, tokens[:4], (("cache_salt", "tenant:a"),))
+    second = kv_cache_utils.hash_block_tokens(sha256, first, tokens[4:8], None)
+    assert block_hashes(tokens, BS, cache_salt="tenant:a") == [bytes(first), bytes(second)]
+    unsalted = block_hashes(tokens, BS)
+    other = block_hashes(tokens, BS, cache_salt="tenant:b")
+    assert not set(unsalted) & set(other) and not set(other) & {bytes(first), bytes(second)}, \
+        "another salt shares no block"
