@@ -65,6 +65,10 @@ from deployments.tenants.tenants_file import Tenant
 
 logger = logging.getLogger("glm_serve.router")
 
+OPERATOR_PATHS = frozenset({"/metrics"})
+"""Views of every tenant's and adapter's names and usage: operators' keys only
+(``role: operator``, or the plain keys), unless ``router.auth.metrics_without_key``."""
+
 
 def _node_ip() -> str:
     import ray
@@ -162,6 +166,9 @@ class IngressDeployment:
         else:
             tenant = self._api_keys.identify(request.headers.get("authorization"))
         record.caller = tenant
+        if path in OPERATOR_PATHS and path not in self._open_paths and not tenant.is_operator:  # type: ignore[union-attr]
+            raise APIError(403, f"This key may not read {path}: it needs role: operator in the tenants file.",
+                           "permission_error", code="operator_only")
         if handler is None:
             if path in self._paths:
                 raise APIError(405, f"Method {request.method} is not allowed on {path}.")

@@ -28,8 +28,8 @@ HEALTH_CACHE_S = 1.0
 
 
 class Health:
-    """The engine deployment's state. A load balancer (no key) learns up or down and
-    nothing else; a caller with a valid key also sees the engine replicas, whether requests
+    """The engine deployment's state. A load balancer (no key) or a tenant learns up or
+    down and nothing else; an operator's key also sees the engine replicas, whether requests
     come through the proxy gate, and whether the tenants file in force is the one on disk."""
 
     route = ("GET", "/health")
@@ -51,7 +51,7 @@ class Health:
             status, body = await asyncio.shield(self._refresh)
             self._cached = (time.monotonic(), status, body)
         _, status, body = self._cached
-        if record.caller is None:  # a load balancer: up or down, no counts, no names
+        if record.caller is None or not record.caller.is_operator:  # up or down, no counts, no names
             body = {key: body[key] for key in ("status", "error") if key in body}
         else:
             body = {**body, "proxy_gate": self._gate.state(), "tenants_file_stale": self._tenants_stale()}

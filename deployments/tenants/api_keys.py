@@ -73,7 +73,8 @@ def default_tenant(digests: list[str] | None = None) -> Tenant:
     no limits, the router's own settings."""
     return Tenant.model_construct(name=DEFAULT_TENANT, keys=digests or [], priority="interactive",
                                   max_concurrent_requests=None, requests_per_minute=None, tokens_per_minute=None,
-                                  max_tokens_limit=None, allow_ignore_eos=None, models=None)
+                                  max_tokens_limit=None, allow_ignore_eos=None, models=None, role="operator",
+                                  cache_group=None)
 
 
 class _Watched:

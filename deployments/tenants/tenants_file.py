@@ -64,6 +64,10 @@ class Tenant(BaseModel):
         default=None, description="Whether the tenant's requests may set ignore_eos; None: the router's setting.")
     models: list[str] | None = Field(
         default=None, description="The models (and adapters) the tenant may call; None: all.")
+    role: Literal["tenant", "operator"] = Field(
+        default="tenant",
+        description="operator: the tenant's keys may also read GET /metrics (every tenant's and adapter's name and "
+                    "usage) and the whole of GET /health. The keys of api_keys_env and api_keys_file are operators.")
     cache_group: str | None = Field(
         default=None,
         description="Tenants with the same cache_group share vLLM's prefix cache (a team's apps with one system "
@@ -84,6 +88,11 @@ class Tenant(BaseModel):
         if group is not None and not _NAME.match(group):
             raise ValueError("a cache_group is 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
         return group
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether the tenant's keys may read the operator views (``/metrics``, ``/health`` whole)."""
+        return self.role == "operator"
 
     @property
     def cache_salt(self) -> str | None:

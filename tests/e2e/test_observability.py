@@ -46,7 +46,8 @@ def test_every_series_the_dashboard_queries_is_on_metrics(http, base_url):
     deadline = time.monotonic() + 20  # engine series arrive with Serve's next stats poll (1 s here)
     while True:
         text = http.get("/metrics").text
-        text += httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", headers=tenant, timeout=10).text
+        text += httpx.get(f"{base_url}{TINY_GLM_PREFIX}/metrics", timeout=10,
+                          headers={"authorization": f"Bearer {API_KEY}"}).text  # an operator's key
         present = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
         missing = sorted(queried - present)
         if not missing:
@@ -74,3 +75,15 @@ def _refused_for_concurrency(base_url: str, headers: dict[str, str]) -> bool:
                     return True
         time.sleep(0.5)
     return False
+
+
+def test_metrics_name_every_tenant_so_only_an_operators_key_reads_them(base_url):
+    url = f"{base_url}{TINY_GLM_PREFIX}/metrics"
+    tenant = httpx.get(url, timeout=10, headers={"authorization": f"Bearer {TENANTS['single'][0]}"})
+    assert tenant.status_code == 403 and tenant.json()["error"]["code"] == "operator_only", tenant.text
+    assert "metered" not in tenant.text
+    operator = httpx.get(url, timeout=10, headers={"authorization": f"Bearer {API_KEY}"})
+    assert operator.status_code == 200 and "glm_serve_tenant_requests_total" in operator.text
+    health = httpx.get(f"{base_url}{TINY_GLM_PREFIX}/health", timeout=10,
+                       headers={"authorization": f"Bearer {TENANTS['single'][0]}"})
+    assert health.json() == {"status": "ok"}, "a tenant's key sees what a load balancer does"

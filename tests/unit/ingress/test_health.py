@@ -13,6 +13,7 @@ from deployments.ingress.access_log import RequestRecord
 from deployments.ingress.gate_watch import ProxyGateWatch
 from deployments.ingress.health import Health
 from deployments.tenants.api_keys import default_tenant
+from deployments.tenants.tenants_file import Tenant, hash_key
 from tests.support.ingress import ingress_context
 
 
@@ -57,9 +58,12 @@ def test_a_load_balancer_learns_up_or_down_and_an_operator_the_rest(monkeypatch)
     async def main():
         anonymous = json.loads((await health(None, RequestRecord("/health", "GET"))).body)
         keyed = json.loads((await health(None, RequestRecord("/health", "GET", caller=default_tenant()))).body)
-        return anonymous, keyed
+        tenant = Tenant(name="t", keys=[hash_key("k")])
+        tenants = json.loads((await health(None, RequestRecord("/health", "GET", caller=tenant))).body)
+        return anonymous, keyed, tenants
 
-    anonymous, keyed = asyncio.run(main())
+    anonymous, keyed, tenants = asyncio.run(main())
     assert anonymous == {"status": "ok"}, "no counts, names or gate state without a key"
+    assert tenants == anonymous, "nor with a tenant's key: the rest is for operators"
     assert keyed["engine_replicas_running"] == 2 and keyed["proxy_gate"]["through"] == 5
     assert keyed["tenants_file_stale"] == "tenants.yaml: line 3: not a mapping"
