@@ -15,6 +15,7 @@ their fields because every field is in ``args``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -31,9 +32,12 @@ class APIError(Exception):
     """An answer in OpenAI's error shape, with its HTTP status."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
-        super().__init__(status, message, type, param, code)  # all in args, so it pickles across Ray
+                 param: str | None = None, code: str | None = None, retry_after_s: float | None = None):
+        # All in args, so it pickles across Ray (an engine replica's refusal reaches the ingress whole).
+        super().__init__(status, message, type, param, code, retry_after_s)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.retry_after_s = retry_after_s
+        """Seconds until a retry may succeed (a 429's Retry-After); None: the status's default."""
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"
@@ -43,7 +47,11 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def headers(self) -> dict[str, str]:
-        """The headers its status calls for: Retry-After on 503, WWW-Authenticate on 401."""
+        """The headers its status calls for: Retry-After on 503 (and where a wait is known),
+        WWW-Authenticate on 401."""
+        if self.retry_after_s is not None:
+            return {"retry-after": str(max(1, math.ceil(self.retry_after_s))),
+                    "retry-after-ms": str(max(1, math.ceil(self.retry_after_s * 1000)))}
         if self.status == 503:
             return {"retry-after": str(RETRY_AFTER_S)}
         if self.status == 401:

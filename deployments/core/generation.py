@@ -53,6 +53,10 @@ class GenerationRequest:
     """The LoRA adapter to generate with (a name of ``model.lora``); None: the base model."""
     priority: int = 0
     """vLLM's request priority (lower runs first): 0 interactive, 1 batch tenants."""
+    tenant: str | None = None
+    """The caller's tenant, where the engine enforces a limit of the tenant's own."""
+    adapter_loads_per_minute: int | None = None
+    """The tenant's budget of adapter loads on one engine replica (None: no limit)."""
     cache_salt: str | None = None
     """Partitions vLLM's prefix cache: only requests with the same salt share cached blocks
     (one per tenant or cache group). None: the shared, unsalted cache."""

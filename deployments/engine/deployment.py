@@ -246,7 +246,7 @@ class EngineDeployment:
             return None
         if self._adapters is None:
             raise model_not_found(f"The model `{request.adapter}` does not exist.")
-        return await self._adapters.lora_request(request.adapter)
+        return await self._adapters.lora_request(request.adapter, request.tenant, request.adapter_loads_per_minute)
 
     async def _outputs(self, prompt: Any, params: Any, request: GenerationRequest,
                        lora: Any = None) -> AsyncIterator[Any]:

@@ -30,7 +30,7 @@ class ChatCompletions:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: ChatCompletionRequest = ctx.validate(ChatCompletionRequest,
+        parsed: ChatCompletionRequest = await ctx.validate(ChatCompletionRequest,
                                                               await ctx.read_json(request), record)
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), messages=parsed.messages,
                      tools=parsed.tools, stop=parsed.stop, max_tokens=parsed.output_limit,

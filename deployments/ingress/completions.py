@@ -27,7 +27,7 @@ class Completions:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: CompletionRequest = ctx.validate(CompletionRequest,
+        parsed: CompletionRequest = await ctx.validate(CompletionRequest,
                                                           await ctx.read_json(request), record)
         check_limits(ctx.config.limits, ctx.max_tokens_limit(record), prompt=parsed.prompt, stop=parsed.stop,
                      max_tokens=parsed.max_tokens, choices=parsed.n, default_max_tokens=ctx.default_max_tokens,

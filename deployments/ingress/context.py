@@ -73,7 +73,7 @@ class IngressContext:
                            code="body_timeout") from None
         return parse_object(bytes(body))
 
-    def validate(self, model_cls: type[Any], data: dict[str, Any], record: RequestRecord) -> Any:
+    async def validate(self, model_cls: type[Any], data: dict[str, Any], record: RequestRecord) -> Any:
         """``data`` as ``model_cls`` (400 naming the field), for this server's model or one of
         its adapters (``record.adapter``), which the caller's tenant may call (404 otherwise,
         as for a model that does not exist: a tenant does not learn what others may call)."""
@@ -85,7 +85,7 @@ class IngressContext:
         if tenant is not None and not tenant.may_call(parsed.model):
             raise model_not_found(f"The model `{parsed.model}` does not exist or you do not have access to it.")
         if parsed.model != self.model_name:
-            if self.adapters.find(parsed.model) is None:
+            if await self.adapters.lookup(parsed.model) is None:
                 raise model_not_found(
                     f"The model `{parsed.model}` does not exist. This server serves `{self.model_name}`"
                     + (" and its adapters (GET /v1/models lists them)." if self.adapters.enabled else "."))
@@ -127,6 +127,7 @@ class IngressContext:
             return
         generation.priority = 1 if tenant.batch else 0
         generation.cache_salt = tenant.cache_salt
+        generation.tenant, generation.adapter_loads_per_minute = tenant.name, tenant.adapter_loads_per_minute
         if record.ticket is not None and self.admission.quotas is not None:
             per_choice = generation.max_tokens or self.default_max_tokens or self.max_tokens_limit(record) or 0
             await self.admission.quotas.reserve_tokens(record.ticket, per_choice * generation.sampling.get("n", 1))

@@ -33,7 +33,7 @@ class Models:
             except Exception as exc:
                 raise engine_failure(exc) from None
             self._max_model_len = info["max_model_len"]
-        body = model_list(ctx.model_name, self._max_model_len, ctx.created, ctx.adapters.names())
+        body = model_list(ctx.model_name, self._max_model_len, ctx.created, await ctx.adapters.list_names())
         if record.caller is not None:  # only what the caller's tenant may call
             body["data"] = [m for m in body["data"] if record.caller.may_call(m["id"])]
         return json_response(body)

@@ -26,7 +26,7 @@ class Tokenize:
 
     async def __call__(self, request: Request, record: RequestRecord) -> Response:
         ctx = self.ctx
-        parsed: TokenizeRequest = ctx.validate(TokenizeRequest,
+        parsed: TokenizeRequest = await ctx.validate(TokenizeRequest,
                                                         await ctx.read_json(request), record)
         check_limits(ctx.config.limits, None, messages=parsed.messages, prompt=parsed.prompt, tools=parsed.tools)
         ctx.check_tool_support(parsed.tools)

@@ -7,15 +7,31 @@ or a shared mount). ``adapters_dir`` is read when asked, never cached: an adapte
 is served at once, one removed is gone at once. A name is a folder name, checked against
 :data:`~deployments.config.ADAPTER_NAME` before it touches the file system, so a request
 cannot name a path (``..``, ``/``) outside the folder.
+
+The file system is asked from a small pool of threads of the catalog's own, never on the
+event loop, and within :data:`LOOKUP_TIMEOUT_S`: a shared mount that hangs costs the
+requests that name an adapter a 503, not the ingress's or the engine's loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from deployments.config import ADAPTER_NAME, LoraConfig
+from deployments.core.errors import APIError
+
+T = TypeVar("T")
+
+LOOKUP_TIMEOUT_S = 2.0
+"""Longest wait for the adapters' files to answer one lookup."""
+LOOKUP_THREADS = 4
+"""Threads a catalog asks the file system from: a hung mount ties up these, nothing else."""
 
 ADAPTER_CONFIG = "adapter_config.json"
 """What makes a folder a PEFT adapter."""
@@ -37,6 +53,24 @@ class AdapterCatalog:
     def __init__(self, lora: LoraConfig | None) -> None:
         self._configured = {name: Path(path) for name, path in (lora.adapters if lora else {}).items()}
         self._dir = Path(lora.adapters_dir) if lora and lora.adapters_dir else None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def lookup(self, name: str) -> Adapter | None:
+        """:meth:`find`, off the event loop and bounded (503 past :data:`LOOKUP_TIMEOUT_S`)."""
+        return await self._off_loop(self.find, name)
+
+    async def list_names(self) -> list[str]:
+        """:meth:`names`, off the event loop and bounded."""
+        return await self._off_loop(self.names)
+
+    async def _off_loop(self, call: Callable[..., T], *args: object) -> T:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="adapter-lookup")
+        future = asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+        try:
+            return await asyncio.wait_for(future, LOOKUP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise APIError(503, "The adapters' storage did not answer in time.", "service_unavailable") from None
 
     @property
     def enabled(self) -> bool:

@@ -74,7 +74,7 @@ def default_tenant(digests: list[str] | None = None) -> Tenant:
     return Tenant.model_construct(name=DEFAULT_TENANT, keys=digests or [], priority="interactive",
                                   max_concurrent_requests=None, requests_per_minute=None, tokens_per_minute=None,
                                   max_tokens_limit=None, allow_ignore_eos=None, models=None, role="operator",
-                                  cache_group=None)
+                                  cache_group=None, adapter_loads_per_minute=None)
 
 
 class _Watched:

@@ -64,6 +64,10 @@ class Tenant(BaseModel):
         default=None, description="Whether the tenant's requests may set ignore_eos; None: the router's setting.")
     models: list[str] | None = Field(
         default=None, description="The models (and adapters) the tenant may call; None: all.")
+    adapter_loads_per_minute: int | None = Field(
+        default=None, ge=1,
+        description="LoRA adapter loads the tenant's requests may cause per minute on one engine replica (a load "
+                    "stalls the replica and may evict other tenants' adapters); past it, 429. None: no limit.")
     role: Literal["tenant", "operator"] = Field(
         default="tenant",
         description="operator: the tenant's keys may also read GET /metrics (every tenant's and adapter's name and "

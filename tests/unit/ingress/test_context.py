@@ -47,7 +47,7 @@ def _answer(body: bytes, route: type) -> int:
     record = RequestRecord(route="/v1/chat/completions", method="POST")
     try:
         data = parse_object(body)
-        parsed = ctx.validate(route, data, record)
+        parsed = asyncio.run(ctx.validate(route, data, record))
         if route is CompletionRequest:
             check_limits(ctx.config.limits, None, prompt=parsed.prompt, max_tokens=parsed.max_tokens,
                          choices=parsed.n, default_max_tokens=ctx.default_max_tokens)
