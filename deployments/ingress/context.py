@@ -118,10 +118,11 @@ class IngressContext:
         return min((v for v in limits if v is not None), default=None)
 
     async def reserve_tokens(self, record: RequestRecord, generation: GenerationRequest) -> None:
-        """Reserve the most ``generation`` may produce against its tenant's tokens per minute
-        (429 when it has not that many left), and give it its tenant's priority and prefix-cache
-        salt. The prompt's tokens are charged when the request ends, with what it really
-        generated."""
+        """Reserve what ``generation`` may cost against its tenant's tokens per minute: its
+        prompt, bounded by its characters (the engine tokenizes it later), and the most it may
+        generate; 429 when the tenant has not that many left. Also give it its tenant's
+        priority, prefix-cache salt and adapter-load budget. The request is charged what the
+        engine really counted when it ends; the rest of the reservation comes back."""
         tenant: Tenant | None = record.caller
         if tenant is None:
             return
@@ -130,7 +131,8 @@ class IngressContext:
         generation.tenant, generation.adapter_loads_per_minute = tenant.name, tenant.adapter_loads_per_minute
         if record.ticket is not None and self.admission.quotas is not None:
             per_choice = generation.max_tokens or self.default_max_tokens or self.max_tokens_limit(record) or 0
-            await self.admission.quotas.reserve_tokens(record.ticket, per_choice * generation.sampling.get("n", 1))
+            output = per_choice * generation.sampling.get("n", 1)
+            await self.admission.quotas.reserve_tokens(record.ticket, output + prompt_bound(generation))
 
     def check_tool_support(self, tools: list[Any] | None) -> None:
         """400 when the request has tools and this model's chat format has no tool calls."""
@@ -154,3 +156,15 @@ def error_response(error: APIError, body: dict[str, Any] | None = None) -> JSONR
     status calls for (:meth:`APIError.headers`)."""
     return JSONResponse(error.body() if body is None else body, status_code=error.status,
                         headers=error.headers() or None)
+
+
+def prompt_bound(generation: GenerationRequest) -> int:
+    """A bound on ``generation``'s prompt tokens from its text, before anything is tokenized:
+    its characters (a token of a byte-level tokenizer covers at least one character but for
+    rare multi-token characters), its tools' JSON, or its token ids' count. Reserving it keeps
+    an almost empty bucket from admitting many long prompts with ``max_tokens`` 1."""
+    if generation.messages is not None:
+        text = sum(len(str(m.get("content") or "")) for m in generation.messages)
+        return text + (len(str(generation.tools)) if generation.tools else 0)
+    prompt = generation.prompt
+    return len(prompt) if isinstance(prompt, (str, list)) else 0

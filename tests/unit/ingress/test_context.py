@@ -105,3 +105,14 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408():
         assert time.monotonic() - start < 1
 
     asyncio.run(main())
+
+
+def test_a_prompt_is_reserved_at_admission_so_an_empty_bucket_cannot_take_long_prompts():
+    from deployments.core.generation import GenerationRequest
+    from deployments.ingress.context import prompt_bound
+
+    chat = GenerationRequest("r", messages=[{"role": "user", "content": "x" * 5000}],
+                             tools=[{"type": "function", "function": {"name": "f"}}])
+    assert prompt_bound(chat) > 5000
+    assert prompt_bound(GenerationRequest("r", prompt=[1, 2, 3])) == 3
+    assert prompt_bound(GenerationRequest("r", prompt="hello")) == 5

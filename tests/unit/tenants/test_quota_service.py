@@ -229,3 +229,30 @@ def test_a_request_refused_after_its_tenants_limits_gets_its_request_back():
             await quotas.admit(tenant)
 
     _run(scenario())
+
+
+def test_long_prompts_with_max_tokens_1_need_a_full_bucket_each():
+    """The attack: many near-max_model_len prompts at once, each asking for one token, on a
+    bucket with a little left. Reserving max_tokens alone admitted one per token left, all
+    charged only after they ran; the prompt is reserved too now (bounded by its characters
+    at the ingress), so they need a full bucket each."""
+    clock = lambda: 0.0  # noqa: E731
+    shared = _InProcess(clock)
+    tenant = _tenant(tokens_per_minute=600)  # a bucket of 60
+
+    async def scenario():
+        quotas = TenantQuotas("q", 1, clock=clock, actor=shared)
+        first = await quotas.admit(tenant)
+        await quotas.reserve_tokens(first, 30)  # half the bucket in use
+
+        async def long_prompt() -> bool:
+            ticket = await quotas.admit(tenant)
+            try:
+                await quotas.reserve_tokens(ticket, 4000 + 1)  # a 4,000-character prompt, max_tokens 1
+            except RateLimited:
+                return False
+            return True
+
+        return sum(await asyncio.gather(*(long_prompt() for _ in range(40))))
+
+    assert _run(scenario()) == 0, "a long prompt waits for a full bucket"
