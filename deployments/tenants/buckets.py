@@ -79,16 +79,50 @@ class TokenBucket:
         self.level = min(self.level, self.capacity)
 
 
+PLACE_TTL_S = 10.0
+"""A holder's places come back by themselves this long after it last said it holds them."""
+
+
 @dataclass
 class ConcurrencyPool:
-    """``size`` places, ``out`` of them handed out."""
+    """``size`` places, handed out to holders (each ingress replica; None: a holder that
+    never expires, as in a replica's own fallback ledger). A holder's count expires
+    :data:`PLACE_TTL_S` after its last renewal, so places a holder lost track of (a take
+    whose answer timed out, a give-back that failed, a replica that died) come back by
+    themselves instead of refusing the tenant forever."""
 
     size: int
-    out: int = 0
+    holders: dict[str | None, tuple[int, float]] = field(default_factory=dict)
+    """holder -> (places, expires at)."""
+
+    def expire(self, now: float) -> None:
+        for holder, (_, expires) in list(self.holders.items()):
+            if holder is not None and expires < now:
+                del self.holders[holder]
+
+    @property
+    def out(self) -> int:
+        """Places handed out and not expired (as of the last :meth:`expire`)."""
+        return sum(count for count, _ in self.holders.values())
 
     @property
     def level(self) -> float:
         return float(self.size - self.out)
+
+    def add(self, holder: str | None, amount: int, now: float) -> None:
+        """``amount`` places more (fewer, if negative) for ``holder``, its lease renewed."""
+        count, _ = self.holders.get(holder, (0, 0.0))
+        count = max(0, min(self.size, count + amount))
+        self.holders[holder] = (count, now + PLACE_TTL_S)
+        if count == 0 and holder is not None:
+            del self.holders[holder]
+
+    def renew(self, holder: str, count: int, now: float) -> None:
+        """``holder`` holds ``count`` places now: its own count, replacing the book's."""
+        if count <= 0:
+            self.holders.pop(holder, None)
+        else:
+            self.holders[holder] = (min(self.size, count), now + PLACE_TTL_S)
 
 
 @dataclass
@@ -135,6 +169,7 @@ class QuotaBook:
             if pool is None:
                 pool = self._pools[tenant] = ConcurrencyPool(limit)
             pool.size = limit
+            pool.expire(now)
             return pool
         bucket = self._buckets.get((tenant, kind))
         if bucket is None:
@@ -146,9 +181,10 @@ class QuotaBook:
         return bucket
 
     def take(self, tenant: str, limits: Limits, need: dict[str, float], extra: dict[str, float],
-             now: float) -> Grant:
+             now: float, holder: str | None = None) -> Grant:
         """Hand out ``need`` and ``extra`` of each kind, all or nothing (a lease; a bucket
-        smaller than the lease hands it out whole when full, into debt)."""
+        smaller than the lease hands it out whole when full, into debt); places go to
+        ``holder``."""
         units = {kind: self._unit(tenant, kind, limit, now) for kind, limit in limits.items()}
         grant = Grant()
         for kind, amount in need.items():
@@ -172,26 +208,37 @@ class QuotaBook:
                 # Requests and places are whole: a lease of 5.99 requests would strand the 0.99.
                 amount += min(extra.get(kind, 0.0), spare if kind == "tokens" else float(int(spare + 1e-9)))
                 if amount > 0:
-                    self._spend(unit, amount)
+                    self._spend(unit, amount, holder, now)
                     grant.granted[kind] = amount
         grant.standing = self.standing(tenant, limits, now)
         return grant
 
-    def give(self, tenant: str, limits: Limits, amounts: dict[str, float], now: float) -> None:
+    def give(self, tenant: str, limits: Limits, amounts: dict[str, float], now: float,
+             holder: str | None = None) -> None:
         """Take back units a router did not spend (positive), or charge it what it spent past
-        its lease (negative: tokens used beyond a reservation)."""
+        its lease (negative: tokens used beyond a reservation); places from ``holder``."""
         for kind, amount in amounts.items():
             if kind not in limits or amount == 0:
                 continue
             unit = self._unit(tenant, kind, limits[kind], now)
-            self._spend(unit, -amount)
+            self._spend(unit, -amount, holder, now)
+
+    def renew(self, holder: str, places: dict[str, tuple[int, int]], now: float) -> None:
+        """``holder`` holds ``places[tenant] = (limit, count)`` of each tenant it names, and
+        none of any other: its own count replaces the book's and starts its lease again (a
+        new book, after the actor was lost, learns what the replicas hold this way)."""
+        for tenant, (limit, _) in places.items():
+            self._unit(tenant, "concurrent", limit, now)
+        for tenant, pool in self._pools.items():
+            if tenant in places or holder in pool.holders:
+                pool.renew(holder, places[tenant][1] if tenant in places else 0, now)
 
     @staticmethod
-    def _spend(unit: TokenBucket | ConcurrencyPool, amount: float) -> None:
+    def _spend(unit: TokenBucket | ConcurrencyPool, amount: float, holder: str | None, now: float) -> None:
         if isinstance(unit, TokenBucket):
             unit.level = min(unit.capacity, unit.level - amount)
         else:
-            unit.out = min(unit.size, max(0, unit.out + int(round(amount))))
+            unit.add(holder, int(round(amount)), now)
 
     def standing(self, tenant: str, limits: Limits, now: float) -> dict[str, Standing]:
         """Each of the tenant's per-minute limits as the book holds it now."""

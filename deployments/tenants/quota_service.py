@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,9 @@ replica would refuse the tenant on the others."""
 CONCURRENT_RECHECK_S = 0.05
 """How long a tenant at its concurrency limit is refused here without asking the ledger
 again (a place this replica frees ends it at once: the lease then holds the place)."""
+PLACE_RENEW_S = 2.0
+"""How often a replica tells the ledger the places it holds (they expire after
+buckets.PLACE_TTL_S without it): a place lost on the way comes back within that."""
 CALL_TIMEOUT_S = 1.0
 """Longest wait for the quota actor on a request's path; past it, the replica's own share."""
 
@@ -67,15 +71,20 @@ class QuotaActor:
     def __init__(self) -> None:
         self._book = QuotaBook()
 
-    async def take(self, tenant: str, limits: Limits, need: dict[str, float], extra: dict[str, float]) -> Grant:
+    async def take(self, tenant: str, limits: Limits, need: dict[str, float], extra: dict[str, float],
+                   holder: str | None = None) -> Grant:
         """:meth:`QuotaBook.take`."""
-        return self._book.take(tenant, limits, need, extra, time.monotonic())
+        return self._book.take(tenant, limits, need, extra, time.monotonic(), holder)
 
-    async def give(self, returns: list[tuple[str, Limits, dict[str, float]]]) -> None:
+    async def give(self, returns: list[tuple[str, Limits, dict[str, float]]], holder: str | None = None) -> None:
         """:meth:`QuotaBook.give` for each (tenant, limits, amounts)."""
         now = time.monotonic()
         for tenant, limits, amounts in returns:
-            self._book.give(tenant, limits, amounts, now)
+            self._book.give(tenant, limits, amounts, now, holder)
+
+    async def renew(self, holder: str, places: dict[str, tuple[int, int]]) -> None:
+        """:meth:`QuotaBook.renew`: what one ingress replica holds now."""
+        self._book.renew(holder, places, time.monotonic())
 
     async def ping(self) -> bool:
         return True
@@ -107,6 +116,9 @@ class Ticket:
     """Taken from this replica's own share (the actor was unreachable)."""
     place: bool = False
     """Holds one of the tenant's concurrent places."""
+    ledger_place: bool = False
+    """That place came from the shared ledger (it goes back there, even if the ticket
+    fell back to the local share for its tokens later)."""
     reserved_tokens: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     """OpenAI's x-ratelimit-* headers for the response."""
@@ -128,6 +140,11 @@ class TenantQuotas:
         self._local = QuotaBook(start_full=False)
         self._on_fallback = on_fallback
         self._leases: dict[str, _Lease] = {}
+        self.holder = f"{actor_name}/{uuid.uuid4().hex[:16]}"
+        """This replica's name on the ledger's places."""
+        self._in_use: dict[str, tuple[int, int]] = {}
+        """Per tenant: (its concurrency limit, ledger places held by requests running here)."""
+        self._renewed_at = float("-inf")
         self._flusher: asyncio.Task | None = None
         self.fallbacks = 0
         """Requests admitted on this replica's own share because the actor was unreachable."""
@@ -141,6 +158,10 @@ class TenantQuotas:
         if need:
             await self._take(ticket, need)
             ticket.place = "concurrent" in need
+            if ticket.place and not ticket.local:
+                ticket.ledger_place = True
+                limit, count = self._in_use.get(tenant.name, (limits["concurrent"], 0))
+                self._in_use[tenant.name] = (limits["concurrent"], count + 1)
         return ticket
 
     async def reserve_tokens(self, ticket: Ticket, tokens: int) -> None:
@@ -162,27 +183,50 @@ class TenantQuotas:
         """The request ended: free its place, and settle its tokens (what it reserved and did
         not use comes back; what it used beyond is owed). ``refund_request``: it was refused
         after its tenant's limits admitted it, so its request unit comes back too."""
-        give: dict[str, float] = {}
+        settle: dict[str, float] = {}
         if refund_request and "requests" in ticket.limits:
-            give["requests"] = 1.0
-        if ticket.place:
-            give["concurrent"] = 1.0
-            ticket.place = False
+            settle["requests"] = 1.0
         if "tokens" in ticket.limits and (ticket.reserved_tokens or used_tokens):
-            give["tokens"] = ticket.reserved_tokens - used_tokens
+            settle["tokens"] = ticket.reserved_tokens - used_tokens
             ticket.reserved_tokens = 0.0
-        if not give:
-            return
+        # Units go back where they came from: the local share for a ticket that fell back to
+        # it, the ledger (through this replica's lease) otherwise; a place by where it was taken.
+        ledger, local = ({}, settle) if ticket.local else (settle, {})
+        if ticket.place:
+            ticket.place = False
+            (ledger if ticket.ledger_place else local)["concurrent"] = 1.0
+            if ticket.ledger_place:
+                self._release(ticket.tenant.name)
         now = self._clock()
-        if ticket.local:
-            self._local.give(ticket.tenant.name, self._local_limits(ticket.limits), give, now)
+        if local:
+            self._local.give(ticket.tenant.name, self._local_limits(ticket.limits), local, now)
+        if not ledger:
             return
+        give = ledger
         lease = self._leases.setdefault(ticket.tenant.name, _Lease())
         lease.limits = ticket.limits
         for kind, amount in give.items():
             lease.held[kind] = lease.held.get(kind, 0.0) + amount
         lease.used_at = now
         self._flush_soon()
+
+    def _release(self, tenant: str) -> None:
+        limit, count = self._in_use.get(tenant, (0, 0))
+        if count <= 1:
+            self._in_use.pop(tenant, None)
+        else:
+            self._in_use[tenant] = (limit, count - 1)
+
+    def _places_held(self) -> dict[str, tuple[int, int]]:
+        """Per tenant, (limit, ledger places this replica holds): in running requests and in
+        leases, unreturned."""
+        places = dict(self._in_use)
+        for name, lease in self._leases.items():
+            spare = int(round(max(0.0, lease.held.get("concurrent", 0.0))))
+            if spare and "concurrent" in lease.limits:
+                limit, count = places.get(name, (lease.limits["concurrent"], 0))
+                places[name] = (limit, count + spare)
+        return places
 
     async def _take(self, ticket: Ticket, need: dict[str, float]) -> None:
         tenant = ticket.tenant
@@ -203,7 +247,7 @@ class TenantQuotas:
                 extra = {kind: _lease_extra(kind, ticket.limits[kind]) for kind in short}
                 try:
                     grant: Grant = await asyncio.wait_for(
-                        self._actor.take.remote(tenant.name, ticket.limits, short, extra), CALL_TIMEOUT_S)
+                        self._actor.take.remote(tenant.name, ticket.limits, short, extra, self.holder), CALL_TIMEOUT_S)
                 except Exception as exc:
                     self._lost(exc)
                     self._take_locally(ticket, need)
@@ -279,9 +323,16 @@ class TenantQuotas:
     async def _flush_idle(self) -> None:
         """Give back freed places and pay token debts within FLUSH_S, and give back every
         lease idle for LEASE_IDLE_S."""
-        while self._leases and self._actor is not None:
+        while (self._leases or self._in_use) and self._actor is not None:
             await asyncio.sleep(FLUSH_S)
             now = self._clock()
+            if now - self._renewed_at >= PLACE_RENEW_S:
+                self._renewed_at = now
+                try:
+                    await asyncio.wait_for(self._actor.renew.remote(self.holder, self._places_held()), 5.0)
+                except Exception as exc:
+                    self._lost(exc)
+                    return
             returns = []
             for name, lease in list(self._leases.items()):
                 if lease.lock.locked():
@@ -304,7 +355,7 @@ class TenantQuotas:
                 returns.append((name, limits, amounts))
             if returns and self._actor is not None:
                 try:
-                    await asyncio.wait_for(self._actor.give.remote(returns), 5.0)
+                    await asyncio.wait_for(self._actor.give.remote(returns, self.holder), 5.0)
                 except Exception as exc:
                     self._lost(exc)
 

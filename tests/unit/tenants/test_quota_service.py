@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deployments.tenants.quota_service import QuotaActor, TenantQuotas
 from deployments.tenants.rate_headers import RateLimited
@@ -256,3 +258,83 @@ def test_long_prompts_with_max_tokens_1_need_a_full_bucket_each():
         return sum(await asyncio.gather(*(long_prompt() for _ in range(40))))
 
     assert _run(scenario()) == 0, "a long prompt waits for a full bucket"
+
+
+class _Faulty(_InProcess):
+    """The ledger behind a link that loses answers: a take that ran but whose answer timed
+    out, a give-back that failed after the replica let go of its units."""
+
+    def __init__(self, clock, rng, p_timeout: float, p_give_fail: float):
+        super().__init__(clock)
+        self.rng, self.p_timeout, self.p_give_fail = rng, p_timeout, p_give_fail
+        outer = self
+
+        class _Renew:
+            def remote(self, *args):
+                return outer._call("renew", args)
+
+        self.renew = _Renew()
+
+    async def _call(self, name, args):
+        if name == "give" and self.rng.random() < self.p_give_fail:
+            raise ConnectionError("the give-back was lost")
+        result = await super()._call(name, args)
+        if name == "take" and self.rng.random() < self.p_timeout:
+            raise asyncio.TimeoutError("the take ran, its answer was lost")
+        return result
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(["admit", "finish", "wait"]), st.integers(0, 1)), max_size=40),
+       p_timeout=st.sampled_from([0.0, 0.2, 0.5]), p_give_fail=st.sampled_from([0.0, 0.3]),
+       rng=st.randoms(use_true_random=False))
+def test_no_place_is_lost_or_made_whatever_the_link_loses(ops, p_timeout, p_give_fail, rng):
+    """Random admits, finishes and waits on two ingress replicas over a link that loses
+    takes' answers and give-backs: once every request has ended, the ledger holds no place
+    (a lost one came back by itself) and the tenant gets its whole concurrency again."""
+    import deployments.tenants.quota_service as service
+    from deployments.tenants.buckets import PLACE_TTL_S
+
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    shared = _Faulty(clock, rng, p_timeout, p_give_fail)
+    tenant = _tenant(max_concurrent_requests=3)
+    flush, service.FLUSH_S = service.FLUSH_S, 0.001
+
+    async def scenario():
+        routers = [TenantQuotas("q", 2, clock=clock, actor=shared) for _ in range(2)]
+        running: list[tuple[int, object]] = []
+        for op, which in ops:
+            for router in routers:
+                router._link.handle = shared  # a lost ledger is found again
+            if op == "admit":
+                try:
+                    running.append((which, await routers[which].admit(tenant)))
+                except RateLimited:
+                    pass
+            elif op == "finish" and running:
+                i, ticket = running.pop(rng.randrange(len(running)))
+                routers[i].finish(ticket, 0)
+            now[0] += 0.5
+            await asyncio.sleep(0.003)
+        for i, ticket in running:
+            routers[i].finish(ticket, 0)
+        shared.p_give_fail = shared.p_timeout = 0.0
+        for _ in range(int(PLACE_TTL_S / 0.5) + 8):  # the places' leases run out
+            for router in routers:
+                router._link.handle = shared
+                router._flush_soon()
+            now[0] += 0.5
+            await asyncio.sleep(0.003)
+        pool = shared.actor._book._pools.get(tenant.name)
+        if pool is not None:
+            pool.expire(now[0])
+            assert pool.out == 0, f"places still out after every request ended: {pool.holders}"
+        fresh = TenantQuotas("q", 2, clock=clock, actor=shared)
+        for _ in range(3):
+            await fresh.admit(tenant)
+
+    try:
+        _run(scenario())
+    finally:
+        service.FLUSH_S = flush
