@@ -8,10 +8,11 @@ in a circle. A plug-in policy is an import path too, imported and checked here.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chat_formats.plugins import import_object
 
 BUILTIN_POLICIES: dict[str, str] = {
     "pow2": "deployments.routing.pow2_policy:Pow2Policy",
@@ -29,19 +30,7 @@ def check_policy_name(name_or_path: str) -> str:
     the known ones otherwise."""
     if name_or_path in BUILTIN_POLICIES:
         return name_or_path
-    module_name, sep, attr = name_or_path.partition(":")
-    if not sep:
-        module_name, _, attr = name_or_path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"unknown routing policy {name_or_path!r}; known: {sorted(BUILTIN_POLICIES)}, "
-                         "or an import path 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"routing policy {name_or_path!r}: cannot import {module_name!r} ({exc})") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ValueError(f"routing policy {name_or_path!r}: module {module_name!r} has no {attr!r}")
+    cls = import_object("routing policy", name_or_path, sorted(BUILTIN_POLICIES))
     # By the base's import path, not the class: config sits below routing in the layers.
     if not isinstance(cls, type) or POLICY_BASE not in {f"{c.__module__}:{c.__qualname__}" for c in cls.__mro__}:
         raise ValueError(f"routing policy {name_or_path!r} is not a RoutingPolicy subclass")

@@ -14,12 +14,13 @@ A failure here is loud, not a silent fall-back: an import error at module import
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from deployments.core.private_surface import PrivateName, missing_names
 
 RAY_VERSION_CHECKED = "2.60.0"
 
-PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ("ray.serve._private.request_router.pow_2_router", "PowerOfTwoChoicesRequestRouter",
      "routing.policy: pow2 runs Serve's own router, which 2.60 does not export"),
     ("ray.serve._private.request_router.request_router", "RequestRouter._probe_queue_lens",
@@ -36,24 +37,9 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
 """(module, attribute, why): every private name glm-serve uses."""
 
 
-def _resolve(module: str, attribute: str) -> Any:
-    value: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        if isinstance(value, type) and part in getattr(value, "__dataclass_fields__", {}):
-            continue  # a dataclass field: present on instances only
-        value = getattr(value, part)
-    return value
-
-
 def missing_private_names() -> list[str]:
     """The private names that this Ray no longer has, each as ``module:attribute (why)``."""
-    missing = []
-    for module, attribute, why in PRIVATE_NAMES:
-        try:
-            _resolve(module, attribute)
-        except (ImportError, AttributeError):
-            missing.append(f"{module}:{attribute} ({why})")
-    return missing
+    return missing_names(PRIVATE_NAMES)
 
 
 def pow2_router_class() -> type:

@@ -13,48 +13,47 @@ request or per token.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from typing import Any
 
 from deployments.core.engine_snapshot import EngineSnapshot
 from deployments.engine.vllm_private import ray_prometheus_stat_logger, stat_logger_base
 
 
-@dataclass(slots=True)
 class EngineStats:
-    """Running totals of vLLM's scheduler statistics, folded in after every engine step;
-    the fields are :class:`~deployments.core.engine_snapshot.EngineSnapshot`'s counters."""
+    """Running totals of vLLM's scheduler statistics, folded in after every engine step into
+    an :class:`~deployments.core.engine_snapshot.EngineSnapshot` (one step's new snapshot
+    every few tens of milliseconds: cheap, and the snapshot type is the one field list)."""
 
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    prompt_tokens_computed: int = 0
-    generation_tokens: int = 0
-    preemptions: int = 0
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
+    def __init__(self) -> None:
+        self._snapshot = EngineSnapshot()
 
     def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
         """Fold one engine step's ``SchedulerStats`` / ``IterationStats`` (either may be None)
         into the totals. Read by attribute, so a field vLLM renames counts as zero
         instead of breaking the engine's output loop."""
+        s = self._snapshot
+        changes: dict[str, Any] = {}
         if scheduler_stats is not None:
-            self.running = getattr(scheduler_stats, "num_running_reqs", 0)
-            self.waiting = getattr(scheduler_stats, "num_waiting_reqs", 0)
-            self.kv_cache_usage = getattr(scheduler_stats, "kv_cache_usage", 0.0)
+            changes.update(running=getattr(scheduler_stats, "num_running_reqs", 0),
+                           waiting=getattr(scheduler_stats, "num_waiting_reqs", 0),
+                           kv_cache_usage=getattr(scheduler_stats, "kv_cache_usage", 0.0))
             prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
             if prefix is not None:
-                self.prefix_cache_queries += getattr(prefix, "queries", 0)
-                self.prefix_cache_hits += getattr(prefix, "hits", 0)
+                changes.update(prefix_cache_queries=s.prefix_cache_queries + getattr(prefix, "queries", 0),
+                               prefix_cache_hits=s.prefix_cache_hits + getattr(prefix, "hits", 0))
         if iteration_stats is not None:
-            self.generation_tokens += getattr(iteration_stats, "num_generation_tokens", 0)
-            self.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
             prompt = getattr(iteration_stats, "prompt_token_stats", None)
-            self.prompt_tokens_computed += getattr(prompt, "computed", 0) if prompt is not None else 0
+            changes.update(
+                generation_tokens=s.generation_tokens + getattr(iteration_stats, "num_generation_tokens", 0),
+                preemptions=s.preemptions + getattr(iteration_stats, "num_preempted_reqs", 0),
+                prompt_tokens_computed=s.prompt_tokens_computed + (getattr(prompt, "computed", 0) if prompt is not None else 0))
+        if changes:
+            self._snapshot = replace(s, **changes)  # a misspelt field is a TypeError here
 
     def snapshot(self) -> EngineSnapshot:
-        """The totals now (a field missing from the snapshot is a TypeError here)."""
-        return EngineSnapshot(**asdict(self))
+        """The totals now."""
+        return self._snapshot
 
     def logger_factory(self) -> Any:
         """A vLLM ``StatLoggerFactory`` whose loggers record into this object."""

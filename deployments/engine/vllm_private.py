@@ -14,12 +14,13 @@ kernels has nothing to fix).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from deployments.core.private_surface import PrivateName, missing_names
 
 VLLM_VERSION_CHECKED = "0.32.0"
 
-PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ("vllm.v1.engine.exceptions", "EngineDeadError",
      "the engine core died: the replica reports itself unavailable (vLLM exports no public name)"),
     ("vllm.v1.metrics.loggers", "StatLoggerBase",
@@ -36,15 +37,7 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
 
 def missing_private_names() -> list[str]:
     """The private names that this vLLM no longer has, each as ``module:attribute (why)``."""
-    missing = []
-    for module, attribute, why in PRIVATE_NAMES:
-        try:
-            value: Any = importlib.import_module(module)
-            for part in attribute.split("."):
-                value = getattr(value, part)
-        except (ImportError, AttributeError):
-            missing.append(f"{module}:{attribute} ({why})")
-    return missing
+    return missing_names(PRIVATE_NAMES)
 
 
 def engine_dead_error() -> type[BaseException]:

@@ -52,24 +52,28 @@ class PluginRegistry(Generic[T]):
             return self._classes[name_or_path]
         if name_or_path in self._builtins:
             return self.get(self._builtins[name_or_path])
-        known = sorted(set(self._classes) | set(self._builtins))
-        module_name, sep, attr = name_or_path.partition(":")
-        if not sep:
-            module_name, _, attr = name_or_path.rpartition(".")
-        if not module_name or not attr:
-            raise ValueError(f"unknown {self.kind} {name_or_path!r}; known: {known}, or an import path "
-                             "'module:Class'")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except ImportError as exc:
-            raise ValueError(f"{self.kind} {name_or_path!r}: cannot import {module_name!r} ({exc})") from None
-        except AttributeError:
-            raise ValueError(f"{self.kind} {name_or_path!r}: module {module_name!r} has no {attr!r}") from None
+        cls = import_object(self.kind, name_or_path, sorted(set(self._classes) | set(self._builtins)))
         if not (isinstance(cls, type) and issubclass(cls, self._base)):
             raise ValueError(f"{self.kind} {name_or_path!r} is not a {self._base.__name__} subclass")
         if not getattr(cls, "name", None):
             raise ValueError(f"{self.kind} {name_or_path!r} needs a class attribute `name`")
         return self.register(cls)
+
+
+def import_object(kind: str, import_path: str, known: list[str]) -> object:
+    """The object at ``import_path`` (``module:attr`` or ``module.attr``), imported;
+    ValueError saying what was wrong, naming the ``known`` names of this ``kind``."""
+    module_name, sep, attr = import_path.partition(":")
+    if not sep:
+        module_name, _, attr = import_path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"unknown {kind} {import_path!r}; known: {known}, or an import path 'module:Class'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ValueError(f"{kind} {import_path!r}: cannot import {module_name!r} ({exc})") from None
+    except AttributeError:
+        raise ValueError(f"{kind} {import_path!r}: module {module_name!r} has no {attr!r}") from None
 
 
 def _path(cls: type) -> str:

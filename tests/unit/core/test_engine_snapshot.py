@@ -13,10 +13,17 @@ from deployments.ingress.metrics import IngressMetrics
 from deployments.routing import live_choosers
 
 
-def test_the_engines_totals_are_the_snapshots_counters():
-    counters = {f.name for f in fields(EngineSnapshot)} - {"adapters", "adapter_counts"}
-    assert {f.name for f in fields(EngineStats)} == counters
-    assert isinstance(EngineStats().snapshot(), EngineSnapshot)
+def test_one_engine_step_reaches_every_counter_of_the_snapshot():
+    from types import SimpleNamespace
+
+    stats = EngineStats()
+    stats.record(SimpleNamespace(num_running_reqs=1, num_waiting_reqs=2, kv_cache_usage=0.5,
+                                 prefix_cache_stats=SimpleNamespace(queries=3, hits=4)),
+                 SimpleNamespace(num_generation_tokens=5, num_preempted_reqs=6,
+                                 prompt_token_stats=SimpleNamespace(computed=7)))
+    snapshot = stats.snapshot()
+    counters = [f.name for f in fields(EngineSnapshot) if f.name not in ("adapters", "adapter_counts")]
+    assert all(getattr(snapshot, name) for name in counters), snapshot
 
 
 def test_the_wire_form_reads_back_as_written_and_nothing_before_the_first_poll():

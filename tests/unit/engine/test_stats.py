@@ -36,4 +36,4 @@ def test_the_logger_factory_makes_a_vllm_stat_logger_that_records_here():
     assert isinstance(recorder, StatLoggerBase)
     recorder.record(_step(8, 8, 1, 0, 0.1), None, None, 0)
     recorder.log_engine_initialized()
-    assert stats.prefix_cache_hits == 8
+    assert stats.snapshot().prefix_cache_hits == 8
